@@ -1,0 +1,144 @@
+"""Per-key self-attention mass of the middle block, captured with torch module hooks.
+
+Two hooks on one UNet: a forward pre-hook on the middle block's transformer records the real grid
+(h, w) and counts batch rows, and a forward hook on its first `attn1` recomputes q and k for the rows
+SAG needs with the module's own `to_q`/`to_k`. The attention output stays the host's own. The mass is
+reduced in query chunks, so no (heads, N, N) matrix is ever held.
+"""
+import contextlib
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 22  # float32 scores per query chunk (16 MiB)
+OWNER_ATTRIBUTE = "_sag_capture"
+
+
+class UnsupportedAttention(RuntimeError):
+    """attn1 was called in a way SAG cannot read (another extension changed its inputs)."""
+
+
+def _autocast_off(device: torch.device):
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def per_key_attention_mass(attn: torch.nn.Module, x: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+    """(B, N): for every key token, the softmax attention it receives summed over queries, mean over heads.
+
+    q and k come from the module's own projections (LoRA, FP8 and low-VRAM placement keep working);
+    the scores and softmax are float32 with autocast off.
+    """
+    q, k = attn.to_q(x), attn.to_k(x)
+    heads = attn.heads
+    batch, tokens, inner = q.shape
+    dim_head = inner // heads
+    scale = getattr(attn, "scale", dim_head ** -0.5)
+    with _autocast_off(x.device):
+        q = q.float().reshape(batch, tokens, heads, dim_head).transpose(1, 2) * scale
+        k_t = k.float().reshape(batch, tokens, heads, dim_head).permute(0, 2, 3, 1)
+        mass = torch.zeros(batch, heads, tokens, device=x.device, dtype=torch.float32)
+        rows = max(1, chunk_elements // (batch * heads * tokens))
+        for start in range(0, tokens, rows):
+            mass += torch.matmul(q[:, :, start:start + rows], k_t).softmax(dim=-1).sum(dim=2)
+    return mass.mean(dim=1)
+
+
+class MiddleBlockCapture:
+    """Hooks on one middle-block transformer and its first attn1; one capture per attn1 instance.
+
+    Use: `arm(total_rows, target_rows)` before the UNet calls of a step, `take()` after them. The rows
+    of all UNet calls of a step, concatenated in call order, are numbered 0..total_rows-1; the last
+    `target_rows` of them are recorded (the uncond rows in the webui's batch layout).
+    """
+
+    def __init__(self, transformer: torch.nn.Module, attn: torch.nn.Module, owner=None,
+                 chunk_elements: int = CHUNK_ELEMENTS):
+        MiddleBlockCapture.release(attn)
+        self.transformer, self.attn, self.owner = transformer, attn, owner
+        self.chunk_elements = chunk_elements
+        self.error = None
+        self._armed = False
+        self._handles = [
+            transformer.register_forward_pre_hook(self._before_transformer),
+            attn.register_forward_hook(self._after_attn, with_kwargs=True),
+        ]
+        setattr(attn, OWNER_ATTRIBUTE, self)
+
+    @staticmethod
+    def attached(attn: torch.nn.Module):
+        """The capture attached to `attn`, if any."""
+        return getattr(attn, OWNER_ATTRIBUTE, None)
+
+    @staticmethod
+    def release(attn: torch.nn.Module) -> None:
+        """Remove whatever capture (ours or a stale one) is attached to `attn`."""
+        capture = MiddleBlockCapture.attached(attn)
+        if capture is not None:
+            capture.remove()
+
+    def is_attached_to(self, attn: torch.nn.Module) -> bool:
+        return bool(self._handles) and getattr(attn, OWNER_ATTRIBUTE, None) is self
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._armed = False
+        if getattr(self.attn, OWNER_ATTRIBUTE, None) is self:
+            delattr(self.attn, OWNER_ATTRIBUTE)
+
+    def arm(self, total_rows: int, target_rows: int) -> None:
+        self._armed = True
+        self._rows_seen = 0
+        self._target = (total_rows - target_rows, total_rows)
+        self._pending = None
+        self._mass = None
+        self._filled = 0
+        self.grid = None
+
+    def disarm(self) -> None:
+        self._armed = False
+
+    def take(self):
+        """(mass (target_rows, h*w), grid (h, w)) when every target row was seen, else None. Disarms."""
+        complete = self._armed and self._mass is not None and self._filled == self._mass.shape[0]
+        self._armed = False
+        return (self._mass, self.grid) if complete else None
+
+    def _before_transformer(self, module, args):
+        if not self._armed:
+            return
+        batch, _, height, width = args[0].shape
+        self._pending = (self._rows_seen, batch, height, width)
+        self._rows_seen += batch
+
+    def _after_attn(self, module, args, kwargs, output):
+        pending, self._pending = self._pending, None
+        if not self._armed or pending is None:
+            return
+        try:
+            self._record(module, args, kwargs, *pending)
+        except Exception as error:  # a hook must never abort the host's UNet call
+            self.error = error
+            self._armed = False
+
+    def _record(self, module, args, kwargs, offset, batch, height, width):
+        start, end = self._target
+        low, high = max(offset, start), min(offset + batch, end)
+        if low >= high:
+            return
+        x = args[0]
+        context = kwargs.get("context", args[1] if len(args) > 1 else None)
+        if context is not None or x.shape[0] != batch or x.shape[1] != height * width:
+            raise UnsupportedAttention(
+                f"the middle block's self-attention got input {tuple(x.shape)} for a {height}x{width} grid "
+                f"of {batch} rows{' with an extra context' if context is not None else ''}")
+        if self._mass is None:
+            self._mass = torch.empty(end - start, height * width, device=x.device, dtype=torch.float32)
+            self.grid = (height, width)
+        elif self.grid != (height, width):
+            raise UnsupportedAttention(f"middle-block grid changed within a step: {self.grid} -> {(height, width)}")
+        self._mass[low - start:high - start] = per_key_attention_mass(module, x[low - offset:high - offset],
+                                                                      self.chunk_elements)
+        self._filled += high - low
