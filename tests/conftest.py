@@ -1,0 +1,36 @@
+"""Test setup: the stand-in of the webui host (tests/webui_standin, not the webui) provides `modules`."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+STANDIN = Path(__file__).parent / "webui_standin"
+REPO = Path(__file__).parent.parent
+sys.path.insert(0, str(STANDIN))
+
+
+@pytest.fixture
+def host():
+    """The stand-in host with a fresh SD1-layout model, default options, and SAG's callbacks registered."""
+    from modules import script_callbacks, sd_unet, shared
+    from sag_ext import webui
+    from standin_model import StandInSDModel
+    from unet_models import CONTEXT_DIM, sd1_unet
+
+    script_callbacks.clear_callbacks()
+    shared.opts = shared.default_opts()
+    shared.state.interrupted = False
+    sd_unet.current_unet = None
+    shared.sd_model = StandInSDModel(sd1_unet(), CONTEXT_DIM)
+    webui.register_callbacks()
+    yield shared
+    script_callbacks.clear_callbacks()
+
+
+def load_script_module():
+    """Executes scripts/sag.py the way the webui loads a script file (a fresh module each time)."""
+    spec = importlib.util.spec_from_file_location("sag.py", REPO / "scripts" / "sag.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,232 @@
+"""SAG through the adapter and the Script, on the stand-in of the webui host (tests/webui_standin)."""
+import logging
+
+import pytest
+import torch
+
+from conftest import load_script_module
+from modules import processing, script_callbacks, sd_unet
+from modules.sd_samplers_kdiffusion import CFGDenoiserKDiffusion
+from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
+from unet_models import CONTEXT_DIM, middle_attention
+
+ON = [True, 0.8, 2.0, 1.0]
+OFF = [False, 0.8, 2.0, 1.0]
+
+
+@pytest.fixture
+def script(host):
+    return load_script_module().SelfAttentionGuidanceScript()
+
+
+def text(rows, tokens=77, seed=0):
+    return torch.randn(rows, tokens, CONTEXT_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def make_p(batch=2, and_prompt=False, cond_tokens=77, **kwargs):
+    conds_list, row = [], 0
+    for image in range(batch):
+        parts = 2 if and_prompt and image == 0 else 1
+        conds_list.append([(row + k, 0.6 if parts == 2 and k == 0 else (0.4 if parts == 2 else 1.0)) for k in range(parts)])
+        row += parts
+    cond = text(row, cond_tokens, seed=1)
+    if and_prompt:  # the AND rows reuse the single-prompt rows' texts so that layouts stay comparable
+        cond = torch.cat([cond[:1], text(1, cond_tokens, seed=3), cond[1:row - 1]])
+    return processing.Processing(conds_list, cond, text(batch, 77, seed=2), **kwargs)
+
+
+def hooks_on(host):
+    transformer, attn = middle_attention(host.sd_model.model.diffusion_model)
+    return len(transformer._forward_pre_hooks) + len(attn._forward_hooks)
+
+
+def one_step(script, p, args, denoiser_class=CFGDenoiserKDiffusion, x=None, sigma=None):
+    """One CFG denoiser call at a fixed x and noise level, inside process/postprocess."""
+    script.process(p, *args)
+    denoiser = denoiser_class(p, total_steps=10)
+    if p.init_latent is not None:
+        denoiser.init_latent, denoiser.mask, denoiser.nmask = p.init_latent, p.mask, 1 - p.mask
+    image_cond = torch.zeros(p.batch_size, 5, 1, 1)
+    out = denoiser(x, sigma, cond=(p.conds_list, p.cond), uncond=p.uncond, cond_scale=p.cfg_scale,
+                   s_min_uncond=0.0, image_cond=image_cond)
+    script.postprocess(p, None, *args)
+    return out
+
+
+def kd_inputs(batch, t=600):
+    from standin_model import sd_alphas_cumprod
+
+    a = sd_alphas_cumprod()[t]
+    sigma = ((1 - a) / a).sqrt()
+    x = torch.randn(batch, 4, 32, 32, generator=torch.Generator().manual_seed(5)) * (1 + sigma ** 2).sqrt()
+    return x, sigma.repeat(batch)
+
+
+def correction(script, p_factory, **step_kwargs):
+    """SAG's contribution to one denoiser call: output with SAG on minus output with it off."""
+    return one_step(script, p_factory(), ON, **step_kwargs) - one_step(script, p_factory(), OFF, **step_kwargs)
+
+
+# ---- the image -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_on_changes_the_image_and_off_after_on_is_identical(host, script, sampler):
+    off_before = processing.process_images(make_p(sampler_name=sampler), script, OFF)
+    on = processing.process_images(make_p(sampler_name=sampler), script, ON)
+    on_again = processing.process_images(make_p(sampler_name=sampler), script, ON)
+    off_after = processing.process_images(make_p(sampler_name=sampler), script, OFF)
+    assert torch.isfinite(on).all()
+    assert (on - off_before).abs().max() > 1e-3
+    assert torch.equal(on, on_again)
+    assert torch.equal(off_before, off_after)
+    assert hooks_on(host) == 0
+    assert not script_callbacks.reported_errors
+
+
+def test_one_degraded_pass_of_uncond_rows_per_step(host, script):
+    p = make_p(batch=3)
+    processing.process_images(p, script, ON)
+    calls = host.sd_model.calls
+    assert calls == [6, 3] * len(p.timesteps)  # the CFG call over 2B rows, then one pass over the B uncond rows
+
+
+# ---- batch layouts -----------------------------------------------------------------------------
+
+def test_every_host_layout_gives_the_single_call_correction(host, script):
+    x, sigma = kd_inputs(3)
+    reference = correction(script, lambda: make_p(batch=3), x=x, sigma=sigma)
+    assert reference.abs().max() > 1e-3
+
+    host.opts.batch_cond_uncond = False  # chunked UNet calls of B rows
+    chunked = correction(script, lambda: make_p(batch=3), x=x, sigma=sigma)
+    chunked_and = correction(script, lambda: make_p(batch=3, and_prompt=True), x=x, sigma=sigma)  # chunk edges inside the uncond block
+    host.opts.batch_cond_uncond = True
+    and_prompt = correction(script, lambda: make_p(batch=3, and_prompt=True), x=x, sigma=sigma)
+    long_prompt = correction(script, lambda: make_p(batch=3, cond_tokens=154), x=x, sigma=sigma)  # separate uncond call
+    for name, got in dict(chunked=chunked, chunked_and=chunked_and, and_prompt=and_prompt, long_prompt=long_prompt).items():
+        torch.testing.assert_close(got, reference, atol=2e-5, rtol=0, msg=name)
+
+
+def test_padded_uncond_is_used_for_the_degraded_pass(host, script):
+    x, sigma = kd_inputs(2)
+    empty = host.sd_model.cond_stage_model_empty_prompt
+
+    def explicitly_padded():
+        p = make_p(cond_tokens=154)
+        p.uncond = torch.cat([p.uncond, empty.repeat(2, 1, 1)], dim=1)
+        return p
+
+    reference = correction(script, explicitly_padded, x=x, sigma=sigma)
+    host.opts.pad_cond_uncond = True
+    padded = correction(script, lambda: make_p(cond_tokens=154), x=x, sigma=sigma)
+    torch.testing.assert_close(padded, reference, atol=2e-5, rtol=0)
+
+
+def test_both_sampler_families_agree(host, script):
+    """The same state as x0 (k-diffusion) and as eps (timesteps) gives the same guided x0."""
+    from standin_model import sd_alphas_cumprod
+
+    t = 600
+    a = sd_alphas_cumprod()[t]
+    x_kd, sigma = kd_inputs(2, t)
+    x0_kd = {args[0]: one_step(script, make_p(), args, x=x_kd, sigma=sigma) for args in (ON, OFF)}
+    x_t, timesteps = x_kd * a.sqrt(), torch.full((2,), float(t))
+    x0_ts = {}
+    for args in (ON, OFF):
+        eps = one_step(script, make_p(), args, denoiser_class=CFGDenoiserTimesteps, x=x_t, sigma=timesteps)
+        x0_ts[args[0]] = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    torch.testing.assert_close(x0_ts[False], x0_kd[False], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x0_ts[True], x0_kd[True], atol=1e-4, rtol=1e-4)
+    assert (x0_kd[True] - x0_kd[False]).abs().max() > 1e-3
+
+
+def test_sdxl_style_dict_conds(host, script):
+    from standin_model import StandInSDModel
+    from unet_models import sdxl_like_unet
+
+    host.sd_model = StandInSDModel(sdxl_like_unet(), CONTEXT_DIM)
+
+    def dict_p():
+        p = make_p()
+        p.cond = {"crossattn": p.cond, "vector": torch.zeros(2, 8)}
+        p.uncond = {"crossattn": p.uncond, "vector": torch.zeros(2, 8)}
+        return p
+
+    off = processing.process_images(dict_p(), script, OFF)
+    on = processing.process_images(dict_p(), script, ON)
+    assert (on - off).abs().max() > 1e-3 and hooks_on(host) == 0
+
+
+# ---- steps and areas SAG leaves alone ----------------------------------------------------------
+
+def test_steps_without_uncond_get_no_correction(host, script):
+    host.opts.skip_early_cond = 1.0  # every step skips the uncond rows
+    off = processing.process_images(make_p(), script, OFF)
+    host.sd_model.calls.clear()
+    p = make_p()
+    on = processing.process_images(p, script, ON)
+    assert torch.equal(on, off)
+    assert host.sd_model.calls == [2] * len(p.timesteps)  # the cond rows only, and no degraded pass
+
+
+def test_ngms_skips_only_the_steps_it_skips(host, script):
+    p = make_p(s_min_uncond=100.0, timesteps=(999, 749, 499, 249))  # odd steps skip the uncond
+    processing.process_images(p, script, ON)
+    assert host.sd_model.calls == [4, 2, 2, 4, 2, 2]
+
+
+def test_img2img_correction_stays_in_the_repainted_area(host, script):
+    x, sigma = kd_inputs(2)
+    keep = torch.zeros(1, 1, 32, 32)
+    keep[..., :16] = 1
+
+    def masked_p():
+        return make_p(init_latent=torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(9)), mask=keep)
+
+    got = correction(script, masked_p, x=x, sigma=sigma)
+    assert got[..., :16].abs().max() == 0
+    assert got[..., 16:].abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("args", [[True, 0.8, 0.0, 1.0], [True, 0.0, 2.0, 1.0]])
+def test_zero_blur_or_zero_scale_is_the_off_image(host, script, args):
+    off = processing.process_images(make_p(), script, OFF)
+    assert torch.equal(processing.process_images(make_p(), script, args), off)
+
+
+def test_tiny_latent_is_skipped(host, script):
+    from standin_model import StandInSDModel
+    from unet_models import sdxl_like_unet
+
+    host.sd_model = StandInSDModel(sdxl_like_unet(), CONTEXT_DIM)
+    off = processing.process_images(make_p(latent_size=(4, 8)), script, OFF)
+    assert torch.equal(processing.process_images(make_p(latent_size=(4, 8)), script, ON), off)
+
+
+# ---- models SAG cannot hook ----------------------------------------------------------------------
+
+def test_alternative_unet_turns_sag_off(host, script, caplog):
+    off = processing.process_images(make_p(), script, OFF)
+    sd_unet.current_unet = object()
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        p = make_p()
+        on = processing.process_images(p, script, ON)
+    assert torch.equal(on, off)
+    assert "alternative UNet" in caplog.text and "SAG Scale" not in p.extra_generation_params
+
+
+def test_model_without_middle_transformer_turns_sag_off(host, script, caplog):
+    unet = host.sd_model.model.diffusion_model
+    unet.middle_block = type(unet.middle_block)(unet.middle_block[0], unet.middle_block[2])  # like SSD-1B
+    off = processing.process_images(make_p(), script, OFF)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        on = processing.process_images(make_p(), script, ON)
+    assert torch.equal(on, off) and "no middle-block transformer" in caplog.text
+
+
+def test_edit_model_turns_sag_off(host, script, caplog):
+    host.sd_model.cond_stage_key = "edit"
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        processing.process_images(make_p(), script, ON)
+    assert "instruct-pix2pix" in caplog.text
+    assert host.sd_model.calls.count(2) == 0

@@ -1,0 +1,54 @@
+"""Stand-in of the k-diffusion family: the inner model returns x0, takes sigmas; Euler sampling."""
+import torch
+
+from modules import shared
+from modules.sd_samplers_cfg_denoiser import CFGDenoiser
+from modules.sd_samplers_common import launch_sampling
+
+
+class CompVisDenoiser:
+    """k-diffusion's CompVisDenoiser: x0 = x - sigma * eps(x * c_in, t(sigma)), c_in = 1 / sqrt(sigma^2 + 1)."""
+
+    def __init__(self, sd_model):
+        self.sd_model = sd_model
+        self.sigmas = ((1 - sd_model.alphas_cumprod) / sd_model.alphas_cumprod).sqrt()
+
+    def sigma_to_t(self, sigma):
+        return (self.sigmas.log()[None, :] - sigma.log()[:, None]).abs().argmin(dim=1)
+
+    def __call__(self, x, sigma, cond):
+        c_in = (sigma ** 2 + 1).rsqrt().view(-1, 1, 1, 1)
+        eps = self.sd_model.apply_model(x * c_in, self.sigma_to_t(sigma), cond)
+        return x - sigma.view(-1, 1, 1, 1) * eps
+
+
+class CFGDenoiserKDiffusion(CFGDenoiser):
+    @property
+    def inner_model(self):
+        if self.model_wrap is None:
+            self.model_wrap = CompVisDenoiser(shared.sd_model)
+        return self.model_wrap
+
+
+def sample_euler(p, noise, timesteps, extra_args):
+    """Euler over the model's own discrete sigmas at `timesteps` (descending), ending at sigma 0."""
+    denoiser = CFGDenoiserKDiffusion(p, total_steps=len(timesteps))
+    p.denoiser = denoiser
+    sigmas = torch.cat([denoiser.inner_model.sigmas[timesteps], torch.zeros(1)])
+    if getattr(p, "init_latent", None) is not None:
+        denoiser.init_latent, denoiser.mask, denoiser.nmask = p.init_latent, p.mask, 1 - p.mask
+    x = noise * sigmas[0]
+    if denoiser.init_latent is not None:
+        x = denoiser.init_latent + x
+
+    def loop():
+        nonlocal x
+        for i in range(len(timesteps)):
+            shared.state.sampling_step = i
+            sigma = sigmas[i].repeat(x.shape[0])
+            denoised = denoiser(x, sigma, **extra_args)
+            x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+            denoiser.last_latent = x
+        return x
+
+    return launch_sampling(loop, denoiser, x)
