@@ -19,14 +19,6 @@ TITLE = "Self-Attention Guidance"
 SESSION_ATTRIBUTE = "_sag_session"
 log = logging.getLogger("sd_webui_sag")
 
-TOOLTIPS = {
-    "enabled": "Guide each step away from a blurred copy of the image where the UNet attends most.",
-    "scale": "Strength of the guidance; 0 is off. 0.3-0.75 for most models, lower for SDXL.",
-    "blur_sigma": "Gaussian blur of the degraded copy, in latent pixels. 0 means no blur, and so no effect.",
-    "threshold": "Latent positions receiving more than this much attention are blurred; 1.0 is the average.",
-}
-
-
 class UnsupportedModel(RuntimeError):
     """The model in use has nothing SAG can hook."""
 
@@ -34,17 +26,16 @@ class UnsupportedModel(RuntimeError):
 # ---- panel -----------------------------------------------------------------------------------------
 
 def build_ui(script):
-    """The SAG accordion for one tab; returns the controls in argument order."""
+    """The SAG accordion for one tab; returns the controls in argument order. Hints: javascript/sag_hints.js."""
     import gradio as gr
     from modules.ui_components import InputAccordion
 
     def slider(name, label, step):
         low, high = RANGES[name]
         return gr.Slider(label=label, minimum=low, maximum=high, step=step, value=getattr(DEFAULTS, name),
-                         elem_id=script.elem_id(name), tooltip=TOOLTIPS[name])
+                         elem_id=script.elem_id(name))
 
-    with InputAccordion(DEFAULTS.enabled, label=TITLE, elem_id=script.elem_id("enabled"),
-                        tooltip=TOOLTIPS["enabled"]) as enabled:
+    with InputAccordion(DEFAULTS.enabled, label=TITLE, elem_id=script.elem_id("enabled")) as enabled:
         with gr.Row():
             scale = slider("scale", "SAG scale", 0.01)
             blur_sigma = slider("blur_sigma", "SAG blur sigma", 0.1)

@@ -1,0 +1,122 @@
+"""Hooks and callbacks over a generation's life: success, SAG's own errors, interrupts, foreign errors, reloads."""
+import logging
+
+import pytest
+import torch
+
+from conftest import load_script_module
+from modules import processing, script_callbacks, shared
+from test_host_standin import OFF, ON, hooks_on, make_p
+
+
+@pytest.fixture
+def script(host):
+    return load_script_module().SelfAttentionGuidanceScript()
+
+
+@pytest.fixture
+def fresh(host, script):
+    """Images of a fresh host, to compare later generations with."""
+    return {"on": processing.process_images(make_p(), script, ON), "off": processing.process_images(make_p(), script, OFF)}
+
+
+def fail_calls(host, should_fail):
+    """Makes apply_model raise on the calls `should_fail(call_index, batch)` picks."""
+    original, counter = host.sd_model.apply_model, iter(range(10 ** 6))
+
+    def apply_model(x, t, cond):
+        if should_fail(next(counter), x.shape[0]):
+            raise RuntimeError("injected failure")
+        return original(x, t, cond)
+
+    host.sd_model.apply_model = apply_model
+    return lambda: setattr(host.sd_model, "apply_model", original)
+
+
+def test_error_in_the_degraded_pass_stops_sag_for_that_generation_only(host, script, fresh, caplog):
+    restore = fail_calls(host, lambda index, batch: batch == 2)  # the first degraded pass (B = 2 rows)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        image = processing.process_images(make_p(), script, ON)
+    restore()
+    assert torch.equal(image, fresh["off"])  # it failed before any correction: the SAG-off image
+    assert caplog.text.count("off for this generation") == 1 and "injected failure" in caplog.text
+    assert hooks_on(host) == 0 and not script_callbacks.reported_errors
+    assert torch.equal(processing.process_images(make_p(), script, ON), fresh["on"])
+
+
+def test_interrupt_removes_the_hooks(host, script, fresh):
+    def interrupt_after_second_step(params):
+        if params.sampling_step == 1:
+            shared.state.interrupted = True
+
+    script_callbacks.on_cfg_after_cfg(interrupt_after_second_step)
+    processing.process_images(make_p(), script, ON)
+    script_callbacks.remove_callbacks_for_function(interrupt_after_second_step)
+    shared.state.interrupted = False
+    assert hooks_on(host) == 0
+    assert torch.equal(processing.process_images(make_p(), script, ON), fresh["on"])
+
+
+@pytest.mark.parametrize("next_args", [ON, OFF])
+def test_foreign_error_skipping_postprocess_is_cleaned_up_by_the_next_generation(host, script, fresh, next_args):
+    restore = fail_calls(host, lambda index, batch: index == 2)  # the host's own UNet call of the second step
+    with pytest.raises(RuntimeError, match="injected"):
+        processing.process_images(make_p(), script, ON)
+    restore()
+    assert hooks_on(host) == 2  # postprocess never ran: the webui does not call it after an exception
+    image = processing.process_images(make_p(), script, next_args)
+    assert torch.equal(image, fresh["on" if next_args[0] else "off"])
+    assert hooks_on(host) == 0
+
+
+def test_script_unload_removes_leftover_hooks(host, script):
+    restore = fail_calls(host, lambda index, batch: index == 2)
+    with pytest.raises(RuntimeError):
+        processing.process_images(make_p(), script, ON)
+    restore()
+    script_callbacks.script_unloaded_callback()
+    assert hooks_on(host) == 0
+
+
+def test_callbacks_are_registered_once_per_process(host):
+    for _ in range(3):  # "Reload custom script bodies" re-executes the script file
+        load_script_module()
+    for kind in ("cfg_denoiser", "cfg_denoised", "cfg_after_cfg", "script_unloaded"):
+        assert len(script_callbacks.callback_map[kind]) == 1, kind
+
+
+def test_both_tabs_add_the_correction_once(host, fresh):
+    module = load_script_module()
+    txt2img, img2img = module.SelfAttentionGuidanceScript(), module.SelfAttentionGuidanceScript()
+    processing.process_images(make_p(), img2img, ON)
+    assert torch.equal(processing.process_images(make_p(), txt2img, ON), fresh["on"])
+
+
+def test_infotext_only_when_enabled(host, script):
+    p = make_p()
+    processing.process_images(p, script, [True, 0.5, 2.0, 1.0])
+    assert p.extra_generation_params == {"SAG Scale": 0.5, "SAG Blur Sigma": 2.0}
+    processing.process_images(p, script, [True, 0.7, 3.0, 1.5])
+    assert p.extra_generation_params == {"SAG Scale": 0.7, "SAG Blur Sigma": 3.0, "SAG Threshold": 1.5}
+    processing.process_images(p, script, OFF)  # an X/Y/Z cell reuses the same dict
+    assert p.extra_generation_params == {}
+
+
+def test_short_api_argument_list_takes_the_defaults(host, script):
+    from sag_ext.params import DEFAULTS
+
+    p = make_p()
+    script.process(p, True)
+    assert p._sag_session.params == DEFAULTS.__class__(enabled=True)
+    script.postprocess(p, None, True)
+
+
+def test_bad_arguments_are_clamped_or_refused_with_a_message(host, script, caplog):
+    p = make_p()
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        script.process(p, True, 9.0, -1.0, 1.0)
+        assert (p._sag_session.params.scale, p._sag_session.params.blur_sigma) == (5.0, 0.0)
+        script.postprocess(p, None)
+        script.process(p, True, "strong")
+    assert "scale 9.0 is outside -2.0..5.0, using 5.0" in caplog.text
+    assert "scale must be a number" in caplog.text and p._sag_session is None
