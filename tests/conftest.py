@@ -1,12 +1,10 @@
 """Test setup: the stand-in of the webui host (tests/webui_standin, not the webui) provides `modules`."""
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
 STANDIN = Path(__file__).parent / "webui_standin"
-REPO = Path(__file__).parent.parent
 sys.path.insert(0, str(STANDIN))
 
 
@@ -26,11 +24,3 @@ def host():
     webui.register_callbacks()
     yield shared
     script_callbacks.clear_callbacks()
-
-
-def load_script_module():
-    """Executes scripts/sag.py the way the webui loads a script file (a fresh module each time)."""
-    spec = importlib.util.spec_from_file_location("sag.py", REPO / "scripts" / "sag.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

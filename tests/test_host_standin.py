@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from conftest import load_script_module
+from script_loader import load_script_module
 from modules import processing, script_callbacks, sd_unet
 from modules.sd_samplers_kdiffusion import CFGDenoiserKDiffusion
 from modules.sd_samplers_timesteps import CFGDenoiserTimesteps

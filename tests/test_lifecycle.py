@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from conftest import load_script_module
+from script_loader import load_script_module
 from modules import processing, script_callbacks, shared
 from test_host_standin import OFF, ON, hooks_on, make_p
 
