@@ -28,6 +28,7 @@ class StepInputs:
     text_cond: Any
     text_uncond: Any
     space: Any
+    scale: float
     repaint_mask: Optional[torch.Tensor]
     host: Any  # the adapter's handle for this step (the webui's CFG denoiser)
 
@@ -35,13 +36,17 @@ class StepInputs:
 class SagSession:
     """SAG state of one generation. Never shared between generations or tabs."""
 
-    def __init__(self, params: SagParams, chunk_elements: Optional[int] = None):
+    def __init__(self, params: SagParams, collect_preview: bool = False, chunk_elements: Optional[int] = None):
         self.params = params
-        self.active = params.enabled and params.scale != 0 and params.blur_sigma > 0
+        self.active = params.enabled and params.blur_sigma > 0
         self.capture: Optional[MiddleBlockCapture] = None
         self.step: Optional[StepInputs] = None
         self.correction: Optional[torch.Tensor] = None
         self.degraded_passes = 0
+        self.collect_preview = collect_preview
+        self.preview_mask: Optional[torch.Tensor] = None  # mask summed over the steps of the last pass
+        self.preview_steps = 0
+        self.previews = []  # finished preview pictures, for the host to show
         self._chunk_kwargs = {} if chunk_elements is None else {"chunk_elements": chunk_elements}
 
     @contextlib.contextmanager
@@ -72,20 +77,24 @@ class SagSession:
 
     def begin_step(self, transformer: torch.nn.Module, attn: torch.nn.Module, x_in: torch.Tensor,
                    sigma_in: torch.Tensor, image_cond_in: torch.Tensor, text_cond: Any, text_uncond: Any,
-                   uncond_rows: int, space, repaint_mask: Optional[torch.Tensor] = None, host: Any = None) -> None:
+                   uncond_rows: int, space, progress: float = 0.0, hires_pass: bool = False,
+                   repaint_mask: Optional[torch.Tensor] = None, host: Any = None) -> None:
         """Before the UNet calls of a step: keep the uncond rows (the last `uncond_rows` of the layout).
 
-        `space` is the model output's space (X0Space or EpsSpace); `repaint_mask` (img2img) limits the
-        correction to the repainted area.
+        `space` is the model output's space (X0Space or EpsSpace); `progress` is the step's place in its
+        pass's schedule (0 first, towards 1 last); `repaint_mask` (img2img) limits the correction to the
+        repainted area. Steps outside the parameters' range, or with scale 0, do no work at all.
         """
         self.step, self.correction = None, None
-        if not self.active or latent_too_small(tuple(x_in.shape[-2:])):
+        scale = self.params.scale_for(hires_pass)
+        if not self.active or scale == 0 or not self.params.in_range(progress) \
+                or latent_too_small(tuple(x_in.shape[-2:])):
             return
         if not self.owns(attn):
             self.close()
             self.capture = MiddleBlockCapture(transformer, attn, owner=self, **self._chunk_kwargs)
         self.step = StepInputs(x_in[-uncond_rows:], sigma_in[-uncond_rows:], image_cond_in[-uncond_rows:],
-                               text_cond, text_uncond, space, repaint_mask, host)
+                               text_cond, text_uncond, space, scale, repaint_mask, host)
         self.capture.arm(total_rows=x_in.shape[0], target_rows=uncond_rows)
 
     def end_step(self, x_out: torch.Tensor, degraded_pass: Callable[[torch.Tensor, StepInputs], torch.Tensor]) -> None:
@@ -110,8 +119,22 @@ class SagSession:
         degraded = degrade(x0, mask, self.params.blur_sigma)
         out_pass = degraded_pass(space.renoise(step.x, x0, degraded, step.sigma), step)
         self.degraded_passes += 1
-        correction = space.correction(degraded, out_uncond, out_pass, step.x, step.sigma) * self.params.scale
+        if self.collect_preview:
+            self._accumulate_preview(mask)
+        correction = space.correction(degraded, out_uncond, out_pass, step.x, step.sigma) * step.scale
         self.correction = correction if step.repaint_mask is None else correction * step.repaint_mask
+
+    def _accumulate_preview(self, mask: torch.Tensor) -> None:
+        if self.preview_mask is None or self.preview_mask.shape != mask.shape:  # a new pass (hires fix)
+            self.preview_mask, self.preview_steps = torch.zeros_like(mask), 0
+        self.preview_mask += mask
+        self.preview_steps += 1
+
+    def preview(self) -> Optional[torch.Tensor]:
+        """(B, H, W) in [0, 1]: the share of the last pass's SAG steps in which each latent pixel was blurred."""
+        if self.preview_mask is None:
+            return None
+        return (self.preview_mask[:, 0] / self.preview_steps).float().cpu()
 
     def apply(self, combined: torch.Tensor) -> torch.Tensor:
         """The CFG result plus this step's correction (nothing if the step had none)."""

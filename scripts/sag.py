@@ -19,5 +19,8 @@ class SelfAttentionGuidanceScript(scripts.Script):
     def process(self, p, *args):
         webui.start_generation(p, args)
 
+    def postprocess_batch(self, p, *args, images=None, **kwargs):
+        webui.collect_previews(p, images)
+
     def postprocess(self, p, processed, *args):
-        webui.end_generation(p)
+        webui.end_generation(p, processed)

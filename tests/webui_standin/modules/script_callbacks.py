@@ -6,7 +6,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-callback_map = {"cfg_denoiser": [], "cfg_denoised": [], "cfg_after_cfg": [], "script_unloaded": []}
+callback_map = {name: [] for name in ("cfg_denoiser", "cfg_denoised", "cfg_after_cfg", "script_unloaded",
+                                      "infotext_pasted", "ui_settings", "app_started", "before_ui")}
 reported_errors = []
 
 
@@ -37,10 +38,10 @@ class AfterCFGCallbackParams:
     total_sampling_steps: int
 
 
-def _dispatch(kind, params):
+def _dispatch(kind, *args):
     for callback in list(callback_map[kind]):
         try:
-            callback(params) if params is not None else callback()
+            callback(*args)
         except Exception:
             reported_errors.append(traceback.format_exc())
 
@@ -58,7 +59,15 @@ def cfg_after_cfg_callback(params):
 
 
 def script_unloaded_callback():
-    _dispatch("script_unloaded", None)
+    _dispatch("script_unloaded")
+
+
+def infotext_pasted_callback(infotext, params):
+    _dispatch("infotext_pasted", infotext, params)
+
+
+def before_ui_callback():
+    _dispatch("before_ui")
 
 
 def on_cfg_denoiser(callback):
@@ -75,6 +84,22 @@ def on_cfg_after_cfg(callback):
 
 def on_script_unloaded(callback):
     callback_map["script_unloaded"].append(callback)
+
+
+def on_infotext_pasted(callback):
+    callback_map["infotext_pasted"].append(callback)
+
+
+def on_ui_settings(callback):
+    callback_map["ui_settings"].append(callback)
+
+
+def on_app_started(callback):
+    callback_map["app_started"].append(callback)
+
+
+def on_before_ui(callback):
+    callback_map["before_ui"].append(callback)
 
 
 def remove_callbacks_for_function(callback):

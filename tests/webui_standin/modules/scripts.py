@@ -1,5 +1,9 @@
 """Stand-in of modules.scripts: the Script base class as an AlwaysVisible script sees it."""
+from collections import namedtuple
+
 AlwaysVisible = object()
+ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedir", "module"])
+scripts_data = []  # the loaded script files; the X/Y/Z plot's is added by tests that need it
 
 
 class Script:

@@ -1,0 +1,441 @@
+"""Cost of Self-Attention Guidance per sampling step, on the real ldm UNet with random weights.
+
+For each configuration it runs an Euler sampling loop with batched CFG the way the webui's CFG
+denoiser does it (cond rows first, the B uncond rows last, one UNet call over 2B rows), once plain
+and once with SAG driven through `SagSession` exactly as `sag_ext.webui` drives it, and times the
+bare UNet over B and 2B rows. The overhead r = (step SAG - step CFG) / T(B) is 1 for a SAG that
+costs exactly one extra UNet pass over the uncond rows.
+
+    python benchmarks/bench_sag.py                       # every GPU configuration
+    python benchmarks/bench_sag.py --configs sd15-512-b1 sdxl-2048-b1 --json out.json
+    python benchmarks/bench_sag.py --profile sdxl-2048-b1  # profiler table of one SAG step
+    python benchmarks/bench_sag.py --tiny                # seconds on the CPU (smoke test)
+
+As in the webui: fp16 weights under autocast on CUDA (fp32 on the CPU), TF32 matmuls allowed, and
+ldm's CrossAttention replaced by PyTorch SDPA (the webui's "sdp" optimisation patches the same
+method). Peak memory is torch.cuda.max_memory_allocated over a whole sampling run, weights included;
+on the CPU it is reported as 0.
+"""
+import argparse
+import contextlib
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ldm.modules import attention as ldm_attention  # noqa: E402
+from ldm.modules.attention import SpatialTransformer  # noqa: E402
+from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
+
+from sag_ext import capture as sag_capture, session as sag_session  # noqa: E402
+from sag_ext.guidance import X0Space  # noqa: E402
+from sag_ext.params import SagParams  # noqa: E402
+from sag_ext.session import SagSession  # noqa: E402
+
+CFG_SCALE = 7.0
+MIB = 1 << 20
+
+
+# ---- the UNet ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Arch:
+    """A UNet layout. `depths` maps a transformer's channel count to its depth (absent: 1)."""
+
+    channels: int
+    channel_mult: tuple
+    attention_resolutions: tuple
+    context_dim: int
+    num_heads: int = -1
+    num_head_channels: int = -1
+    use_linear: bool = False
+    depths: tuple = ()
+    num_res_blocks: int = 2
+
+
+def sd15(channels=320, context_dim=768, **tiny):
+    return Arch(channels, (1, 2, 4, 4), (4, 2, 1), context_dim, num_heads=8, **tiny)
+
+
+def sdxl_like(channels=320, context_dim=2048, head_channels=64, deep=10, **tiny):
+    """SDXL base: transformer depth 2 at the 2x level, `deep` (10) at the 4x level and in the middle; no ADM vector."""
+    return Arch(channels, (1, 2, 4), (4, 2), context_dim, num_head_channels=head_channels, use_linear=True,
+                depths=((2 * channels, 2), (4 * channels, deep)), **tiny)
+
+
+class DeepSpatialTransformer(SpatialTransformer):
+    """ldm's SpatialTransformer with depth > 1 fed one context tensor.
+
+    Upstream indexes `context[i]` for block i but wraps a tensor as a one-element list, so depth > 1
+    only works with a list of contexts; every block of SDXL gets the same text context.
+    """
+
+    def forward(self, x, context=None):
+        return super().forward(x, [context] * len(self.transformer_blocks))
+
+
+def _deepen(unet: UNetModel, arch: Arch) -> None:
+    """Replace each SpatialTransformer whose channel count is in `arch.depths` by a deeper one (ldm has one depth for all)."""
+    depths = dict(arch.depths)
+    for block in (*unet.input_blocks, unet.middle_block, *unet.output_blocks):
+        for index, layer in enumerate(block):
+            depth = depths.get(getattr(layer, "in_channels", None), 1) if isinstance(layer, SpatialTransformer) else 1
+            if depth > 1:
+                attn = layer.transformer_blocks[0].attn1
+                block[index] = DeepSpatialTransformer(
+                    layer.in_channels, attn.heads, attn.to_q.out_features // attn.heads, depth=depth,
+                    context_dim=[arch.context_dim] * depth, use_linear=arch.use_linear, use_checkpoint=False)
+
+
+def sdpa_forward(self, x, context=None, mask=None):
+    """ldm CrossAttention.forward through F.scaled_dot_product_attention (the webui's sdp attention)."""
+    context = x if context is None else context
+    q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+    batch, tokens, inner = q.shape
+    q, k, v = (t.view(batch, -1, self.heads, inner // self.heads).transpose(1, 2) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v)
+    return self.to_out(out.transpose(1, 2).reshape(batch, tokens, inner))
+
+
+def use_sdpa_attention() -> None:
+    """Patch ldm's attention for this process: SDPA, and never xformers (must run before building)."""
+    ldm_attention.XFORMERS_IS_AVAILBLE = False
+    ldm_attention.CrossAttention.forward = sdpa_forward
+
+
+def build_unet(arch: Arch, device: torch.device, dtype: torch.dtype, seed: int = 0) -> UNetModel:
+    """Random-weight UNet; ldm's zero-initialised output layers get small random weights."""
+    torch.manual_seed(seed)
+    with device:
+        unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=arch.channels,
+                         num_res_blocks=arch.num_res_blocks, attention_resolutions=list(arch.attention_resolutions),
+                         channel_mult=list(arch.channel_mult), num_heads=arch.num_heads,
+                         num_head_channels=arch.num_head_channels, use_spatial_transformer=True,
+                         transformer_depth=1, context_dim=arch.context_dim,
+                         use_linear_in_transformer=arch.use_linear, legacy=False)
+        _deepen(unet, arch)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            if parameter.dim() > 1 and not parameter.any():
+                parameter.normal_(0, 0.1 / math.sqrt(parameter[0].numel()))
+    return unet.to(dtype).eval().requires_grad_(False)
+
+
+def middle_attention(unet: UNetModel):
+    """(middle transformer, its first attn1): what sag_ext.webui.middle_attention finds in the webui."""
+    transformer = unet.middle_block[1]
+    return transformer, transformer.transformer_blocks[0].attn1
+
+
+# ---- the webui's sampling path ---------------------------------------------------------------------
+
+class Denoiser:
+    """k-diffusion's CompVisDenoiser for an eps UNet: x0 = x - sigma * eps(x * c_in, t(sigma)), SD's schedule."""
+
+    def __init__(self, unet: UNetModel, device: torch.device):
+        self.unet = unet
+        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+        alphas = torch.cumprod(1 - betas, 0)
+        self.sigmas = ((1 - alphas) / alphas).sqrt().float().to(device)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        return (sigma.log()[:, None] - self.sigmas.log()[None]).abs().argmin(dim=1)
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
+        c_in = (sigma ** 2 + 1).rsqrt()[:, None, None, None]
+        eps = self.unet(x * c_in, self.sigma_to_t(sigma), context=cond["c_crossattn"][0])
+        return x - sigma[:, None, None, None] * eps
+
+
+def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None):
+    """One call of the webui's CFGDenoiser (k-diffusion) with SAG's three callbacks where the webui fires them."""
+    rows = x.shape[0]
+    x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
+    image_cond_in = x.new_zeros(2 * rows, 5, 1, 1)  # txt2img's image conditioning
+    if session is not None:  # on_cfg_denoiser
+        transformer, attn = middle_attention(model.unet)
+        with session.guard():
+            session.begin_step(transformer, attn, x_in, sigma_in, image_cond_in, text_cond, text_uncond,
+                               uncond_rows=text_uncond.shape[0], space=X0Space())
+    with torch.profiler.record_function("cfg: unet over 2B rows"):
+        x_out = model(x_in, sigma_in, cond={"c_crossattn": [torch.cat([text_cond, text_uncond])],
+                                            "c_concat": [image_cond_in]})
+    if session is not None:  # on_cfg_denoised
+        def degraded_pass(x_pass, step):
+            with torch.profiler.record_function("sag: degraded pass (unet over B rows)"):
+                return model(x_pass, step.sigma, cond={"c_crossattn": [step.text_uncond],
+                                                       "c_concat": [step.image_cond]})
+
+        with session.guard(), torch.profiler.record_function("sag: end_step"):
+            session.end_step(x_out, degraded_pass)
+    uncond = x_out[-rows:]
+    denoised = uncond + CFG_SCALE * (x_out[:rows] - uncond)
+    if session is not None:  # on_cfg_after_cfg
+        with session.guard():
+            denoised = session.apply(denoised)
+    return denoised
+
+
+def sampling_sigmas(model: Denoiser, steps: int) -> torch.Tensor:
+    """Geometric from SD's largest to its smallest sigma, then 0 (step times do not depend on it)."""
+    high, low = model.sigmas[-1].log(), model.sigmas[0].log()
+    return torch.cat([torch.linspace(high, low, steps).exp(), model.sigmas.new_zeros(1)])
+
+
+class Timer:
+    """Per-call wall times: CUDA events on the GPU (read once at the end), perf_counter on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.spans = []
+
+    def __call__(self, fn, *args):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn(*args)
+            end.record()
+            self.spans.append((start, end))
+        else:
+            start = time.perf_counter()
+            out = fn(*args)
+            self.spans.append(time.perf_counter() - start)
+        return out
+
+    def median_ms(self, skip: int) -> float:
+        if self.cuda:
+            torch.cuda.synchronize()
+            times = [start.elapsed_time(end) for start, end in self.spans[skip:]]
+        else:
+            times = [seconds * 1e3 for seconds in self.spans[skip:]]
+        return statistics.median(times)
+
+
+# ---- measurements -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    arch: Arch
+    pixels: int
+    batch: int
+
+
+GPU_CONFIGS = [Config("sd15-512-b1", sd15(), 512, 1), Config("sd15-512-b4", sd15(), 512, 4),
+               Config("sd15-1024-b1", sd15(), 1024, 1), Config("sdxl-1024-b1", sdxl_like(), 1024, 1),
+               Config("sdxl-1024-b4", sdxl_like(), 1024, 4), Config("sdxl-2048-b1", sdxl_like(), 2048, 1)]
+TINY_CONFIGS = [Config("tiny-sd15", sd15(channels=32, context_dim=64, num_res_blocks=1), 256, 1),
+                Config("tiny-sdxl", sdxl_like(channels=32, context_dim=64, head_channels=8, deep=3, num_res_blocks=1), 256, 2)]
+
+
+class Bench:
+    """One configuration's model and inputs; each method measures one thing."""
+
+    def __init__(self, config: Config, unet: UNetModel, device: torch.device, warmup: int, steps: int):
+        self.config, self.device, self.warmup, self.steps = config, device, warmup, steps
+        self.model = Denoiser(unet, device)
+        generator = torch.Generator(device).manual_seed(1)
+        size, rows, context = config.pixels // 8, config.batch, config.arch.context_dim
+        self.noise = torch.randn(rows, 4, size, size, generator=generator, device=device)
+        self.text_cond = torch.randn(rows, 77, context, generator=generator, device=device)
+        self.text_uncond = torch.randn(rows, 77, context, generator=generator, device=device)
+        self.sigmas = sampling_sigmas(self.model, warmup + steps)
+
+    def autocast(self):
+        cuda = self.device.type == "cuda"
+        return torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
+
+    def _reset_peak(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+    def _peak_mib(self) -> float:
+        return torch.cuda.max_memory_allocated() / MIB if self.device.type == "cuda" else 0.0
+
+    def _step(self, x, sigma, sigma_next, session):
+        """One Euler step of the webui's k-diffusion sampler."""
+        s = sigma.expand(x.shape[0])
+        denoised = cfg_denoise(self.model, x, s, self.text_cond, self.text_uncond, session)
+        return x + (x - denoised) / sigma * (sigma_next - sigma)
+
+    def sample(self, sag: bool):
+        """(median step ms, peak MiB, final latent) of a sampling run, without or with SAG."""
+        session = SagSession(SagParams(enabled=True)) if sag else None
+        timer, x = Timer(self.device), self.noise * self.sigmas[0]
+        self._reset_peak()
+        with torch.no_grad(), self.autocast():
+            for sigma, sigma_next in zip(self.sigmas[:-1], self.sigmas[1:]):
+                x = timer(self._step, x, sigma, sigma_next, session)
+        median, peak = timer.median_ms(self.warmup), self._peak_mib()
+        if session is not None:
+            if not session.active or session.degraded_passes != len(self.sigmas) - 1:
+                raise RuntimeError(f"SAG did not run on every step ({session.degraded_passes} passes)")
+            session.close()
+        return median, peak, x
+
+    def unet_ms(self, rows: int) -> float:
+        """Median time of one bare UNet call over `rows` rows."""
+        reps = -(-rows // self.config.batch)
+        x = self.noise.repeat(reps, 1, 1, 1)[:rows]
+        context = self.text_cond.repeat(reps, 1, 1)[:rows]
+        t = torch.full((rows,), 500, device=self.device)
+        timer = Timer(self.device)
+        with torch.no_grad(), self.autocast():
+            for _ in range(self.warmup + self.steps):
+                timer(self.model.unet, x, t, context)
+        return timer.median_ms(self.warmup)
+
+    def run(self) -> dict:
+        cfg_ms, peak_cfg, out_cfg = self.sample(sag=False)
+        sag_ms, peak_sag, out_sag = self.sample(sag=True)
+        unet_b, unet_2b = self.unet_ms(self.config.batch), self.unet_ms(2 * self.config.batch)
+        return {"config": self.config.name, "batch": self.config.batch, "pixels": self.config.pixels,
+                "latent": self.config.pixels // 8, "step_cfg_ms": cfg_ms, "step_sag_ms": sag_ms,
+                "unet_b_ms": unet_b, "unet_2b_ms": unet_2b, "overhead_r": (sag_ms - cfg_ms) / unet_b,
+                "peak_cfg_mib": peak_cfg, "peak_sag_mib": peak_sag, "peak_ratio": peak_sag / peak_cfg if peak_cfg else 1.0,
+                "outputs_finite": bool(out_cfg.isfinite().all() and out_sag.isfinite().all()),
+                "warmup": self.warmup, "timed_steps": self.steps}
+
+
+def environment(device: torch.device) -> dict:
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": device.type, "card": card, "torch": torch.__version__}
+
+
+def run_configs(configs, device, dtype, warmup, steps):
+    """Yield one result row per configuration, building each architecture's UNet once."""
+    unet, built_for = None, None
+    for config in configs:
+        if config.arch != built_for:
+            unet = built_for = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            unet, built_for = build_unet(config.arch, device, dtype), config.arch
+        yield {**Bench(config, unet, device, warmup, steps).run(), **environment(device)}
+
+
+def print_table(rows) -> None:
+    if not rows:
+        return
+    print(f"\n{rows[0]['card']}, torch {rows[0]['torch']}; medians of {rows[0]['timed_steps']} steps "
+          f"after {rows[0]['warmup']} warm-up; r = (SAG - CFG) / T(B)")
+    header = ("config", "step CFG ms", "step SAG ms", "T(B) ms", "T(2B) ms", "r", "peak CFG MiB", "peak SAG MiB",
+              "SAG/CFG mem")
+    print(" | ".join(header))
+    print(" | ".join("---" for _ in header))
+    for row in rows:
+        print(f"{row['config']} | {row['step_cfg_ms']:.2f} | {row['step_sag_ms']:.2f} | {row['unet_b_ms']:.2f} | "
+              f"{row['unet_2b_ms']:.2f} | {row['overhead_r']:.3f} | {row['peak_cfg_mib']:.0f} | "
+              f"{row['peak_sag_mib']:.0f} | {row['peak_ratio']:.4f}")
+
+
+# ---- profiling ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def labelled_sag_internals():
+    """Profiler ranges around SAG's internals, by wrapping the functions sag_ext's modules call by name."""
+    targets = [(sag_capture, "per_key_attention_mass", "sag: attention mass (hook)"),
+               (sag_session, "attention_mask", "sag: mask"), (sag_session, "degrade", "sag: blur + lerp")]
+    originals = [(module, name, getattr(module, name)) for module, name, _ in targets]
+
+    def labelled(fn, label):
+        def wrapper(*args, **kwargs):
+            with torch.profiler.record_function(label):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    for (module, name, label), (_, _, fn) in zip(targets, originals):
+        setattr(module, name, labelled(fn, label))
+    try:
+        yield
+    finally:
+        for module, name, fn in originals:
+            setattr(module, name, fn)
+
+
+def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: int, rows: int = 40) -> None:
+    """Print a profiler table of one SAG step (after `warmup` SAG steps) and the host syncs it makes."""
+    bench = Bench(config, build_unet(config.arch, device, dtype), device, warmup, 1)
+    session = SagSession(SagParams(enabled=True))
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    x = bench.noise * bench.sigmas[0]
+    with torch.no_grad(), bench.autocast():
+        for sigma, sigma_next in zip(bench.sigmas[:warmup], bench.sigmas[1:warmup + 1]):
+            x = bench._step(x, sigma, sigma_next, session)
+        sigma, sigma_next = bench.sigmas[warmup], bench.sigmas[warmup + 1]
+        syncs = []
+        with labelled_sag_internals(), torch.profiler.profile(activities=activities) as prof:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("warn")
+            with warnings.catch_warnings(record=True) as syncs:
+                warnings.simplefilter("always")
+                bench._step(x, sigma, sigma_next, session)
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+                torch.cuda.synchronize()
+    session.close()
+    sort_key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    print(f"\nOne SAG step of {config.name} on {environment(device)['card']}, torch {torch.__version__}")
+    print(prof.key_averages().table(sort_by=sort_key, row_limit=rows))
+    attr = "device_time_total" if device.type == "cuda" else "cpu_time_total"
+    print("labelled ranges (ms):")
+    for event in prof.key_averages():
+        if event.key.startswith(("sag:", "cfg:")):
+            print(f"  {event.key}: {getattr(event, attr) / 1e3:.3f}")
+    sync_lines = sorted({str(w.message).splitlines()[0] for w in syncs if "synchroniz" in str(w.message)})
+    print(f"host syncs during the step: {sum('synchroniz' in str(w.message) for w in syncs)}")
+    for line in sync_lines:
+        print(f"  {line}")
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    all_configs = {c.name: c for c in GPU_CONFIGS + TINY_CONFIGS}
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", choices=sorted(all_configs), help="configurations to run")
+    parser.add_argument("--tiny", action="store_true", help="tiny UNets, 32x32 latent, 1 + 2 steps, on the CPU")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps and calls before timing")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps and calls")
+    parser.add_argument("--json", type=Path, help="write the result rows to this JSON file")
+    parser.add_argument("--profile", choices=sorted(all_configs), help="profile one SAG step of this configuration")
+    args = parser.parse_args(argv)
+
+    if args.tiny:
+        device, args.warmup, args.steps = torch.device("cpu"), 1, 2
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # the webui's enable_tf32
+    use_sdpa_attention()
+
+    if args.profile:
+        profile(all_configs[args.profile], device, dtype, max(args.warmup, 1))
+        return 0
+    names = args.configs or [c.name for c in (TINY_CONFIGS if args.tiny else GPU_CONFIGS)]
+    rows = []
+    for row in run_configs([all_configs[n] for n in names], device, dtype, args.warmup, args.steps):
+        rows.append(row)
+        print(f"{row['config']}: CFG {row['step_cfg_ms']:.2f} ms, SAG {row['step_sag_ms']:.2f} ms, "
+              f"r {row['overhead_r']:.3f}, memory x{row['peak_ratio']:.4f}", flush=True)
+        if args.json:  # rewritten after each configuration, so a run cut short keeps what it measured
+            args.json.write_text(json.dumps(rows, indent=1))
+    print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
