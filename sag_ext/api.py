@@ -58,7 +58,13 @@ class ArgumentValidation:
                         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]})
             return await send({"type": "http.response.body", "body": content})
 
-        async def replay():
+        replayed = False
+
+        async def replay():  # the body once, then the real channel (which reports the disconnect)
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
         return await self.app(scope, replay, send)

@@ -134,10 +134,13 @@ def run_middleware(body: bytes):
 
     async def app(scope, receive, send):
         received.append(await receive())
+        received.append(await receive())  # a streaming response waits for the disconnect like this
         await send({"type": "http.response.start", "status": 200, "headers": []})
 
+    client = iter([{"type": "http.request", "body": body, "more_body": False}, {"type": "http.disconnect"}])
+
     async def receive():
-        return {"type": "http.request", "body": body, "more_body": False}
+        return next(client)
 
     async def send(message):
         sent.append(message)
@@ -157,7 +160,7 @@ def test_middleware_answers_422_before_the_endpoint_runs():
 def test_middleware_hands_good_bodies_on_unchanged():
     body = json.dumps({"alwayson_scripts": {"self-attention guidance": {"args": [True]}}}).encode()
     received, sent = run_middleware(body)
-    assert received[0]["body"] == body and sent[0]["status"] == 200
+    assert received[0]["body"] == body and received[1]["type"] == "http.disconnect" and sent[0]["status"] == 200
 
 
 def test_dict_argument_reaches_the_generation(host, script):
