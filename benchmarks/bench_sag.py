@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from ldm.modules.attention import SpatialTransformer  # noqa: E402
 from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
 from sag_ext import capture as sag_capture, session as sag_session  # noqa: E402
-from sag_ext.guidance import X0Space  # noqa: E402
+from sag_ext.guidance import X0Space, degrade  # noqa: E402
 from sag_ext.params import SagParams  # noqa: E402
 from sag_ext.session import SagSession  # noqa: E402
 
@@ -84,7 +85,7 @@ class DeepSpatialTransformer(SpatialTransformer):
 
 
 def _deepen(unet: UNetModel, arch: Arch) -> None:
-    """Replace each SpatialTransformer whose channel count is in `arch.depths` by a deeper one (ldm has one depth for all)."""
+    """Give each SpatialTransformer the depth `arch.depths` sets for its channels (ldm builds one depth for all)."""
     depths = dict(arch.depths)
     for block in (*unet.input_blocks, unet.middle_block, *unet.output_blocks):
         for index, layer in enumerate(block):
@@ -156,8 +157,30 @@ class Denoiser:
         return x - sigma[:, None, None, None] * eps
 
 
-def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None):
-    """One call of the webui's CFGDenoiser (k-diffusion) with SAG's three callbacks where the webui fires them."""
+def blur_breaks_under_autocast(device: torch.device) -> bool:
+    """Whether sag_ext's degrade() fails under CUDA autocast, as it runs inside the webui's sampling.
+
+    Its conv2d returns float16 under autocast while x0 is float32, and torch.lerp refuses the mix.
+    """
+    if device.type != "cuda":
+        return False
+    x0 = torch.randn(1, 4, 8, 8, device=device)
+    try:
+        with torch.autocast("cuda", dtype=torch.float16):
+            degrade(x0, torch.ones_like(x0[:, :1]), 2.0)
+    except RuntimeError:
+        return True
+    return False
+
+
+def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None, progress=0.0,
+                fp32_end_step=False):
+    """One call of the webui's CFGDenoiser (k-diffusion) with SAG's three callbacks where the webui fires them.
+
+    `progress` is the step's place in the schedule (the webui's denoiser.step / total_steps).
+    `fp32_end_step` works around `blur_breaks_under_autocast`: end_step runs with autocast off and its
+    degraded pass with autocast on again, which is what a fix inside sag_ext would amount to.
+    """
     rows = x.shape[0]
     x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
     image_cond_in = x.new_zeros(2 * rows, 5, 1, 1)  # txt2img's image conditioning
@@ -165,17 +188,21 @@ def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None)
         transformer, attn = middle_attention(model.unet)
         with session.guard():
             session.begin_step(transformer, attn, x_in, sigma_in, image_cond_in, text_cond, text_uncond,
-                               uncond_rows=text_uncond.shape[0], space=X0Space())
+                               uncond_rows=text_uncond.shape[0], space=X0Space(), progress=progress,
+                               hires_pass=False)
     with torch.profiler.record_function("cfg: unet over 2B rows"):
         x_out = model(x_in, sigma_in, cond={"c_crossattn": [torch.cat([text_cond, text_uncond])],
                                             "c_concat": [image_cond_in]})
     if session is not None:  # on_cfg_denoised
+        resume = (lambda: torch.autocast("cuda", dtype=torch.float16)) if fp32_end_step else contextlib.nullcontext
+        suspend = torch.autocast("cuda", enabled=False) if fp32_end_step else contextlib.nullcontext()
+
         def degraded_pass(x_pass, step):
-            with torch.profiler.record_function("sag: degraded pass (unet over B rows)"):
+            with resume(), torch.profiler.record_function("sag: degraded pass (unet over B rows)"):
                 return model(x_pass, step.sigma, cond={"c_crossattn": [step.text_uncond],
                                                        "c_concat": [step.image_cond]})
 
-        with session.guard(), torch.profiler.record_function("sag: end_step"):
+        with session.guard(), suspend, torch.profiler.record_function("sag: end_step"):
             session.end_step(x_out, degraded_pass)
     uncond = x_out[-rows:]
     denoised = uncond + CFG_SCALE * (x_out[:rows] - uncond)
@@ -187,8 +214,9 @@ def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None)
 
 def sampling_sigmas(model: Denoiser, steps: int) -> torch.Tensor:
     """Geometric from SD's largest to its smallest sigma, then 0 (step times do not depend on it)."""
-    high, low = model.sigmas[-1].log(), model.sigmas[0].log()
-    return torch.cat([torch.linspace(high, low, steps).exp(), model.sigmas.new_zeros(1)])
+    high, low = model.sigmas[-1].log().item(), model.sigmas[0].log().item()
+    sigmas = torch.linspace(high, low, steps, device=model.sigmas.device).exp()
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
 
 
 class Timer:
@@ -211,13 +239,12 @@ class Timer:
             self.spans.append(time.perf_counter() - start)
         return out
 
-    def median_ms(self, skip: int) -> float:
+    def times_ms(self, skip: int) -> list:
+        """The times of all calls but the first `skip`, in milliseconds."""
         if self.cuda:
             torch.cuda.synchronize()
-            times = [start.elapsed_time(end) for start, end in self.spans[skip:]]
-        else:
-            times = [seconds * 1e3 for seconds in self.spans[skip:]]
-        return statistics.median(times)
+            return [start.elapsed_time(end) for start, end in self.spans[skip:]]
+        return [seconds * 1e3 for seconds in self.spans[skip:]]
 
 
 # ---- measurements -----------------------------------------------------------------------------------
@@ -233,12 +260,13 @@ class Config:
 GPU_CONFIGS = [Config("sd15-512-b1", sd15(), 512, 1), Config("sd15-512-b4", sd15(), 512, 4),
                Config("sd15-1024-b1", sd15(), 1024, 1), Config("sdxl-1024-b1", sdxl_like(), 1024, 1),
                Config("sdxl-1024-b4", sdxl_like(), 1024, 4), Config("sdxl-2048-b1", sdxl_like(), 2048, 1)]
-TINY_CONFIGS = [Config("tiny-sd15", sd15(channels=32, context_dim=64, num_res_blocks=1), 256, 1),
-                Config("tiny-sdxl", sdxl_like(channels=32, context_dim=64, head_channels=8, deep=3, num_res_blocks=1), 256, 2)]
+TINY_CONFIGS = [  # 32x32 latents; narrow, shallow and with a short context, for the CPU
+    Config("tiny-sd15", sd15(channels=32, context_dim=64, num_res_blocks=1), 256, 1),
+    Config("tiny-sdxl", sdxl_like(channels=32, context_dim=64, head_channels=8, deep=3, num_res_blocks=1), 256, 2)]
 
 
 class Bench:
-    """One configuration's model and inputs; each method measures one thing."""
+    """One configuration's model, inputs and sampling schedule."""
 
     def __init__(self, config: Config, unet: UNetModel, device: torch.device, warmup: int, steps: int):
         self.config, self.device, self.warmup, self.steps = config, device, warmup, steps
@@ -249,62 +277,64 @@ class Bench:
         self.text_cond = torch.randn(rows, 77, context, generator=generator, device=device)
         self.text_uncond = torch.randn(rows, 77, context, generator=generator, device=device)
         self.sigmas = sampling_sigmas(self.model, warmup + steps)
+        self.fp32_end_step = blur_breaks_under_autocast(device)
 
     def autocast(self):
         cuda = self.device.type == "cuda"
         return torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
 
-    def _reset_peak(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-
-    def _peak_mib(self) -> float:
-        return torch.cuda.max_memory_allocated() / MIB if self.device.type == "cuda" else 0.0
-
-    def _step(self, x, sigma, sigma_next, session):
-        """One Euler step of the webui's k-diffusion sampler."""
-        s = sigma.expand(x.shape[0])
-        denoised = cfg_denoise(self.model, x, s, self.text_cond, self.text_uncond, session)
+    def _step(self, x, index, session):
+        """Euler step `index` of the webui's k-diffusion sampler."""
+        sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
+        progress = index / (len(self.sigmas) - 1)
+        denoised = cfg_denoise(self.model, x, sigma.expand(x.shape[0]), self.text_cond, self.text_uncond, session,
+                               progress, self.fp32_end_step)
         return x + (x - denoised) / sigma * (sigma_next - sigma)
 
-    def sample(self, sag: bool):
-        """(median step ms, peak MiB, final latent) of a sampling run, without or with SAG."""
-        session = SagSession(SagParams(enabled=True)) if sag else None
-        timer, x = Timer(self.device), self.noise * self.sigmas[0]
-        self._reset_peak()
-        with torch.no_grad(), self.autocast():
-            for sigma, sigma_next in zip(self.sigmas[:-1], self.sigmas[1:]):
-                x = timer(self._step, x, sigma, sigma_next, session)
-        median, peak = timer.median_ms(self.warmup), self._peak_mib()
-        if session is not None:
-            if not session.active or session.degraded_passes != len(self.sigmas) - 1:
-                raise RuntimeError(f"SAG did not run on every step ({session.degraded_passes} passes)")
-            session.close()
-        return median, peak, x
-
-    def unet_ms(self, rows: int) -> float:
-        """Median time of one bare UNet call over `rows` rows."""
+    def _unet_inputs(self, rows: int):
+        """(x, t, context) for a bare UNet call over `rows` rows."""
         reps = -(-rows // self.config.batch)
-        x = self.noise.repeat(reps, 1, 1, 1)[:rows]
-        context = self.text_cond.repeat(reps, 1, 1)[:rows]
-        t = torch.full((rows,), 500, device=self.device)
-        timer = Timer(self.device)
-        with torch.no_grad(), self.autocast():
-            for _ in range(self.warmup + self.steps):
-                timer(self.model.unet, x, t, context)
-        return timer.median_ms(self.warmup)
+        return (self.noise.repeat(reps, 1, 1, 1)[:rows], torch.full((rows,), 500, device=self.device),
+                self.text_cond.repeat(reps, 1, 1)[:rows])
 
     def run(self) -> dict:
-        cfg_ms, peak_cfg, out_cfg = self.sample(sag=False)
-        sag_ms, peak_sag, out_sag = self.sample(sag=True)
-        unet_b, unet_2b = self.unet_ms(self.config.batch), self.unet_ms(2 * self.config.batch)
+        """Time a CFG step, a SAG step, T(B) and T(2B) in turn, step after step, so drift hits all alike.
+
+        The CFG and SAG runs follow their own latents. Once SAG's first step has attached its hooks they
+        stay (as in a webui generation), so the CFG steps pass through them disarmed, a few microseconds.
+        Peak memory is the allocator's high-water mark within each timed call (host-side bookkeeping, no sync).
+        """
+        cuda = self.device.type == "cuda"
+        session = SagSession(SagParams(enabled=True))
+        timers = {name: Timer(self.device) for name in ("cfg", "sag", "unet_b", "unet_2b")}
+        peaks = {"cfg": 0.0, "sag": 0.0}
+        latents = {"cfg": self.noise * self.sigmas[0], "sag": self.noise * self.sigmas[0]}
+        unet_b, unet_2b = self._unet_inputs(self.config.batch), self._unet_inputs(2 * self.config.batch)
+        with torch.no_grad(), self.autocast():
+            for index in range(len(self.sigmas) - 1):
+                for mode, step_session in (("cfg", None), ("sag", session)):
+                    if cuda:
+                        torch.cuda.reset_peak_memory_stats()
+                    latents[mode] = timers[mode](self._step, latents[mode], index, step_session)
+                    if cuda:
+                        peaks[mode] = max(peaks[mode], torch.cuda.max_memory_allocated() / MIB)
+                timers["unet_b"](self.model.unet, *unet_b)
+                timers["unet_2b"](self.model.unet, *unet_2b)
+        if not session.active or session.degraded_passes != len(self.sigmas) - 1:
+            raise RuntimeError(f"SAG did not run on every step ({session.degraded_passes} passes)")
+        session.close()
+
+        ms = {name: timer.times_ms(self.warmup) for name, timer in timers.items()}
+        cfg, sag, t_b, t_2b = (statistics.median(ms[name]) for name in ("cfg", "sag", "unet_b", "unet_2b"))
+        per_step_r = [(s - c) / t for c, s, t in zip(ms["cfg"], ms["sag"], ms["unet_b"])]
+        quartiles = statistics.quantiles(per_step_r, n=4) if len(per_step_r) > 1 else [per_step_r[0]] * 3
         return {"config": self.config.name, "batch": self.config.batch, "pixels": self.config.pixels,
-                "latent": self.config.pixels // 8, "step_cfg_ms": cfg_ms, "step_sag_ms": sag_ms,
-                "unet_b_ms": unet_b, "unet_2b_ms": unet_2b, "overhead_r": (sag_ms - cfg_ms) / unet_b,
-                "peak_cfg_mib": peak_cfg, "peak_sag_mib": peak_sag, "peak_ratio": peak_sag / peak_cfg if peak_cfg else 1.0,
-                "outputs_finite": bool(out_cfg.isfinite().all() and out_sag.isfinite().all()),
-                "warmup": self.warmup, "timed_steps": self.steps}
+                "latent": self.config.pixels // 8, "step_cfg_ms": cfg, "step_sag_ms": sag, "unet_b_ms": t_b,
+                "unet_2b_ms": t_2b, "overhead_r": (sag - cfg) / t_b, "overhead_r_iqr": quartiles[2] - quartiles[0],
+                "peak_cfg_mib": peaks["cfg"], "peak_sag_mib": peaks["sag"],
+                "peak_ratio": peaks["sag"] / peaks["cfg"] if peaks["cfg"] else 1.0,
+                "outputs_finite": all(bool(x.isfinite().all()) for x in latents.values()),
+                "fp32_end_step_workaround": self.fp32_end_step, "warmup": self.warmup, "timed_steps": self.steps}
 
 
 def environment(device: torch.device) -> dict:
@@ -328,15 +358,17 @@ def print_table(rows) -> None:
     if not rows:
         return
     print(f"\n{rows[0]['card']}, torch {rows[0]['torch']}; medians of {rows[0]['timed_steps']} steps "
-          f"after {rows[0]['warmup']} warm-up; r = (SAG - CFG) / T(B)")
-    header = ("config", "step CFG ms", "step SAG ms", "T(B) ms", "T(2B) ms", "r", "peak CFG MiB", "peak SAG MiB",
-              "SAG/CFG mem")
+          f"after {rows[0]['warmup']} warm-up; r = (SAG - CFG) / T(B), r IQR: spread of the per-step r")
+    if any(row["fp32_end_step_workaround"] for row in rows):
+        print("sag_ext's blur fails under autocast: end_step ran with autocast off (see blur_breaks_under_autocast)")
+    header = ("config", "step CFG ms", "step SAG ms", "T(B) ms", "T(2B) ms", "r", "r IQR", "peak CFG MiB",
+              "peak SAG MiB", "SAG/CFG mem")
     print(" | ".join(header))
     print(" | ".join("---" for _ in header))
     for row in rows:
         print(f"{row['config']} | {row['step_cfg_ms']:.2f} | {row['step_sag_ms']:.2f} | {row['unet_b_ms']:.2f} | "
-              f"{row['unet_2b_ms']:.2f} | {row['overhead_r']:.3f} | {row['peak_cfg_mib']:.0f} | "
-              f"{row['peak_sag_mib']:.0f} | {row['peak_ratio']:.4f}")
+              f"{row['unet_2b_ms']:.2f} | {row['overhead_r']:.3f} | {row['overhead_r_iqr']:.3f} | "
+              f"{row['peak_cfg_mib']:.0f} | {row['peak_sag_mib']:.0f} | {row['peak_ratio']:.4f}")
 
 
 # ---- profiling ----------------------------------------------------------------------------------
@@ -363,42 +395,57 @@ def labelled_sag_internals():
             setattr(module, name, fn)
 
 
+def host_syncs(fn, device: torch.device):
+    """fn() with CUDA's sync debug mode on: (its result, Counter of 'file:line' of each synchronizing call)."""
+    if device.type != "cuda":
+        return fn(), Counter()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return out, Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+
+
 def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: int, rows: int = 40) -> None:
-    """Print a profiler table of one SAG step (after `warmup` SAG steps) and the host syncs it makes."""
+    """Print a profiler table of one SAG step (after `warmup` SAG steps) and the host syncs of a CFG and a SAG step."""
     bench = Bench(config, build_unet(config.arch, device, dtype), device, warmup, 1)
     session = SagSession(SagParams(enabled=True))
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     x = bench.noise * bench.sigmas[0]
     with torch.no_grad(), bench.autocast():
-        for sigma, sigma_next in zip(bench.sigmas[:warmup], bench.sigmas[1:warmup + 1]):
-            x = bench._step(x, sigma, sigma_next, session)
-        sigma, sigma_next = bench.sigmas[warmup], bench.sigmas[warmup + 1]
-        syncs = []
+        for index in range(warmup):
+            x = bench._step(x, index, session)
+        _, cfg_syncs = host_syncs(lambda: bench._step(x, warmup, None), device)
         with labelled_sag_internals(), torch.profiler.profile(activities=activities) as prof:
-            if device.type == "cuda":
+            _, sag_syncs = host_syncs(lambda: bench._step(x, warmup, session), device)
+            if cuda:
                 torch.cuda.synchronize()
-                torch.cuda.set_sync_debug_mode("warn")
-            with warnings.catch_warnings(record=True) as syncs:
-                warnings.simplefilter("always")
-                bench._step(x, sigma, sigma_next, session)
-            if device.type == "cuda":
-                torch.cuda.set_sync_debug_mode("default")
-                torch.cuda.synchronize()
+    if not session.active or session.degraded_passes != warmup + 1:
+        raise RuntimeError(f"SAG did not run on every step ({session.degraded_passes} passes)")
     session.close()
-    sort_key = "device_time_total" if device.type == "cuda" else "cpu_time_total"
-    print(f"\nOne SAG step of {config.name} on {environment(device)['card']}, torch {torch.__version__}")
-    print(prof.key_averages().table(sort_by=sort_key, row_limit=rows))
-    attr = "device_time_total" if device.type == "cuda" else "cpu_time_total"
-    print("labelled ranges (ms):")
-    for event in prof.key_averages():
-        if event.key.startswith(("sag:", "cfg:")):
-            print(f"  {event.key}: {getattr(event, attr) / 1e3:.3f}")
-    sync_lines = sorted({str(w.message).splitlines()[0] for w in syncs if "synchroniz" in str(w.message)})
-    print(f"host syncs during the step: {sum('synchroniz' in str(w.message) for w in syncs)}")
-    for line in sync_lines:
-        print(f"  {line}")
+
+    print(f"\nOne SAG step of {config.name} on {environment(device)['card']}, torch {torch.__version__}"
+          f"{' (fp32 end_step workaround)' if bench.fp32_end_step else ''}")
+    print(prof.key_averages().table(sort_by="device_time_total" if cuda else "cpu_time_total", row_limit=rows))
+    ranges = {}  # label -> time of the work it launched (device time on the GPU, host time on the CPU)
+    for event in prof.events():
+        if event.name.startswith(("sag:", "cfg:")) and event.device_type == torch.autograd.DeviceType.CPU:
+            spent = event.device_time_total if cuda else event.cpu_time_total
+            ranges[event.name] = ranges.get(event.name, 0.0) + spent / 1e3
+    print(f"labelled ranges, {'device' if cuda else 'host'} ms:")
+    for label, ms in sorted(ranges.items()):
+        print(f"  {label}: {ms:.3f}")
+    besides = (ranges.get("sag: end_step", 0.0) - ranges.get("sag: degraded pass (unet over B rows)", 0.0)
+               + ranges.get("sag: attention mass (hook)", 0.0))
+    print(f"SAG's work besides its UNet pass (end_step - degraded pass + attention mass): {besides:.3f} ms")
+    for name, syncs in (("CFG", cfg_syncs), ("SAG", sag_syncs)):
+        print(f"host syncs in a {name} step: {sum(syncs.values())}"
+              + "".join(f"\n  {where} x{count}" for where, count in sorted(syncs.items())))
 
 
 # ---- command line ---------------------------------------------------------------------------------

@@ -1,0 +1,45 @@
+"""Fixtures for end-to-end tests against a real webui (see ``harness/server.py``).
+
+They are skipped unless ``SD_WEBUI_PATH`` names a webui checkout (``SD_WEBUI_PYTHON``
+its interpreter, default ``$SD_WEBUI_PATH/venv/bin/python``). ``SD_WEBUI_TEST_CACHE``
+may name a dir in which the test checkpoints are kept between runs, ``SD_WEBUI_DATA_DIR``
+a data dir to use and keep (with ``webui.log``) instead of a temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from e2e.harness.server import WebUI
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "e2e: needs a real webui (SD_WEBUI_PATH)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("SD_WEBUI_PATH"):
+        return
+    skip = pytest.mark.skip(reason="SD_WEBUI_PATH is not set")
+    for item in items:
+        if "e2e" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def checkpoint_cache(tmp_path_factory):
+    """Dir holding the generated test checkpoints for this session (or ``SD_WEBUI_TEST_CACHE``)."""
+    cache = os.environ.get("SD_WEBUI_TEST_CACHE")
+    return cache or tmp_path_factory.mktemp("sd-checkpoints")
+
+
+@pytest.fixture(scope="session")
+def webui(checkpoint_cache):
+    """An API-only webui with this extension installed, ``sd1_tiny`` loaded; shared by the session."""
+    server = WebUI(checkpoint_cache=checkpoint_cache, data_dir=os.environ.get("SD_WEBUI_DATA_DIR") or None)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

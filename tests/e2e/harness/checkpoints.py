@@ -1,0 +1,251 @@
+"""Tiny random-weight SD1 and SDXL checkpoints for the webui e2e tests.
+
+Each checkpoint is ``<name>.safetensors`` with a same-named ``<name>.yaml`` beside it,
+which the webui uses instead of guessing a config. The yaml files follow the webui's
+own ``v1-inference.yaml`` and sgm's ``sd_xl_base.yaml`` with small sizes:
+
+* ``sd1_tiny``: ldm UNet, 4 levels (middle block at latent/8), 8 heads everywhere,
+  64-wide CLIP text model (:data:`tokenizer_cache.TINY_CLIP_REPO`).
+* ``sdxl_tiny``: sgm UNet, channel_mult [1, 2, 5] (middle block at latent/4 with
+  20 heads of 8 channels), linear transformers of depth 1/2, tiny CLIP + open_clip
+  ``ViT-S-32-alt`` text towers (context 64 + 256 = 320, pooled 256).
+
+Weights are made by the repositories' own classes, so this file runs in two roles:
+:func:`make_checkpoints` (any interpreter) starts it as a script under the webui's
+interpreter, which builds the models and writes the files. Layers that ldm/sgm
+initialise to zero (``zero_module``) are re-initialised, and the UNet's and VAE's
+output convolutions are rescaled so outputs have a sane magnitude.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+try:
+    from .tokenizer_cache import TINY_CLIP_REPO, TINY_CLIP_TEXT, text_config
+except ImportError:  # run as a script
+    from tokenizer_cache import TINY_CLIP_REPO, TINY_CLIP_TEXT, text_config
+
+LAYOUTS = ("sd1_tiny", "sdxl_tiny")
+GENERATOR_VERSION = 1  # bump when the weights made for the same config change
+STAMP_KEY = "sd_webui_sag_test"
+
+OPEN_CLIP_ARCH = "ViT-S-32-alt"  # smallest open_clip text tower: width 256, 10 layers, embed_dim 256
+OPEN_CLIP_WIDTH = OPEN_CLIP_EMBED = 256
+CLIP_WIDTH = TINY_CLIP_TEXT["hidden_size"]
+ADM_OUTDIM = 256  # per size/crop component, as in SDXL
+
+_VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                 "ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+
+
+def sd1_config() -> dict:
+    """Model config (yaml content) of ``sd1_tiny``."""
+    return {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
+        "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps_cond": 1, "log_every_t": 200,
+        "timesteps": 1000, "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": 64, "channels": 4,
+        "cond_stage_trainable": False, "conditioning_key": "crossattn", "monitor": "val/loss_simple_ema",
+        "scale_factor": 0.18215, "use_ema": False,
+        "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
+            "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+            "attention_resolutions": [4, 2, 1], "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4],
+            "num_heads": 8, "use_spatial_transformer": True, "transformer_depth": 1,
+            "context_dim": CLIP_WIDTH, "use_checkpoint": False, "legacy": False}},
+        "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
+            "embed_dim": 4, "monitor": "val/rec_loss", "ddconfig": dict(_VAE_DDCONFIG),
+            "lossconfig": {"target": "torch.nn.Identity"}}},
+        "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+                              "params": {"version": TINY_CLIP_REPO}},
+    }}}
+
+
+def sdxl_config() -> dict:
+    """Model config (yaml content) of ``sdxl_tiny``."""
+    size_embedder = {"target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
+                     "params": {"outdim": ADM_OUTDIM}, "is_trainable": False}
+    return {"model": {"target": "sgm.models.diffusion.DiffusionEngine", "params": {
+        "scale_factor": 0.13025, "disable_first_stage_autocast": True,
+        "denoiser_config": {"target": "sgm.modules.diffusionmodules.denoiser.DiscreteDenoiser", "params": {
+            "num_idx": 1000,
+            "weighting_config": {"target": "sgm.modules.diffusionmodules.denoiser_weighting.EpsWeighting"},
+            "scaling_config": {"target": "sgm.modules.diffusionmodules.denoiser_scaling.EpsScaling"},
+            "discretization_config": {
+                "target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"}}},
+        "network_config": {"target": "sgm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
+            "adm_in_channels": OPEN_CLIP_EMBED + 6 * ADM_OUTDIM, "num_classes": "sequential",
+            "use_checkpoint": False, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+            "attention_resolutions": [4, 2], "num_res_blocks": 2, "channel_mult": [1, 2, 5],
+            "num_head_channels": 8, "use_spatial_transformer": True, "use_linear_in_transformer": True,
+            "transformer_depth": [1, 1, 2], "context_dim": CLIP_WIDTH + OPEN_CLIP_WIDTH,
+            "spatial_transformer_attn_type": "softmax-xformers", "legacy": False}},
+        "conditioner_config": {"target": "sgm.modules.GeneralConditioner", "params": {"emb_models": [
+            {"is_trainable": False, "input_key": "txt",
+             "target": "sgm.modules.encoders.modules.FrozenCLIPEmbedder",
+             "params": {"version": TINY_CLIP_REPO, "layer": "hidden", "layer_idx": -2}},
+            {"is_trainable": False, "input_key": "txt",
+             "target": "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2",
+             "params": {"arch": OPEN_CLIP_ARCH, "version": None, "freeze": True, "layer": "penultimate",
+                        "always_return_pooled": True, "legacy": False}},
+            dict(size_embedder, input_key="original_size_as_tuple"),
+            dict(size_embedder, input_key="crop_coords_top_left"),
+            dict(size_embedder, input_key="target_size_as_tuple"),
+        ]}},
+        "first_stage_config": {"target": "sgm.models.autoencoder.AutoencoderKLInferenceWrapper", "params": {
+            "embed_dim": 4, "monitor": "val/rec_loss",
+            "ddconfig": dict(_VAE_DDCONFIG, attn_type="vanilla-xformers"),
+            "lossconfig": {"target": "torch.nn.Identity"}}},
+    }}}
+
+
+CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config}
+
+
+def make_checkpoints(out_dir: str | os.PathLike, python: str, webui_path: str | os.PathLike,
+                     *, layouts=LAYOUTS, seed: int = 0, timeout: float = 600) -> list[Path]:
+    """Write ``<layout>.safetensors`` and ``<layout>.yaml`` into ``out_dir``; return the checkpoint paths.
+
+    ``python`` is the webui venv's interpreter, ``webui_path`` the webui checkout (for its
+    ``repositories/``). Files made by the same generator version, config and seed are reused.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.safetensors" for name in layouts]
+    todo = [name for name, p in zip(layouts, paths, strict=True) if not _is_current(p, name, seed)]
+    if todo:
+        repos = Path(webui_path) / "repositories"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [str(repos / "stable-diffusion-stability-ai"), str(repos / "generative-models")]))
+        env["OMP_NUM_THREADS"] = "1"  # reproducible rescaling; and no OpenMP spinning on busy cores
+        proc = subprocess.run([python, str(Path(__file__)), str(out_dir), *todo, "--seed", str(seed)],
+                              env=env, timeout=timeout, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"checkpoint generation failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
+    return paths
+
+
+def _stamp(name: str, seed: int) -> str:
+    """What a checkpoint was made from; stored in its safetensors metadata."""
+    return json.dumps({"generator": GENERATOR_VERSION, "seed": seed, "config": CONFIGS[name]()}, sort_keys=True)
+
+
+def _is_current(path: Path, name: str, seed: int) -> bool:
+    """Whether ``path`` (and its yaml) exist and were made from :func:`_stamp` ``(name, seed)``."""
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    except (OSError, ValueError, struct.error):
+        return False
+    return path.with_suffix(".yaml").exists() and header.get("__metadata__", {}).get(STAMP_KEY) == _stamp(name, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Everything below runs under the webui's interpreter (torch, ldm, sgm, open_clip, transformers).
+
+def _reinit_zero_layers(model) -> None:
+    """Give every all-zero Conv/Linear weight (ldm/sgm ``zero_module``) a default random init."""
+    import torch
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)) and not module.weight.any():
+            module.reset_parameters()
+
+
+def _rescale_output(layer, run, target_std: float) -> None:
+    """Scale ``layer`` (the last conv) so that ``run()`` returns values of std ``target_std``."""
+    import torch
+    with torch.no_grad():
+        std = run().std().item()
+        layer.weight.mul_(target_std / std)
+        layer.bias.mul_(target_std / std)
+
+
+def _text_models(prefix_clip: str):
+    """Tiny HF CLIP text model and its state dict under ``prefix_clip``."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+    model = CLIPTextModel(CLIPTextConfig(**text_config(**TINY_CLIP_TEXT)))
+    return {prefix_clip + k: v for k, v in model.state_dict().items()}
+
+
+def _unet_and_vae(unet_cfg, vae_cfg, context_dim, *, adm=None, scale_factor=1.0):
+    """Instantiate UNet and VAE from their configs; return ``{"model.diffusion_model.": sd, ...}``."""
+    import torch
+    from ldm.util import instantiate_from_config
+
+    unet = instantiate_from_config(unet_cfg).eval()
+    vae_cfg = copy.deepcopy(vae_cfg)
+    vae_cfg["params"]["ddconfig"].pop("attn_type", None)  # no xformers here; the webui does the same
+    vae = instantiate_from_config(vae_cfg).eval()
+    _reinit_zero_layers(unet)
+    _reinit_zero_layers(vae)
+
+    x = torch.randn(2, 4, 16, 16)
+    t = torch.tensor([999, 500])
+    ctx = torch.randn(2, 77, context_dim)
+    kwargs = {"y": torch.randn(2, adm)} if adm else {}
+    _rescale_output(unet.out[-1], lambda: unet(x, t, context=ctx, **kwargs), 1.0)
+    _rescale_output(vae.decoder.conv_out, lambda: vae.decode(torch.randn(1, 4, 16, 16) / scale_factor), 0.5)
+    with torch.no_grad():
+        out = unet(x, t, context=ctx, **kwargs)
+        assert torch.isfinite(out).all() and out.std() > 0.1, "UNet output is degenerate"
+    sd = {"model.diffusion_model." + k: v for k, v in unet.state_dict().items()}
+    sd.update({"first_stage_model." + k: v for k, v in vae.state_dict().items()})
+    return sd
+
+
+def _build_sd1(cfg):
+    p = cfg["model"]["params"]
+    sd = _unet_and_vae(p["unet_config"], p["first_stage_config"], CLIP_WIDTH, scale_factor=p["scale_factor"])
+    sd.update(_text_models("cond_stage_model.transformer."))
+    return sd
+
+
+def _build_sdxl(cfg):
+    import sgm.modules.encoders.modules as enc
+    p = cfg["model"]["params"]
+    net = p["network_config"]["params"]
+    sd = _unet_and_vae(p["network_config"], p["first_stage_config"], net["context_dim"],
+                       adm=net["adm_in_channels"], scale_factor=p["scale_factor"])
+    sd.update(_text_models("conditioner.embedders.0.transformer."))
+    open_clip_params = p["conditioner_config"]["params"]["emb_models"][1]["params"]
+    embedder = enc.FrozenOpenCLIPEmbedder2(device="cpu", **open_clip_params)
+    sd.update({"conditioner.embedders.1.model." + k: v for k, v in embedder.model.state_dict().items()})
+    return sd
+
+
+def _write(name: str, out_dir: Path, seed: int) -> Path:
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    cfg = CONFIGS[name]()
+    sd = (_build_sd1 if name == "sd1_tiny" else _build_sdxl)(cfg)
+    sd = {k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.contiguous().clone()
+          for k, v in sd.items()}
+    path = out_dir / f"{name}.safetensors"
+    tmp = path.with_suffix(".tmp")
+    save_file(sd, str(tmp), metadata={"format": "pt", STAMP_KEY: _stamp(name, seed)})
+    path.with_suffix(".yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> None:
+    import argparse
+    parser = argparse.ArgumentParser(description="Write tiny random SD checkpoints (run with the webui's python).")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("layouts", nargs="*", help=f"default: {' '.join(LAYOUTS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for name in args.layouts or LAYOUTS:
+        print(_write(name, args.out_dir, args.seed))
+
+
+if __name__ == "__main__":
+    main()

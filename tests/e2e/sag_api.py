@@ -1,0 +1,73 @@
+"""Helpers for the end-to-end tests: SAG requests, image decoding, the on/off/reproducibility check."""
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+
+import numpy as np
+from PIL import Image
+
+TITLE = "self-attention guidance"
+ON = [True, 0.8, 2.0, 1.0]
+OFF = [False]
+SAG_KEYS = ("SAG Scale", "SAG Blur Sigma")
+
+
+def decode(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=np.int16)
+
+
+def encode(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def with_sag(payload: dict, args) -> dict:
+    payload = copy.deepcopy(payload)
+    payload.setdefault("alwayson_scripts", {})[TITLE] = {"args": args}
+    return payload
+
+
+def generate(webui, endpoint: str, payload: dict, args):
+    """(images, infotexts) of one request with the SAG arguments `args`."""
+    result = webui.post(f"/sdapi/v1/{endpoint}", with_sag(payload, args))
+    info = json.loads(result["info"])
+    return [decode(image) for image in result["images"]], info["infotexts"]
+
+
+class LogWatch:
+    """Remembers where the webui's log ended, to read what a case added to it."""
+
+    def __init__(self, webui):
+        self.webui, self.start = webui, len(webui.log_path.read_text(errors="replace"))
+
+    def new_text(self) -> str:
+        return self.webui.log_path.read_text(errors="replace")[self.start:]
+
+
+def check_sag_case(webui, endpoint: str, payload: dict, images_expected: int = 1, must_change: bool = True):
+    """The contract of every case: on differs from off, on is reproducible, off after on equals off before,
+    the infotext carries the SAG keys exactly when on, and the server log shows no traceback."""
+    watch = LogWatch(webui)
+    generate(webui, endpoint, payload, OFF)  # warm-up: the webui's first img2img of a size differs slightly
+    off_before, off_infos = generate(webui, endpoint, payload, OFF)
+    on, on_infos = generate(webui, endpoint, payload, ON)
+    on_again, _ = generate(webui, endpoint, payload, ON)
+    off_after, _ = generate(webui, endpoint, payload, OFF)
+    log = watch.new_text()
+
+    assert "Traceback" not in log and "[SAG]" not in log, log[-4000:]
+    assert len(on) == len(off_before) == images_expected
+    for a, b in zip(off_before, off_after):
+        np.testing.assert_array_equal(a, b, err_msg="SAG off after on differs from SAG off before")
+    for a, b in zip(on, on_again):
+        np.testing.assert_array_equal(a, b, err_msg="SAG on is not reproducible")
+    if must_change:
+        for index, (a, b) in enumerate(zip(on, off_before)):
+            assert np.abs(a - b).max() > 0, f"SAG on did not change image {index}"
+    assert all(key in text for text in on_infos for key in SAG_KEYS)
+    assert not any("SAG" in text for text in off_infos)
+    return on, off_before

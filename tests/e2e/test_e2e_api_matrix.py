@@ -1,0 +1,126 @@
+"""The HTTP API matrix against a real webui: every case must satisfy `check_sag_case`."""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from e2e.sag_api import OFF, ON, check_sag_case, encode, generate
+
+pytestmark = pytest.mark.e2e
+
+SIZE = 128  # latent 16: a 2x2 middle grid on SD1, 4x4 on SDXL
+BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 4, "sampler_name": "Euler a",
+        "width": SIZE, "height": SIZE, "seed": 11, "cfg_scale": 5}
+LONG_PROMPT = ", ".join(["a very detailed photo of a small orange cat sitting on a wooden chair"] * 8)
+
+
+@contextlib.contextmanager
+def options(webui, **changed):
+    """Sets webui options for a case and sets them back explicitly afterwards."""
+    before = webui.get("/sdapi/v1/options")
+    webui.post("/sdapi/v1/options", changed)
+    try:
+        yield
+    finally:
+        webui.post("/sdapi/v1/options", {key: before[key] for key in changed})
+
+
+@pytest.fixture
+def sd1(webui):
+    webui.use_checkpoint("sd1_tiny")
+    return webui
+
+
+@pytest.fixture
+def sdxl(webui):
+    webui.use_checkpoint("sdxl_tiny")
+    yield webui
+    webui.use_checkpoint("sd1_tiny")
+
+
+def init_image(size=(SIZE, SIZE)):
+    gradient = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3)
+    return encode(Image.fromarray(gradient.astype(np.uint8)))
+
+
+def mask_image(size=(SIZE, SIZE)):
+    pixels = np.zeros((size[1], size[0]), dtype=np.uint8)
+    pixels[:, size[0] // 2:] = 255  # repaint the right half
+    return encode(Image.fromarray(pixels))
+
+
+SAMPLERS = ["Euler a", "DPM++ 2M", "DPM++ SDE", "DDIM", "PLMS", "UniPC", "LCM"]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sd1_txt2img_samplers(sd1, sampler):
+    check_sag_case(sd1, "txt2img", {**BASE, "sampler_name": sampler})
+
+
+@pytest.mark.parametrize("case,payload,count", [
+    ("batch 3, n_iter 2", {"batch_size": 3, "n_iter": 2}, 6),
+    ("AND prompt", {"prompt": "a photo of a cat AND a photo of a dog :0.7"}, 1),  # "a cat AND a dog" is NaN in sd1_tiny, SAG or not
+    ("long prompt", {"prompt": LONG_PROMPT}, 1),
+    ("CFG 1", {"cfg_scale": 1}, 1),
+    ("non-square", {"width": 200, "height": 136}, 1),
+    ("hires latent", {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6}, 1),
+    ("hires lanczos", {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.6,
+                       "hr_sampler_name": "DDIM"}, 1),
+    ("NGMS", {"s_min_uncond": 50}, 1),
+])
+def test_sd1_txt2img_layouts(sd1, case, payload, count):
+    check_sag_case(sd1, "txt2img", {**BASE, **payload}, images_expected=count)
+
+
+@pytest.mark.parametrize("changed", [{"batch_cond_uncond": False}, {"pad_cond_uncond": True},
+                                     {"skip_early_cond": 0.5}])
+def test_sd1_options(sd1, changed):
+    with options(sd1, **changed):
+        check_sag_case(sd1, "txt2img", {**BASE, "prompt": LONG_PROMPT, "batch_size": 2}, images_expected=2)
+
+
+def test_skip_early_cond_everywhere_is_the_off_image(sd1):
+    with options(sd1, skip_early_cond=1.0):
+        on, _ = generate(sd1, "txt2img", BASE, ON)
+        off, _ = generate(sd1, "txt2img", BASE, OFF)
+    np.testing.assert_array_equal(on[0], off[0])
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
+def test_sd1_img2img(sd1, sampler):
+    check_sag_case(sd1, "img2img", {**BASE, "sampler_name": sampler, "init_images": [init_image()],
+                                    "denoising_strength": 0.75, "batch_size": 2}, images_expected=2)
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
+def test_sd1_inpainting_keeps_the_unmasked_area(sd1, sampler):
+    payload = {**BASE, "sampler_name": sampler, "init_images": [init_image()], "mask": mask_image(),
+               "denoising_strength": 0.9, "inpainting_fill": 1, "mask_blur": 0, "inpaint_full_res": False}
+    on, off = check_sag_case(sd1, "img2img", payload)
+    kept = slice(0, SIZE // 2 - 8)  # left half, away from the VAE's reach across the mask edge
+    assert np.abs(on[0][:, kept] - off[0][:, kept]).mean() < np.abs(on[0][:, SIZE // 2 + 8:] - off[0][:, SIZE // 2 + 8:]).mean()
+
+
+def test_checkpoint_change_between_requests(webui):
+    for name in ("sd1_tiny", "sdxl_tiny", "sd1_tiny"):
+        webui.use_checkpoint(name)
+        check_sag_case(webui, "txt2img", BASE)
+
+
+@pytest.mark.parametrize("case,payload,count", [
+    ("Euler a", {}, 1),
+    ("DDIM", {"sampler_name": "DDIM"}, 1),
+    ("UniPC batch 2", {"sampler_name": "UniPC", "batch_size": 2}, 2),
+    ("long prompt", {"prompt": LONG_PROMPT}, 1),
+    ("hires", {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6}, 1),
+    ("refiner switch", {"refiner_checkpoint": "sd1_tiny", "refiner_switch_at": 0.5, "steps": 6}, 1),
+])
+def test_sdxl_txt2img(sdxl, case, payload, count):
+    check_sag_case(sdxl, "txt2img", {**BASE, **payload}, images_expected=count)
+
+
+def test_sdxl_img2img(sdxl):
+    check_sag_case(sdxl, "img2img", {**BASE, "init_images": [init_image()], "denoising_strength": 0.75})

@@ -1,0 +1,88 @@
+"""The real UI in headless Chromium (Playwright driving Debian's `chromium`): the SAG panel in both tabs,
+toggling and sliders, pasting an infotext, a generation with SAG on. Screenshots go to artifacts/e2e/."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from e2e.harness.server import WebUI
+
+pytestmark = pytest.mark.e2e
+playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("SAG_E2E_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts" / "e2e"))
+ID = "script_{tab}_selfattention_guidance_{name}"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+INFOTEXT = ("a lighthouse at dusk\nSteps: 4, Sampler: Euler a, CFG scale: 5, Seed: 3, Size: 128x128, "
+            "SAG Scale: 0.9, SAG Blur Sigma: 1.5, SAG Threshold: 1.2")
+
+
+@pytest.fixture(scope="module")
+def ui_server(checkpoint_cache):
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    server = WebUI(checkpoint_cache=checkpoint_cache, nowebui=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def page(ui_server):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(ui_server.base_url, timeout=300_000)
+        page.wait_for_selector("#txt2img_generate", timeout=300_000)
+        yield page
+        browser.close()
+
+
+def number_input(page, tab, name):
+    return page.locator(f"#{ID.format(tab=tab, name=name)} input[type=number]")
+
+
+def enabled_box(page, tab):
+    return page.locator(f"#{ID.format(tab=tab, name='enabled')}-visible-checkbox")
+
+
+@pytest.mark.parametrize("tab", ["txt2img", "img2img"])
+def test_panel_in_both_tabs(page, tab):
+    if tab == "img2img":
+        page.locator("#tabs button", has_text="img2img").first.click()
+    accordion = page.locator(f"#{ID.format(tab=tab, name='enabled')}")
+    accordion.scroll_into_view_if_needed()
+    assert accordion.is_visible() and "Self-Attention Guidance" in accordion.inner_text()
+    assert not enabled_box(page, tab).is_checked()
+    enabled_box(page, tab).click()
+    assert enabled_box(page, tab).is_checked()
+    number_input(page, tab, "scale").fill("0.7")
+    number_input(page, tab, "scale").press("Enter")
+    assert float(number_input(page, tab, "scale").input_value()) == 0.7
+    accordion.screenshot(path=str(ARTIFACTS / f"panel-{tab}.png"))
+    enabled_box(page, tab).click()
+    assert not enabled_box(page, tab).is_checked()
+    if tab == "img2img":
+        page.locator("#tabs button", has_text="txt2img").first.click()
+
+
+def test_paste_infotext_then_generate(page):
+    tab = "txt2img"
+    page.locator("#txt2img_prompt textarea").fill(INFOTEXT)
+    page.locator("#paste").click()
+    page.wait_for_function(f"() => document.querySelector('#{ID.format(tab=tab, name='scale')} input[type=number]').value == '0.9'",
+                           timeout=30_000)
+    assert enabled_box(page, tab).is_checked()
+    assert float(number_input(page, tab, "blur_sigma").input_value()) == 1.5
+    assert float(number_input(page, tab, "threshold").input_value()) == 1.2
+
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img')?.innerText.includes('SAG Scale: 0.9')",
+                           timeout=300_000)
+    page.screenshot(path=str(ARTIFACTS / "txt2img-generated.png"), full_page=True)
+    assert page.locator("#txt2img_gallery img").count() >= 1
