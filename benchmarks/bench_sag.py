@@ -13,8 +13,10 @@ costs exactly one extra UNet pass over the uncond rows.
 
 As in the webui: fp16 weights under autocast on CUDA (fp32 on the CPU), TF32 matmuls allowed, and
 ldm's CrossAttention replaced by PyTorch SDPA (the webui's "sdp" optimisation patches the same
-method). Peak memory is torch.cuda.max_memory_allocated over a whole sampling run, weights included;
-on the CPU it is reported as 0.
+method). The four measurements take turns step by step (see Bench.run). Peak memory is the highest
+torch.cuda.max_memory_allocated of a step, weights included; on the CPU it is reported as 0.
+Where a step is launch-bound (small latents on a fast GPU: T(B) close to T(2B)), r measures host
+overhead as much as GPU work, and its spread between runs is of the order of a few hundredths.
 """
 import argparse
 import contextlib
@@ -38,7 +40,7 @@ from ldm.modules.attention import SpatialTransformer  # noqa: E402
 from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
 from sag_ext import capture as sag_capture, session as sag_session  # noqa: E402
-from sag_ext.guidance import X0Space, degrade  # noqa: E402
+from sag_ext.guidance import X0Space  # noqa: E402
 from sag_ext.params import SagParams  # noqa: E402
 from sag_ext.session import SagSession  # noqa: E402
 
@@ -157,29 +159,10 @@ class Denoiser:
         return x - sigma[:, None, None, None] * eps
 
 
-def blur_breaks_under_autocast(device: torch.device) -> bool:
-    """Whether sag_ext's degrade() fails under CUDA autocast, as it runs inside the webui's sampling.
-
-    Its conv2d returns float16 under autocast while x0 is float32, and torch.lerp refuses the mix.
-    """
-    if device.type != "cuda":
-        return False
-    x0 = torch.randn(1, 4, 8, 8, device=device)
-    try:
-        with torch.autocast("cuda", dtype=torch.float16):
-            degrade(x0, torch.ones_like(x0[:, :1]), 2.0)
-    except RuntimeError:
-        return True
-    return False
-
-
-def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None, progress=0.0,
-                fp32_end_step=False):
+def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None, progress=0.0):
     """One call of the webui's CFGDenoiser (k-diffusion) with SAG's three callbacks where the webui fires them.
 
     `progress` is the step's place in the schedule (the webui's denoiser.step / total_steps).
-    `fp32_end_step` works around `blur_breaks_under_autocast`: end_step runs with autocast off and its
-    degraded pass with autocast on again, which is what a fix inside sag_ext would amount to.
     """
     rows = x.shape[0]
     x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
@@ -194,15 +177,12 @@ def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None,
         x_out = model(x_in, sigma_in, cond={"c_crossattn": [torch.cat([text_cond, text_uncond])],
                                             "c_concat": [image_cond_in]})
     if session is not None:  # on_cfg_denoised
-        resume = (lambda: torch.autocast("cuda", dtype=torch.float16)) if fp32_end_step else contextlib.nullcontext
-        suspend = torch.autocast("cuda", enabled=False) if fp32_end_step else contextlib.nullcontext()
-
         def degraded_pass(x_pass, step):
-            with resume(), torch.profiler.record_function("sag: degraded pass (unet over B rows)"):
+            with torch.profiler.record_function("sag: degraded pass (unet over B rows)"):
                 return model(x_pass, step.sigma, cond={"c_crossattn": [step.text_uncond],
                                                        "c_concat": [step.image_cond]})
 
-        with session.guard(), suspend, torch.profiler.record_function("sag: end_step"):
+        with session.guard(), torch.profiler.record_function("sag: end_step"):
             session.end_step(x_out, degraded_pass)
     uncond = x_out[-rows:]
     denoised = uncond + CFG_SCALE * (x_out[:rows] - uncond)
@@ -277,7 +257,6 @@ class Bench:
         self.text_cond = torch.randn(rows, 77, context, generator=generator, device=device)
         self.text_uncond = torch.randn(rows, 77, context, generator=generator, device=device)
         self.sigmas = sampling_sigmas(self.model, warmup + steps)
-        self.fp32_end_step = blur_breaks_under_autocast(device)
 
     def autocast(self):
         cuda = self.device.type == "cuda"
@@ -288,7 +267,7 @@ class Bench:
         sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
         progress = index / (len(self.sigmas) - 1)
         denoised = cfg_denoise(self.model, x, sigma.expand(x.shape[0]), self.text_cond, self.text_uncond, session,
-                               progress, self.fp32_end_step)
+                               progress)
         return x + (x - denoised) / sigma * (sigma_next - sigma)
 
     def _unet_inputs(self, rows: int):
@@ -334,7 +313,7 @@ class Bench:
                 "peak_cfg_mib": peaks["cfg"], "peak_sag_mib": peaks["sag"],
                 "peak_ratio": peaks["sag"] / peaks["cfg"] if peaks["cfg"] else 1.0,
                 "outputs_finite": all(bool(x.isfinite().all()) for x in latents.values()),
-                "fp32_end_step_workaround": self.fp32_end_step, "warmup": self.warmup, "timed_steps": self.steps}
+                "warmup": self.warmup, "timed_steps": self.steps}
 
 
 def environment(device: torch.device) -> dict:
@@ -359,8 +338,6 @@ def print_table(rows) -> None:
         return
     print(f"\n{rows[0]['card']}, torch {rows[0]['torch']}; medians of {rows[0]['timed_steps']} steps "
           f"after {rows[0]['warmup']} warm-up; r = (SAG - CFG) / T(B), r IQR: spread of the per-step r")
-    if any(row["fp32_end_step_workaround"] for row in rows):
-        print("sag_ext's blur fails under autocast: end_step ran with autocast off (see blur_breaks_under_autocast)")
     header = ("config", "step CFG ms", "step SAG ms", "T(B) ms", "T(2B) ms", "r", "r IQR", "peak CFG MiB",
               "peak SAG MiB", "SAG/CFG mem")
     print(" | ".join(header))
@@ -429,8 +406,7 @@ def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: in
         raise RuntimeError(f"SAG did not run on every step ({session.degraded_passes} passes)")
     session.close()
 
-    print(f"\nOne SAG step of {config.name} on {environment(device)['card']}, torch {torch.__version__}"
-          f"{' (fp32 end_step workaround)' if bench.fp32_end_step else ''}")
+    print(f"\nOne SAG step of {config.name} on {environment(device)['card']}, torch {torch.__version__}")
     print(prof.key_averages().table(sort_by="device_time_total" if cuda else "cpu_time_total", row_limit=rows))
     ranges = {}  # label -> time of the work it launched (device time on the GPU, host time on the CPU)
     for event in prof.events():

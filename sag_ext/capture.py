@@ -5,9 +5,9 @@ Two hooks on one UNet: a forward pre-hook on the middle block's transformer reco
 SAG needs with the module's own `to_q`/`to_k`. The attention output stays the host's own. The mass is
 reduced in query chunks, so no (heads, N, N) matrix is ever held.
 """
-import contextlib
-
 import torch
+
+from .guidance import autocast_off
 
 CHUNK_ELEMENTS = 1 << 22  # float32 scores per query chunk (16 MiB)
 OWNER_ATTRIBUTE = "_sag_capture"
@@ -15,12 +15,6 @@ OWNER_ATTRIBUTE = "_sag_capture"
 
 class UnsupportedAttention(RuntimeError):
     """attn1 was called in a way SAG cannot read (another extension changed its inputs)."""
-
-
-def _autocast_off(device: torch.device):
-    if device.type in ("cuda", "cpu"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def per_key_attention_mass(attn: torch.nn.Module, x: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
@@ -34,12 +28,12 @@ def per_key_attention_mass(attn: torch.nn.Module, x: torch.Tensor, chunk_element
     batch, tokens, inner = q.shape
     dim_head = inner // heads
     scale = getattr(attn, "scale", dim_head ** -0.5)
-    with _autocast_off(x.device):
+    with autocast_off(x.device):
         q = q.float().reshape(batch, tokens, heads, dim_head).transpose(1, 2) * scale
         k_t = k.float().reshape(batch, tokens, heads, dim_head).permute(0, 2, 3, 1)
-        mass = torch.zeros(batch, heads, tokens, device=x.device, dtype=torch.float32)
         rows = max(1, chunk_elements // (batch * heads * tokens))
-        for start in range(0, tokens, rows):
+        mass = torch.matmul(q[:, :, :rows], k_t).softmax(dim=-1).sum(dim=2)
+        for start in range(rows, tokens, rows):
             mass += torch.matmul(q[:, :, start:start + rows], k_t).softmax(dim=-1).sum(dim=2)
     return mass.mean(dim=1)
 

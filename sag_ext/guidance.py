@@ -3,6 +3,7 @@
 Two output spaces exist in the webui: k-diffusion samplers get the denoised x0 from the model
 (`X0Space`), the timestep samplers (DDIM, PLMS, UniPC, DDIM CFG++) get eps (`EpsSpace`).
 """
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -23,12 +24,18 @@ def attention_mask(mass: torch.Tensor, grid: tuple, latent_size: tuple, threshol
     return F.interpolate(mask, size=tuple(latent_size), mode="nearest")
 
 
-def gaussian_kernel(sigma: float, taps: int = BLUR_TAPS) -> torch.Tensor:
-    """Normalised 1-D gaussian of `taps` samples (float64)."""
-    half = (taps - 1) / 2
-    x = torch.linspace(-half, half, taps, dtype=torch.float64)
-    pdf = torch.exp(-0.5 * (x / sigma) ** 2)
-    return pdf / pdf.sum()
+def autocast_off(device: torch.device):
+    """A context without autocast, so SAG's own arithmetic keeps its tensors' dtypes (the webui samples under autocast)."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def gaussian_kernel(sigma: float, device=None, dtype=torch.float32, taps: int = BLUR_TAPS) -> torch.Tensor:
+    """Normalised 1-D gaussian of `taps` samples, made on `device` (no host-device copy, no sync)."""
+    half = (taps - 1) / 2 / sigma
+    pdf = torch.linspace(-half, half, taps, device=device, dtype=torch.float32).square_().mul_(-0.5).exp_()
+    return pdf.div_(pdf.sum()).to(dtype)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -36,7 +43,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma <= 0:
         return x
     channels = x.shape[1]
-    kernel = gaussian_kernel(sigma).to(device=x.device, dtype=x.dtype)
+    kernel = gaussian_kernel(sigma, device=x.device, dtype=x.dtype)
     pad = BLUR_TAPS // 2
     x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, BLUR_TAPS), groups=channels)

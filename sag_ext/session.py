@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .capture import MiddleBlockCapture
-from .guidance import attention_mask, degrade, latent_too_small
+from .guidance import attention_mask, autocast_off, degrade, latent_too_small
 from .params import SagParams
 
 log = logging.getLogger("sd_webui_sag")
@@ -114,15 +114,18 @@ class SagSession:
         mass, grid = captured
         space = step.space
         out_uncond = x_out[-step.x.shape[0]:]
-        x0 = space.pred_x0(step.x, out_uncond, step.sigma)
-        mask = attention_mask(mass, grid, tuple(x0.shape[-2:]), self.params.threshold)
-        degraded = degrade(x0, mask, self.params.blur_sigma)
-        out_pass = degraded_pass(space.renoise(step.x, x0, degraded, step.sigma), step)
+        with autocast_off(step.x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
+            x0 = space.pred_x0(step.x, out_uncond, step.sigma)
+            mask = attention_mask(mass, grid, tuple(x0.shape[-2:]), self.params.threshold)
+            degraded = degrade(x0, mask, self.params.blur_sigma)
+            x_degraded = space.renoise(step.x, x0, degraded, step.sigma)
+        out_pass = degraded_pass(x_degraded, step)
         self.degraded_passes += 1
         if self.collect_preview:
             self._accumulate_preview(mask)
-        correction = space.correction(degraded, out_uncond, out_pass, step.x, step.sigma) * step.scale
-        self.correction = correction if step.repaint_mask is None else correction * step.repaint_mask
+        with autocast_off(step.x.device):
+            correction = space.correction(degraded, out_uncond, out_pass.to(out_uncond.dtype), step.x, step.sigma) * step.scale
+            self.correction = correction if step.repaint_mask is None else correction * step.repaint_mask
 
     def _accumulate_preview(self, mask: torch.Tensor) -> None:
         if self.preview_mask is None or self.preview_mask.shape != mask.shape:  # a new pass (hires fix)

@@ -116,3 +116,4 @@ def test_masking_and_renoise_match_diffusers_sag_masking(heads, grid, latent):
     x = scheduler.add_noise(x0, eps, timesteps)
     got = space.renoise(x, x0, degrade(x0, attention_mask(mass, grid, latent, 1.0), 1.0), timesteps)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+

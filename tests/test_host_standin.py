@@ -83,6 +83,15 @@ def test_on_changes_the_image_and_off_after_on_is_identical(host, script, sample
     assert not script_callbacks.reported_errors
 
 
+def test_works_under_the_hosts_autocast(host, script, caplog):
+    """The webui samples under autocast (fp16 on CUDA): SAG's arithmetic must not mix dtypes."""
+    with torch.autocast("cpu", dtype=torch.bfloat16), caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        off = processing.process_images(make_p(), script, OFF)
+        on = processing.process_images(make_p(), script, ON)
+    assert "[SAG]" not in caplog.text
+    assert (on - off).abs().max() > 1e-3
+
+
 def test_one_degraded_pass_of_uncond_rows_per_step(host, script):
     p = make_p(batch=3)
     processing.process_images(p, script, ON)

@@ -43,6 +43,11 @@ def page(ui_server):
         browser.close()
 
 
+def open_tab(page, tab):
+    page.locator("#tabs > .tab-nav button", has_text=tab).first.click()
+    page.wait_for_selector(f"#tab_{tab}", state="visible")
+
+
 def number_input(page, tab, name):
     return page.locator(f"#{ID.format(tab=tab, name=name)} input[type=number]")
 
@@ -53,26 +58,24 @@ def enabled_box(page, tab):
 
 @pytest.mark.parametrize("tab", ["txt2img", "img2img"])
 def test_panel_in_both_tabs(page, tab):
-    if tab == "img2img":
-        page.locator("#tabs button", has_text="img2img").first.click()
+    open_tab(page, tab)
     accordion = page.locator(f"#{ID.format(tab=tab, name='enabled')}")
     accordion.scroll_into_view_if_needed()
     assert accordion.is_visible() and "Self-Attention Guidance" in accordion.inner_text()
     assert not enabled_box(page, tab).is_checked()
-    enabled_box(page, tab).click()
+    accordion.locator(".label-wrap").first.click()  # opening the accordion switches SAG on
     assert enabled_box(page, tab).is_checked()
     number_input(page, tab, "scale").fill("0.7")
     number_input(page, tab, "scale").press("Enter")
     assert float(number_input(page, tab, "scale").input_value()) == 0.7
     accordion.screenshot(path=str(ARTIFACTS / f"panel-{tab}.png"))
-    enabled_box(page, tab).click()
+    enabled_box(page, tab).click()  # the header's checkbox switches it off and leaves the panel open
     assert not enabled_box(page, tab).is_checked()
-    if tab == "img2img":
-        page.locator("#tabs button", has_text="txt2img").first.click()
 
 
 def test_paste_infotext_then_generate(page):
     tab = "txt2img"
+    open_tab(page, tab)
     page.locator("#txt2img_prompt textarea").fill(INFOTEXT)
     page.locator("#paste").click()
     page.wait_for_function(f"() => document.querySelector('#{ID.format(tab=tab, name='scale')} input[type=number]').value == '0.9'",

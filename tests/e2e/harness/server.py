@@ -81,8 +81,11 @@ def bpe_vocab_path(python: str) -> str:
 
 
 def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_extension: bool = True,
-                     checkpoint_cache: Path | None = None, options: dict | None = None) -> None:
+                     extra_extensions=(), checkpoint_cache: Path | None = None, options: dict | None = None) -> None:
     """Fill ``data_dir`` with extensions/, models/Stable-diffusion/, hf/ and config.json.
+
+    ``extra_extensions`` are directories of other extensions (checked out by whoever runs the tests,
+    never part of this repository) to link into extensions/ as well.
 
     Checkpoints are generated in ``checkpoint_cache`` (reused across runs) and symlinked,
     or generated directly into the data dir when no cache is given.
@@ -94,6 +97,10 @@ def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_exte
         link = data_dir / "extensions" / EXTENSION_NAME
         if not link.is_symlink():
             link.symlink_to(REPO_ROOT, target_is_directory=True)
+    for extension in map(Path, extra_extensions):
+        link = data_dir / "extensions" / extension.name
+        if not link.is_symlink():
+            link.symlink_to(extension.resolve(), target_is_directory=True)
 
     made = checkpoints.make_checkpoints(checkpoint_cache or ckpt_dir, python, webui_path)
     if checkpoint_cache:
@@ -124,6 +131,7 @@ class WebUI:
     :param checkpoint: checkpoint loaded at start, ``"sd1_tiny"`` or ``"sdxl_tiny"``.
     :param nowebui: API only (``--nowebui``); ``False`` also builds and serves the Gradio UI.
     :param with_extension: link this repository into ``extensions/``; ``False`` runs a bare webui.
+    :param extra_extensions: directories of other extensions to link into ``extensions/`` too.
     :param extra_args: further ``launch.py`` arguments, e.g. ``["--disable-extra-extensions"]``.
     :param data_dir: data dir to use (kept); default a new temp dir, deleted by :meth:`stop`.
     :param checkpoint_cache: dir in which checkpoints are generated once and reused.
@@ -132,7 +140,7 @@ class WebUI:
     """
 
     def __init__(self, webui_path=None, python=None, *, checkpoint: str = "sd1_tiny", nowebui: bool = True,
-                 with_extension: bool = True, extra_args=(), data_dir=None, checkpoint_cache=None,
+                 with_extension: bool = True, extra_extensions=(), extra_args=(), data_dir=None, checkpoint_cache=None,
                  options: dict | None = None, startup_timeout: float = 600.0):
         if webui_path is None:
             webui_path, env_python = webui_from_env()
@@ -142,6 +150,7 @@ class WebUI:
         self.checkpoint = checkpoint
         self.nowebui = nowebui
         self.with_extension = with_extension
+        self.extra_extensions = list(extra_extensions)
         self.extra_args = list(extra_args)
         self._own_data_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else None
@@ -184,7 +193,7 @@ class WebUI:
             self.data_dir = Path(tempfile.mkdtemp(prefix="sag-webui-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         prepare_data_dir(self.data_dir, self.webui_path, self.python, with_extension=self.with_extension,
-                         checkpoint_cache=self.checkpoint_cache, options=self.options)
+                         extra_extensions=self.extra_extensions, checkpoint_cache=self.checkpoint_cache, options=self.options)
         self.port = free_port()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), cwd=self.webui_path, env=self.environment(),
