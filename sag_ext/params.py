@@ -95,13 +95,14 @@ def params_from(values: dict, strict: bool) -> tuple:
 def parse_script_args(args, strict: bool = False) -> tuple:
     """(SagParams, options, messages) from the script arguments.
 
-    `args` is the positional list in panel order (missing ones take the defaults), or a list holding one
-    dict with any of the fields (`enabled` defaults to true there) plus API options (`preview`). A dict
+    `args` is the positional list in panel order (missing ones take the defaults), or a list whose first
+    item is a dict with any of the fields (`enabled` defaults to true there) plus API options (`preview`);
+    the webui's API fills the slots after it with the panel's defaults, which are then ignored. A dict
     is checked strictly; a positional list is clamped to the ranges with messages unless `strict`.
     Raises InvalidParams.
     """
     args = list(args)
-    if len(args) == 1 and isinstance(args[0], dict):
+    if args and isinstance(args[0], dict):
         values = {"enabled": True, **args[0]}
         options = {key: _checked(key, values.pop(key), True, []) for key in API_ONLY_KEYS if key in values}
         params, messages = params_from(values, strict=True)

@@ -70,8 +70,11 @@ def build_ui(script):
                                              elem_id=script.elem_id("hires"))
                 controls["hires_scale"] = slider("hires_scale")
 
-    script.infotext_fields = [(control, INFOTEXT_KEYS[name]) for name, control in controls.items()]
-    script.paste_field_names = [INFOTEXT_KEYS[name] for name in ARG_NAMES]
+    # Enabled is read from the presence of SAG's keys (also the API's `infotext` field, which skips
+    # on_infotext_pasted); the parameters by key, so "Send to" copies them between tabs.
+    script.infotext_fields = [(enabled, lambda infotext: from_infotext(infotext) is not None)]
+    script.infotext_fields += [(controls[name], INFOTEXT_KEYS[name]) for name in ARG_NAMES if name != "enabled"]
+    script.paste_field_names = [INFOTEXT_KEYS[name] for name in ARG_NAMES if name != "enabled"]
     return [controls[name] for name in ARG_NAMES]
 
 

@@ -170,6 +170,14 @@ def test_dict_argument_reaches_the_generation(host, script):
     script.postprocess(p, None)
 
 
+def test_dict_argument_ignores_the_panel_defaults_the_api_appends(host, script):
+    """The webui's API fills the script's remaining argument slots with the panel's defaults."""
+    p = make_p()
+    script.process(p, {"scale": 0.3, "preview": True}, 0.5, 2.0, 1.0, 0.0, 1.0, "same", 0.5)
+    assert p._sag_session.params == SagParams(enabled=True, scale=0.3)
+    script.postprocess(p, None)
+
+
 def test_invalid_dict_in_a_hook_turns_sag_off_without_raising(host, script):
     p = make_p()
     script.process(p, {"scale": "high"})

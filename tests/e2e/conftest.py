@@ -43,3 +43,14 @@ def webui(checkpoint_cache):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def ui_webui(checkpoint_cache):
+    """A webui with the UI as well (the API's `infotext` field and the browser need the UI's paste fields)."""
+    server = WebUI(checkpoint_cache=checkpoint_cache, nowebui=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from e2e.harness.server import WebUI
-
 pytestmark = pytest.mark.e2e
 playwright = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -22,22 +20,14 @@ INFOTEXT = ("a lighthouse at dusk\nSteps: 4, Sampler: Euler a, CFG scale: 5, See
 
 
 @pytest.fixture(scope="module")
-def ui_server(checkpoint_cache):
+def page(ui_webui):
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    server = WebUI(checkpoint_cache=checkpoint_cache, nowebui=False)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def page(ui_server):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.goto(ui_server.base_url, timeout=300_000)
+        page.goto(ui_webui.base_url, timeout=300_000)
         page.wait_for_selector("#txt2img_generate", timeout=300_000)
         yield page
         browser.close()
@@ -77,7 +67,7 @@ def test_paste_infotext_then_generate(page):
     tab = "txt2img"
     open_tab(page, tab)
     page.locator("#txt2img_prompt textarea").fill(INFOTEXT)
-    page.locator("#paste").click()
+    page.locator("#txt2img_tools #paste").click()
     page.wait_for_function(f"() => document.querySelector('#{ID.format(tab=tab, name='scale')} input[type=number]').value == '0.9'",
                            timeout=30_000)
     assert enabled_box(page, tab).is_checked()
