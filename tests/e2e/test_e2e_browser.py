@@ -58,6 +58,8 @@ def test_panel_in_both_tabs(page, tab):
     number_input(page, tab, "scale").fill("0.7")
     number_input(page, tab, "scale").press("Enter")
     assert float(number_input(page, tab, "scale").input_value()) == 0.7
+    page.locator(f"#{ID.format(tab=tab, name='advanced')} .label-wrap").first.click()
+    number_input(page, tab, "hires_scale").wait_for(state="visible")
     accordion.screenshot(path=str(ARTIFACTS / f"panel-{tab}.png"))
     enabled_box(page, tab).click()  # the header's checkbox switches it off and leaves the panel open
     assert not enabled_box(page, tab).is_checked()

@@ -1,0 +1,334 @@
+"""SAG next to its neighbours in a real webui: the built-in Hypertile, an ADetailer-style nested pass,
+and third-party extensions that share a generation with SAG.
+
+Every case follows `check_sag_case` (on differs from off, on is reproducible, off after on equals off
+before, SAG's infotext keys exactly when on, no traceback and no `[SAG]` line in the log) with the
+neighbour enabled.
+
+* Hypertile (built into the webui) wraps, by replacing `forward` on the instance, the very middle-block
+  `attn1` whose `__call__` SAG hooks. It is switched on with the `hypertile_enable_unet` option (set
+  back explicitly afterwards), with tiles of 128 px so that tiles really split in the top levels.
+* The nested pass is our own test-only extension, `tests/e2e/fixtures/nested_pass`: its
+  `postprocess_image` runs an img2img `process_images` on the outer image as ADetailer does.
+* Third-party neighbours are never part of this repository. Check them out at the commits pinned in
+  `NEIGHBOURS` into `$SAG_NEIGHBOURS_DIR/<folder>` (e.g. `git clone <url> <folder> && git -C <folder>
+  checkout <commit>`); a neighbour whose folder is missing is skipped with the reason. They are linked
+  into the webui's `extensions/` under names that sort before ("0-<folder>") and after
+  ("zz-<folder>") `sd-webui-sag`, since the webui loads extensions in folder-name order; each order
+  gets its own webui process.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from e2e.harness.server import WebUI
+from e2e.sag_api import OFF, ON, TITLE, LogWatch, check_sag_case, decode, encode, generate
+
+pytestmark = pytest.mark.e2e
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NESTED_PASS = FIXTURES / "nested_pass"
+NESTED_TITLE = "SAG test nested pass"
+
+SIZE = 128
+BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 4, "sampler_name": "Euler a",
+        "width": SIZE, "height": SIZE, "seed": 11, "cfg_scale": 5}
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    repo: str
+    commit: str  # the version these tests were run against
+    folder: str  # folder name under $SAG_NEIGHBOURS_DIR
+
+    def path(self) -> Path | None:
+        root = os.environ.get("SAG_NEIGHBOURS_DIR")
+        if not root:
+            return None
+        path = Path(root) / self.folder
+        return path if (path / "scripts").is_dir() else None
+
+    def skip_reason(self) -> str:
+        root = os.environ.get("SAG_NEIGHBOURS_DIR")
+        if not root:
+            return f"SAG_NEIGHBOURS_DIR is not set (needs {self.repo} @ {self.commit[:8]} in <dir>/{self.folder})"
+        return f"{self.repo} is not checked out in {Path(root) / self.folder} (pin: {self.commit})"
+
+
+NEIGHBOURS = {
+    "kohya": Neighbour("wcde/sd-webui-kohya-hiresfix", "05af98743ef57838d6c83bfbe07a2920dd339a7c",
+                       "sd-webui-kohya-hiresfix"),
+    "dynthres": Neighbour("mcmonkeyprojects/sd-dynamic-thresholding", "73e4e04565aa86237d66764ac58ffae1f7e40e48",
+                          "sd-dynamic-thresholding"),
+    "freeu": Neighbour("ljleb/sd-webui-freeu", "75684923858445df87f7287192731e57d09def81", "sd-webui-freeu"),
+    "usdu": Neighbour("Coyote-A/ultimate-upscale-for-automatic1111", "2322caa480535b1011a1f9c18126d85ea444f146",
+                      "ultimate-upscale-for-automatic1111"),
+}
+ORDER_PREFIX = {"before": "0-", "after": "zz-"}  # "0-x" < "sd-webui-sag" < "zz-x"
+
+
+def needs(key: str):
+    """Skips a test (before its webui starts) when neighbour `key` is not checked out."""
+    return pytest.mark.skipif(NEIGHBOURS[key].path() is None, reason=NEIGHBOURS[key].skip_reason())
+
+
+@pytest.fixture(scope="module")
+def neighbourhood(request, checkpoint_cache, tmp_path_factory):
+    """A webui (UI and API) with SAG, the nested-pass fixture and every checked-out neighbour, linked to
+    load before or after SAG (`request.param`); sd1_tiny loaded."""
+    order = request.param
+    links = tmp_path_factory.mktemp(f"neighbours-{order}")
+    extensions = [NESTED_PASS]
+    for neighbour in NEIGHBOURS.values():
+        if neighbour.path() is not None:
+            link = links / f"{ORDER_PREFIX[order]}{neighbour.folder}"
+            link.symlink_to(neighbour.path().resolve(), target_is_directory=True)
+            extensions.append(link)
+    # with the UI: only then are built-in extensions' settings (Hypertile's) registered
+    server = WebUI(checkpoint_cache=checkpoint_cache, extra_extensions=extensions, nowebui=False)
+    server.start()
+    server.order = order
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+BOTH_ORDERS = pytest.mark.parametrize("neighbourhood", ["before", "after"], indirect=True)
+AFTER_ONLY = pytest.mark.parametrize("neighbourhood", ["after"], indirect=True)
+
+
+@contextlib.contextmanager
+def options(webui, **changed):
+    """Sets webui options for a case and sets them back explicitly afterwards."""
+    before = webui.get("/sdapi/v1/options")
+    webui.post("/sdapi/v1/options", changed)
+    try:
+        yield
+    finally:
+        webui.post("/sdapi/v1/options", {key: before[key] for key in changed})
+
+
+@contextlib.contextmanager
+def checkpoint(webui, name):
+    webui.use_checkpoint(name)
+    try:
+        yield
+    finally:
+        webui.use_checkpoint("sd1_tiny")
+
+
+def with_script(payload: dict, title: str, args) -> dict:
+    return {**payload, "alwayson_scripts": {**payload.get("alwayson_scripts", {}), title: {"args": args}}}
+
+
+def script_order(webui) -> list[str]:
+    return [script["name"] for script in webui.get("/sdapi/v1/script-info") if not script["is_img2img"]]
+
+
+def assert_load_order(webui, title: str) -> None:
+    names = script_order(webui)
+    sag, other = names.index(TITLE), names.index(title.lower())
+    assert (other < sag) == (webui.order == "before"), names
+
+
+def gradient(size=(SIZE, SIZE)):
+    pixels = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3)
+    return encode(Image.fromarray(pixels.astype(np.uint8)))
+
+
+# ---- 1. Hypertile (built in) -----------------------------------------------------------------------
+
+HYPERTILE = {"hypertile_enable_unet": True, "hypertile_max_tile_unet": 128, "hypertile_swap_size_unet": 1}
+
+
+@AFTER_ONLY
+@pytest.mark.parametrize("model,size", [("sd1_tiny", 256), ("sdxl_tiny", 512)])
+def test_hypertile(neighbourhood, model, size):
+    """Hypertile wraps the hooked attn1 itself; with 128-px tiles it splits the top transformer level
+    (SD1 at 256 px: 32x32 latent tokens into 2x2 tiles; SDXL at 512 px: its first attention level).
+    Its minimum tile keeps the middle block itself whole at any practical size."""
+    webui = neighbourhood
+    payload = {**BASE, "width": size, "height": size}
+    with checkpoint(webui, model):
+        plain, _ = generate(webui, "txt2img", payload, OFF)
+        with options(webui, **HYPERTILE):
+            assert webui.get("/sdapi/v1/options")["hypertile_enable_unet"] is True
+            on, off = check_sag_case(webui, "txt2img", payload)
+            _, infos = generate(webui, "txt2img", payload, ON)
+        assert "Hypertile U-Net: True" in infos[0]
+        assert np.abs(off[0] - plain[0]).max() > 0, "Hypertile did not tile anything (the off images are equal)"
+        after, _ = generate(webui, "txt2img", payload, OFF)
+    assert webui.get("/sdapi/v1/options")["hypertile_enable_unet"] is False
+    np.testing.assert_array_equal(after[0], plain[0], err_msg="Hypertile switched off is not the plain image")
+
+
+# ---- 2. ADetailer-style nested pass (our own test fixture) ----------------------------------------------
+
+def nested_run(webui, outer, nested, payload=BASE):
+    """(images, infotexts) of a txt2img with SAG `outer` whose images go through the nested img2img pass
+    with SAG `nested`."""
+    return generate(webui, "txt2img", with_script(payload, NESTED_TITLE, [True, json.dumps(nested)]), outer)
+
+
+def reference_run(webui, outer, nested, payload=BASE):
+    """The same as plain requests: per image, a txt2img (n_iter 1, the image's seed) with SAG `outer`,
+    then that image through img2img (denoising 0.5, same seed) with SAG `nested`.
+
+    One txt2img per image, right before its img2img, because the webui's img2img depends on the global
+    torch RNG state the previous generation left: the VAE encoder's posterior is *sampled* with the
+    unseeded global generator (ldm `DiagonalGaussianDistribution.sample`), and the webui's seeded noise
+    re-seeds that generator. So the img2img of image k must follow a generation whose last seed was
+    the seed of image k, as the nested pass does (it runs right after the outer batch k)."""
+    images = []
+    for index in range(payload.get("n_iter", 1)):
+        first, _ = generate(webui, "txt2img", {**payload, "n_iter": 1, "seed": payload["seed"] + index}, outer)
+        request = {key: payload[key] for key in ("prompt", "negative_prompt", "steps", "sampler_name", "width",
+                                                 "height", "cfg_scale")}
+        request.update(seed=payload["seed"] + index, denoising_strength=0.5,
+                       init_images=[encode(Image.fromarray(first[0].astype(np.uint8)))])
+        images += generate(webui, "img2img", request, nested)[0]
+    return images
+
+
+@AFTER_ONLY
+def test_nested_pass_equals_two_plain_requests(neighbourhood):
+    """Outer and nested SAG are independent: each of the four combinations gives exactly the image of a
+    txt2img request followed by a separate img2img request with the same SAG settings."""
+    webui = neighbourhood
+    watch = LogWatch(webui)
+    generate(webui, "img2img", {**BASE, "init_images": [gradient()], "denoising_strength": 0.5}, OFF)  # warm-up
+    results = {}
+    for outer_name, outer in (("on", ON), ("off", OFF)):
+        for nested_name, nested in (("on", ON), ("off", OFF)):
+            images, infos = nested_run(webui, outer, nested)
+            reference = reference_run(webui, outer, nested)
+            np.testing.assert_array_equal(images[0], reference[0], err_msg=f"outer {outer_name}, nested {nested_name}")
+            assert all(("SAG Scale" in text) == (outer is ON) for text in infos), infos
+            results[outer_name, nested_name] = images[0]
+    again, _ = nested_run(webui, ON, OFF)
+    log = watch.new_text()
+    assert "Traceback" not in log and "[SAG]" not in log, log[-4000:]
+    np.testing.assert_array_equal(again[0], results["on", "off"], err_msg="outer on / nested off is not reproducible")
+    for outer_name in ("on", "off"):
+        assert np.abs(results[outer_name, "on"] - results[outer_name, "off"]).max() > 0, \
+            f"nested SAG did not change the image (outer {outer_name})"
+    for nested_name in ("on", "off"):
+        assert np.abs(results["on", nested_name] - results["off", nested_name]).max() > 0, \
+            f"outer SAG did not change the image (nested {nested_name})"
+
+
+@AFTER_ONLY
+def test_nested_pass_between_outer_batches(neighbourhood):
+    """With n_iter 2 the nested pass of the first image runs between the outer batches: the outer SAG
+    session must be back for the second batch, and its hooks must not act in the nested pass."""
+    webui = neighbourhood
+    payload = {**BASE, "n_iter": 2}
+    watch = LogWatch(webui)
+    for outer, nested in ((ON, OFF), (OFF, ON)):
+        images, _ = nested_run(webui, outer, nested, payload)
+        reference = reference_run(webui, outer, nested, payload)
+        assert len(images) == len(reference) == 2
+        for index, (image, expected) in enumerate(zip(images, reference)):
+            np.testing.assert_array_equal(image, expected, err_msg=f"image {index}, outer {outer}, nested {nested}")
+    log = watch.new_text()
+    assert "Traceback" not in log and "[SAG]" not in log, log[-4000:]
+
+
+@AFTER_ONLY
+def test_nested_pass_case_contract(neighbourhood):
+    """check_sag_case on the outer SAG with the nested pass (SAG off inside) enabled."""
+    check_sag_case(neighbourhood, "txt2img", with_script(BASE, NESTED_TITLE, [True, json.dumps(OFF)]))
+
+
+# ---- 3. third-party neighbours --------------------------------------------------------------------------
+
+KOHYA_TITLE = "Kohya Hires.fix"
+# [enable, only_one_pass, d1, d2, s1, s2, scaler, downscale, upscale, smooth_scaling, early_out]:
+# halve the UNet's top level for the first half of the steps, so the middle block runs at half size
+# (a 2x2 grid instead of 4x4 at 256 px) and changes size between steps.
+KOHYA_ARGS = [True, True, 3, 4, 0.5, 0.5, "bicubic", 0.5, 2.0, False, False]
+
+
+@BOTH_ORDERS
+@needs("kohya")
+def test_kohya_hires_fix(neighbourhood):
+    webui = neighbourhood
+    assert_load_order(webui, KOHYA_TITLE)
+    payload = {**BASE, "width": 256, "height": 256}
+    plain, _ = generate(webui, "txt2img", payload, OFF)
+    kohya = with_script(payload, KOHYA_TITLE, KOHYA_ARGS)
+    _, off = check_sag_case(webui, "txt2img", kohya)
+    assert np.abs(off[0] - plain[0]).max() > 0, "Kohya hires fix did not change the image"
+    _, infos = generate(webui, "txt2img", kohya, ON)
+    assert "DSHF_s1" in infos[0]
+    after, _ = generate(webui, "txt2img", payload, OFF)
+    np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after Kohya hires fix")
+
+
+DYNTHRES_TITLE = "Dynamic Thresholding (CFG Scale Fix)"
+# [enabled, mimic_scale, threshold_percentile, mimic_mode, mimic_scale_min, cfg_mode, cfg_scale_min,
+#  sched_val, separate_feature_channels, scaling_startpoint, variability_measure, interpolate_phi]
+DYNTHRES_ARGS = [True, 3.0, 99.0, "Constant", 0.0, "Constant", 0.0, 4.0, True, "MEAN", "AD", 1.0]
+
+
+@BOTH_ORDERS
+@needs("dynthres")
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M"])
+def test_dynamic_thresholding(neighbourhood, sampler):
+    webui = neighbourhood
+    assert_load_order(webui, DYNTHRES_TITLE)
+    payload = {**BASE, "cfg_scale": 12, "sampler_name": sampler}
+    plain, _ = generate(webui, "txt2img", payload, OFF)
+    dynthres = with_script(payload, DYNTHRES_TITLE, DYNTHRES_ARGS)
+    _, off = check_sag_case(webui, "txt2img", dynthres)
+    assert np.abs(off[0] - plain[0]).max() > 0, "Dynamic thresholding did not change the image"
+    _, infos = generate(webui, "txt2img", dynthres, ON)
+    assert "Dynamic thresholding enabled: True" in infos[0]
+
+
+FREEU_TITLE = "FreeU"
+FREEU_ARGS = [{"enable": True, "start_ratio": 0.0, "stop_ratio": 1.0, "transition_smoothness": 0.0, "version": "2",
+               "stage_infos": [{"backbone_factor": 1.2, "skip_factor": 0.9}, {"backbone_factor": 1.4, "skip_factor": 0.2},
+                               {"backbone_factor": 1.1, "skip_factor": 1.0}]}]
+
+
+@BOTH_ORDERS
+@needs("freeu")
+def test_freeu(neighbourhood):
+    """FreeU wraps the UNet's `th.cat` for the whole process and counts steps in cfg_after_cfg. Its
+    stages are picked by channel width (1280/640/320), which the tiny test models (128/64/32) do not
+    have, so here it is loaded and enabled but leaves the image alone: this checks coexistence only."""
+    webui = neighbourhood
+    assert_load_order(webui, FREEU_TITLE)
+    freeu = with_script(BASE, FREEU_TITLE, FREEU_ARGS)
+    check_sag_case(webui, "txt2img", freeu)
+    _, infos = generate(webui, "txt2img", freeu, ON)
+    assert "FreeU Stages" in infos[0]
+
+
+USDU_TITLE = "ultimate sd upscale"
+# [info, tile_width, tile_height, mask_blur, padding, seams_fix_width, seams_fix_denoise, seams_fix_padding,
+#  upscaler_index, save_upscaled_image, redraw_mode, save_seams_fix_image, seams_fix_mask_blur,
+#  seams_fix_type, target_size_type, custom_width, custom_height, custom_scale]
+# Tiles of 80x48 px (odd multiples of 16, not of 64) over a 208x144 target: 3x3 tiles, the last ones
+# cut short; each tile is redrawn as a 128x64 "only masked" inpainting (latent 16x8, middle grid 2x1).
+USDU_ARGS = [None, 80, 48, 4, 16, 64, 0.35, 16, 1, False, 0, False, 4, 0, 0, 2048, 2048, 2]
+
+
+@BOTH_ORDERS
+@needs("usdu")
+def test_ultimate_sd_upscale(neighbourhood):
+    webui = neighbourhood
+    payload = {**BASE, "width": 208, "height": 144, "denoising_strength": 0.5, "init_images": [gradient((112, 80))],
+               "script_name": USDU_TITLE, "script_args": USDU_ARGS}
+    on, _ = check_sag_case(webui, "img2img", payload)
+    assert on[0].shape == (144, 208, 3)
