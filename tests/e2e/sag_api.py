@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import io
 import json
@@ -13,6 +14,20 @@ TITLE = "self-attention guidance"
 ON = [True, 0.8, 2.0, 1.0]
 OFF = [False]
 SAG_KEYS = ("SAG Scale", "SAG Blur Sigma")
+SIZE = 128  # latent 16: a 2x2 middle grid on SD1, 4x4 on SDXL
+BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 4, "sampler_name": "Euler a",
+        "width": SIZE, "height": SIZE, "seed": 11, "cfg_scale": 5}
+
+
+@contextlib.contextmanager
+def options(webui, **changed):
+    """Sets webui options for a case and sets them back explicitly afterwards."""
+    before = webui.get("/sdapi/v1/options")
+    webui.post("/sdapi/v1/options", changed)
+    try:
+        yield
+    finally:
+        webui.post("/sdapi/v1/options", {key: before[key] for key in changed})
 
 
 def decode(b64: str) -> np.ndarray:

@@ -1,31 +1,15 @@
 """The HTTP API matrix against a real webui: every case must satisfy `check_sag_case`."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 from PIL import Image
 
-from e2e.sag_api import OFF, ON, check_sag_case, encode, generate
+from e2e.sag_api import BASE, OFF, ON, SIZE, check_sag_case, encode, generate, options
 
 pytestmark = pytest.mark.e2e
 
-SIZE = 128  # latent 16: a 2x2 middle grid on SD1, 4x4 on SDXL
-BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 4, "sampler_name": "Euler a",
-        "width": SIZE, "height": SIZE, "seed": 11, "cfg_scale": 5}
 LONG_PROMPT = ", ".join(["a very detailed photo of a small orange cat sitting on a wooden chair"] * 8)
-
-
-@contextlib.contextmanager
-def options(webui, **changed):
-    """Sets webui options for a case and sets them back explicitly afterwards."""
-    before = webui.get("/sdapi/v1/options")
-    webui.post("/sdapi/v1/options", changed)
-    try:
-        yield
-    finally:
-        webui.post("/sdapi/v1/options", {key: before[key] for key in changed})
 
 
 @pytest.fixture

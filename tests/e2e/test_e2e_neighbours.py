@@ -30,7 +30,7 @@ import pytest
 from PIL import Image
 
 from e2e.harness.server import WebUI
-from e2e.sag_api import OFF, ON, TITLE, LogWatch, check_sag_case, decode, encode, generate
+from e2e.sag_api import BASE, OFF, ON, SIZE, TITLE, LogWatch, check_sag_case, encode, generate, options
 
 pytestmark = pytest.mark.e2e
 
@@ -38,9 +38,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 NESTED_PASS = FIXTURES / "nested_pass"
 NESTED_TITLE = "SAG test nested pass"
 
-SIZE = 128
-BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 4, "sampler_name": "Euler a",
-        "width": SIZE, "height": SIZE, "seed": 11, "cfg_scale": 5}
 
 
 @dataclass(frozen=True)
@@ -104,17 +101,6 @@ def neighbourhood(request, checkpoint_cache, tmp_path_factory):
 
 BOTH_ORDERS = pytest.mark.parametrize("neighbourhood", ["before", "after"], indirect=True)
 AFTER_ONLY = pytest.mark.parametrize("neighbourhood", ["after"], indirect=True)
-
-
-@contextlib.contextmanager
-def options(webui, **changed):
-    """Sets webui options for a case and sets them back explicitly afterwards."""
-    before = webui.get("/sdapi/v1/options")
-    webui.post("/sdapi/v1/options", changed)
-    try:
-        yield
-    finally:
-        webui.post("/sdapi/v1/options", {key: before[key] for key in changed})
 
 
 @contextlib.contextmanager

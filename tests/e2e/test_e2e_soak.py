@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from e2e.harness.server import WebUIError
+from e2e import sag_api
 from e2e.sag_api import OFF, LogWatch, generate
 
 pytestmark = pytest.mark.e2e
 REQUESTS, WARM_UP = 100, 20
-BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 4, "sampler_name": "Euler a",
-        "width": 128, "height": 128, "seed": 5, "cfg_scale": 5}
+BASE = {**sag_api.BASE, "seed": 5}
 
 
 def resident_mib(pid: int) -> float:

@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 
 from e2e.harness.server import WebUIError
-from e2e.sag_api import OFF, ON, TITLE, LogWatch, decode, generate, with_sag
+from e2e.sag_api import BASE, OFF, ON, TITLE, LogWatch, decode, generate, with_sag
 
 pytestmark = pytest.mark.e2e
-BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 4, "sampler_name": "Euler a",
-        "width": 128, "height": 128, "seed": 11, "cfg_scale": 5}
 
 
 def script_info(webui, name, img2img=False):
