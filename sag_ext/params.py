@@ -80,24 +80,25 @@ def _checked(name: str, value, strict: bool, messages: list):
     return clamped
 
 
-def params_from(values: dict, strict: bool) -> tuple:
-    """(SagParams, messages) from field values; the missing ones take the defaults. Raises InvalidParams."""
+def params_from(values: dict, strict: bool, defaults: SagParams = DEFAULTS) -> tuple:
+    """(SagParams, messages) from field values; the missing ones take `defaults`. Raises InvalidParams."""
     unknown = sorted(set(values) - set(ARG_NAMES))
     if unknown:
         raise InvalidParams(f"unknown key {unknown[0]!r}; known keys: {', '.join(ARG_NAMES + API_ONLY_KEYS)}")
     messages = []
-    params = replace(DEFAULTS, **{name: _checked(name, value, strict, messages) for name, value in values.items()})
+    params = replace(defaults, **{name: _checked(name, value, strict, messages) for name, value in values.items()})
     if params.start > params.end:
         raise InvalidParams(f"start ({params.start}) must not be after end ({params.end})")
     return params, messages
 
 
-def parse_script_args(args, strict: bool = False) -> tuple:
+def parse_script_args(args, strict: bool = False, defaults: SagParams = DEFAULTS) -> tuple:
     """(SagParams, options, messages) from the script arguments.
 
     `args` is the positional list in panel order (missing ones take the defaults), or a list whose first
-    item is a dict with any of the fields (`enabled` defaults to true there) plus API options (`preview`);
-    the webui's API fills the slots after it with the panel's defaults, which are then ignored. A dict
+    item is a dict with any of the fields (`enabled` defaults to true there, the others to `defaults`)
+    plus API options (`preview`); the webui's API fills the slots after it with the panel's values,
+    which are then ignored. A dict
     is checked strictly; a positional list is clamped to the ranges with messages unless `strict`.
     Raises InvalidParams.
     """
@@ -105,14 +106,14 @@ def parse_script_args(args, strict: bool = False) -> tuple:
     if args and isinstance(args[0], dict):
         values = {"enabled": True, **args[0]}
         options = {key: _checked(key, values.pop(key), True, []) for key in API_ONLY_KEYS if key in values}
-        params, messages = params_from(values, strict=True)
+        params, messages = params_from(values, strict=True, defaults=defaults)
         return params, options, messages
     if len(args) > len(ARG_NAMES):
         raise InvalidParams(f"at most {len(ARG_NAMES)} arguments ({', '.join(ARG_NAMES)}), got {len(args)}")
     values = dict(zip(ARG_NAMES, args))
     if "enabled" in values:
         values["enabled"] = bool(values["enabled"])  # the panel's checkbox may come as 0/1
-    params, messages = params_from(values, strict)
+    params, messages = params_from(values, strict, defaults)
     return params, {}, messages
 
 

@@ -43,7 +43,7 @@ def _option(name, default=None):
 def panel_defaults():
     """DEFAULTS with the values the user set in Settings."""
     chosen = {field: _option(setting) for setting, field in SETTINGS.items() if _option(setting) is not None}
-    return params_from({**dataclasses.asdict(DEFAULTS), **chosen}, strict=False)[0]
+    return params_from(chosen, strict=False)[0]
 
 
 def build_ui(script):
@@ -141,7 +141,7 @@ def release_model_hooks() -> None:
 
 def generation_params(p, args):
     """(SagParams, options) for `p`: the script arguments with the X/Y/Z cell's overrides on top."""
-    params, options, messages = parse_script_args(args)
+    params, options, messages = parse_script_args(args, defaults=panel_defaults())
     cell = xyz.overrides(p)
     if cell:
         params, more = params_from({**dataclasses.asdict(params), **cell}, strict=False)

@@ -239,3 +239,17 @@ def test_edit_model_turns_sag_off(host, script, caplog):
         processing.process_images(make_p(), script, ON)
     assert "instruct-pix2pix" in caplog.text
     assert host.sd_model.calls.count(2) == 0
+
+
+def test_webui_without_the_denoiser_in_cfg_params_is_told_clearly(host, script, caplog, monkeypatch):
+    """webui 1.6 and 1.7 lack CFGDenoiserParams.denoiser: SAG says so and stays off."""
+    from dataclasses import make_dataclass
+
+    old_params = make_dataclass("CFGDenoiserParams", ["x", "image_cond", "sigma", "sampling_step", "total_sampling_steps",
+                                                      "text_cond", "text_uncond"])
+    monkeypatch.setattr(script_callbacks, "CFGDenoiserParams", old_params)
+    p = make_p()
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        script.process(p, *ON)
+    assert "needs webui 1.8 or newer" in caplog.text
+    assert getattr(p, "_sag_session", None) is None and "SAG Scale" not in p.extra_generation_params

@@ -247,3 +247,11 @@ def test_api_preview_only_when_asked(host, script):
     script.process(p, {"preview": True})
     assert p._sag_session.collect_preview
     script.postprocess(p, None)
+
+
+def test_settings_defaults_fill_what_a_dict_leaves_out(host, script):
+    host.opts.sag_default_scale, host.opts.sag_default_hires = 0.3, "off"
+    p = make_p()
+    script.process(p, {"blur_sigma": 1.0})
+    assert p._sag_session.params == SagParams(enabled=True, scale=0.3, blur_sigma=1.0, hires="off")
+    script.postprocess(p, None)
