@@ -91,9 +91,6 @@ class MiddleBlockCapture:
         self._filled = 0
         self.grid = None
 
-    def disarm(self) -> None:
-        self._armed = False
-
     def take(self):
         """(mass (target_rows, h*w), grid (h, w)) when every target row was seen, else None. Disarms."""
         complete = self._armed and self._mass is not None and self._filled == self._mass.shape[0]

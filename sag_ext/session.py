@@ -36,7 +36,7 @@ class StepInputs:
 class SagSession:
     """SAG state of one generation. Never shared between generations or tabs."""
 
-    def __init__(self, params: SagParams, collect_preview: bool = False, chunk_elements: Optional[int] = None):
+    def __init__(self, params: SagParams, collect_preview: bool = False):
         self.params = params
         self.active = params.enabled and params.blur_sigma > 0
         self.capture: Optional[MiddleBlockCapture] = None
@@ -47,7 +47,6 @@ class SagSession:
         self.preview_mask: Optional[torch.Tensor] = None  # mask summed over the steps of the last pass
         self.preview_steps = 0
         self.previews = []  # finished preview pictures, for the host to show
-        self._chunk_kwargs = {} if chunk_elements is None else {"chunk_elements": chunk_elements}
 
     @contextlib.contextmanager
     def guard(self):
@@ -92,7 +91,7 @@ class SagSession:
             return
         if not self.owns(attn):
             self.close()
-            self.capture = MiddleBlockCapture(transformer, attn, owner=self, **self._chunk_kwargs)
+            self.capture = MiddleBlockCapture(transformer, attn, owner=self)
         self.step = StepInputs(x_in[-uncond_rows:], sigma_in[-uncond_rows:], image_cond_in[-uncond_rows:],
                                text_cond, text_uncond, space, scale, repaint_mask, host)
         self.capture.arm(total_rows=x_in.shape[0], target_rows=uncond_rows)

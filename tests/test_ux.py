@@ -218,7 +218,7 @@ def test_preview_accumulates_the_mask_over_the_steps(host, script):
 
     p = make_p(latent_size=(32, 24))
     script.process(p, True)
-    session = p._sag_session = SagSession(DEFAULTS.__class__(enabled=True), collect_preview=True)
+    session = p._sag_session = SagSession(SagParams(enabled=True), collect_preview=True)
     p.sample()
     share = session.preview()
     assert share.shape == (2, 32, 24)
