@@ -9,7 +9,7 @@ from PIL import Image
 import xyz_grid
 from modules import scripts
 from sag_ext import api, webui
-from sag_ext.params import DEFAULTS, INFOTEXT_KEYS, SagParams, parse_script_args
+from sag_ext.params import INFOTEXT_KEYS, SagParams, parse_script_args
 from sag_ext.preview import overlay
 from script_loader import load_script_module
 from test_host_standin import make_p
