@@ -18,6 +18,11 @@ from .params import SagParams
 log = logging.getLogger("sd_webui_sag")
 
 
+def report_off(reason: str) -> None:
+    """The one console line saying SAG is off for this generation, and why."""
+    log.warning("[SAG] Self-Attention Guidance is off for this generation: %s", reason)
+
+
 @dataclass
 class StepInputs:
     """The uncond rows of one step, as the host laid them out, plus the host's own conditioning objects."""
@@ -59,7 +64,7 @@ class SagSession:
     def stop(self, reason: str) -> None:
         """Turn SAG off for the rest of this generation, with one log line."""
         if self.active:
-            log.warning("[SAG] Self-Attention Guidance is off for this generation: %s", reason)
+            report_off(reason)
         self.active = False
         self.close()
 

@@ -17,7 +17,7 @@ from .guidance import EpsSpace, X0Space
 from .params import (ARG_NAMES, DEFAULTS, HIRES_MODES, INFOTEXT_KEYS, RANGES, InvalidParams, from_infotext,
                      params_from, parse_script_args)
 from .preview import overlay
-from .session import SagSession, StepInputs
+from .session import SagSession, StepInputs, report_off
 
 TITLE = "Self-Attention Guidance"
 SESSION_ATTRIBUTE = "_sag_session"
@@ -160,13 +160,13 @@ def start_generation(p, args) -> None:
     try:
         params, options = generation_params(p, args)
     except InvalidParams as error:
-        log.warning("[SAG] Self-Attention Guidance is off for this generation: %s", error)
+        report_off(str(error))
         return
     if not params.enabled:
         return
     reason = _unsupported_reason()
     if reason:
-        log.warning("[SAG] Self-Attention Guidance is off for this generation: %s", reason)
+        report_off(reason)
         return
     p.extra_generation_params.update(params.infotext())
     preview = options.get("preview", False) if getattr(p, "is_api", False) else _option("mask_preview", False)

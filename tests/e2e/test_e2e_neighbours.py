@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from e2e.harness.server import WebUI
+from e2e.harness.server import WebUI, WebUIError
 from e2e.sag_api import BASE, OFF, ON, SIZE, TITLE, LogWatch, check_sag_case, encode, generate, options
 
 pytestmark = pytest.mark.e2e
@@ -68,6 +69,8 @@ NEIGHBOURS = {
     "freeu": Neighbour("ljleb/sd-webui-freeu", "75684923858445df87f7287192731e57d09def81", "sd-webui-freeu"),
     "usdu": Neighbour("Coyote-A/ultimate-upscale-for-automatic1111", "2322caa480535b1011a1f9c18126d85ea444f146",
                       "ultimate-upscale-for-automatic1111"),
+    "controlnet": Neighbour("Mikubill/sd-webui-controlnet", "56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81",
+                            "sd-webui-controlnet"),
 }
 ORDER_PREFIX = {"before": "0-", "after": "zz-"}  # "0-x" < "sd-webui-sag" < "zz-x"
 
@@ -318,3 +321,132 @@ def test_ultimate_sd_upscale(neighbourhood):
                "script_name": USDU_TITLE, "script_args": USDU_ARGS}
     on, _ = check_sag_case(webui, "img2img", payload)
     assert on[0].shape == (144, 208, 3)
+
+
+CONTROLNET_TITLE = "controlnet"
+T2I_ADAPTER_NAME = "sag_test_t2i_adapter_sd1_tiny"
+
+
+def t2i_adapter_state_dict(seed: int = 0) -> dict:
+    """Random weights of a T2I-Adapter for sd1_tiny, in the layout of the SD1.5 "full" adapters
+    (nums_rb 2, 1x1 convolutions, identity skips, average-pool downsampling): four levels of 32, 64, 128
+    and 128 channels at latent/1 .. latent/8, the widths of the sd1_tiny UNet's input levels.
+
+    A full ControlNet cannot stand in for it: ControlNet's loader guesses an SD1 ControlNet's
+    architecture from fixed SD1.5 widths (model_channels 320), whereas a T2I-Adapter's widths are read
+    from its weights."""
+    rng = np.random.default_rng(seed)
+
+    def conv(out_c, in_c, k, gain=1.0):
+        std = gain / np.sqrt(in_c * k * k)
+        return {"weight": (rng.standard_normal((out_c, in_c, k, k)) * std).astype(np.float32),
+                "bias": np.zeros(out_c, np.float32)}
+
+    channels, nums_rb, cin = [32, 64, 128, 128], 2, 3 * 8 * 8  # RGB hint, pixel-unshuffled by 8
+    layers = {"conv_in": conv(channels[0], cin, 3)}
+    for level, width in enumerate(channels):
+        for r in range(nums_rb):
+            prefix = f"body.{level * nums_rb + r}"
+            in_c = channels[level - 1] if level > 0 and r == 0 else width
+            if in_c != width:
+                layers[f"{prefix}.in_conv"] = conv(width, in_c, 1)
+            layers[f"{prefix}.block1"] = conv(width, width, 3)
+            layers[f"{prefix}.block2"] = conv(width, width, 1, gain=0.5)
+    return {f"{name}.{kind}": tensor for name, params in layers.items() for kind, tensor in params.items()}
+
+
+def controlnet_model(webui, name: str = T2I_ADAPTER_NAME) -> str:
+    """Writes the test adapter into the webui's models/ControlNet (once) and returns ControlNet's name
+    for it ("<name> [<hash>]"), after making ControlNet list its models again."""
+    from safetensors.numpy import save_file
+
+    path = webui.data_dir / "models" / "ControlNet" / f"{name}.safetensors"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(t2i_adapter_state_dict(), str(path))
+    # ControlNet adds its routes in an app_started callback, which may run after the webui's own API
+    # and the model load (what WebUI.start waits for) are done
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            models = webui.get("/controlnet/model_list?update=true")["model_list"]
+            break
+        except WebUIError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    matches = [model for model in models if model.split(" [")[0] == name]
+    assert matches, models
+    return matches[0]
+
+
+def controlnet_unit(**unit) -> dict:
+    base = {"enabled": True, "weight": 1.0, "resize_mode": "Crop and Resize", "processor_res": 512,
+            "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced", "pixel_perfect": False,
+            "save_detected_map": False}
+    return {**base, **unit}
+
+
+def with_controlnet(payload: dict, *units) -> dict:
+    return {**payload, "alwayson_scripts": {**payload.get("alwayson_scripts", {}),
+                                            CONTROLNET_TITLE: {"args": list(units)}}}
+
+
+def stripes(size=(SIZE, SIZE)):
+    """A hard-edged control image (vertical bars), as an edge map would be."""
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[:, ::16] = pixels[:, 1::16] = 255
+    return encode(Image.fromarray(pixels))
+
+
+@BOTH_ORDERS
+@needs("controlnet")
+def test_controlnet_t2i_adapter(neighbourhood):
+    """A ControlNet unit with the "none" preprocessor and a random-weight T2I-Adapter (written by this
+    test) sized for sd1_tiny: ControlNet replaces the UNet's forward for the generation and adds the
+    adapter's features to the input blocks' outputs, so the middle block SAG hooks runs on changed
+    activations."""
+    webui = neighbourhood
+    assert_load_order(webui, CONTROLNET_TITLE)
+    model = controlnet_model(webui)
+    plain, _ = generate(webui, "txt2img", BASE, OFF)
+    control = with_controlnet(BASE, controlnet_unit(module="none", model=model, image=stripes()))
+    _, off = check_sag_case(webui, "txt2img", control)
+    assert np.abs(off[0] - plain[0]).max() > 0, "the T2I-Adapter did not change the image"
+    _, infos = generate(webui, "txt2img", control, ON)
+    assert "ControlNet 0" in infos[0] and T2I_ADAPTER_NAME in infos[0], infos[0]
+    after, _ = generate(webui, "txt2img", BASE, OFF)
+    np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after ControlNet")
+
+
+STEP_ASIDE = "[SAG] Self-Attention Guidance is off for this generation:"
+
+
+@BOTH_ORDERS
+@needs("controlnet")
+def test_controlnet_reference_only(neighbourhood):
+    """Reference-only (no model): ControlNet runs an extra UNet pass on the reference image that writes
+    the self-attention inputs of every transformer block into a bank, and in the real passes feeds
+    every block's `attn1` the bank as extra keys/values (replacing `BasicTransformerBlock._forward`).
+    SAG must either work (the case contract) or step aside for the generation with one log line,
+    giving exactly the SAG-off image."""
+    webui = neighbourhood
+    assert_load_order(webui, CONTROLNET_TITLE)
+    plain, _ = generate(webui, "txt2img", BASE, OFF)
+    reference = with_controlnet(BASE, controlnet_unit(module="reference_only", model="None", image=gradient(),
+                                                      threshold_a=0.5))
+    watch = LogWatch(webui)
+    off, _ = generate(webui, "txt2img", reference, OFF)
+    on, infos = generate(webui, "txt2img", reference, ON)
+    log = watch.new_text()
+    assert np.abs(off[0] - plain[0]).max() > 0, "reference-only did not change the image"
+    assert "Traceback" not in log, log[-4000:]
+    if STEP_ASIDE in log:
+        assert log.count("[SAG]") == 1, log[-4000:]
+        np.testing.assert_array_equal(on[0], off[0], err_msg="SAG stepped aside but changed the image")
+    else:
+        check_sag_case(webui, "txt2img", reference)
+    after, _ = generate(webui, "txt2img", BASE, OFF)
+    np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after reference-only")
+    sag_after, _ = generate(webui, "txt2img", BASE, ON)
+    assert np.abs(sag_after[0] - plain[0]).max() > 0, "SAG stayed off after the reference-only generation"
