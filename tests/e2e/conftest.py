@@ -1,7 +1,10 @@
 """Fixtures for end-to-end tests against a real webui (see ``harness/server.py``).
 
 They are skipped unless ``SD_WEBUI_PATH`` names a webui checkout (``SD_WEBUI_PYTHON``
-its interpreter, default ``$SD_WEBUI_PATH/venv/bin/python``). ``SD_WEBUI_TEST_CACHE``
+its interpreter, default ``$SD_WEBUI_PATH/venv/bin/python``), or ``SD_WEBUI_URL`` names a running
+webui with this extension and the tiny checkpoints (``python tests/e2e/harness/checkpoints.py``)
+installed; tests that start webuis of their own (UI, neighbours) need ``SD_WEBUI_PATH``, and checks
+that read the server's log or memory are left out against a running webui. ``SD_WEBUI_TEST_CACHE``
 may name a dir in which the test checkpoints are kept between runs, ``SD_WEBUI_DATA_DIR``
 a data dir to use and keep (with ``webui.log``) instead of a temp dir.
 """
@@ -11,20 +14,26 @@ from __future__ import annotations
 import os
 
 import pytest
-from e2e.harness.server import WebUI
+from e2e.harness.server import RunningWebUI, WebUI
+
+OWN_SERVERS = ("ui_webui", "neighbourhood")  # fixtures that start webuis of their own
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "e2e: needs a real webui (SD_WEBUI_PATH)")
+    config.addinivalue_line("markers", "e2e: needs a real webui (SD_WEBUI_PATH or SD_WEBUI_URL)")
 
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("SD_WEBUI_PATH"):
         return
-    skip = pytest.mark.skip(reason="SD_WEBUI_PATH is not set")
+    url = os.environ.get("SD_WEBUI_URL")
     for item in items:
-        if "e2e" in item.keywords:
-            item.add_marker(skip)
+        if "e2e" not in item.keywords:
+            continue
+        if not url:
+            item.add_marker(pytest.mark.skip(reason="neither SD_WEBUI_PATH nor SD_WEBUI_URL is set"))
+        elif any(name in item.fixturenames for name in OWN_SERVERS):
+            item.add_marker(pytest.mark.skip(reason="starts a webui of its own: needs SD_WEBUI_PATH"))
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +46,9 @@ def checkpoint_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def webui(checkpoint_cache):
     """An API-only webui with this extension installed, ``sd1_tiny`` loaded; shared by the session."""
+    if not os.environ.get("SD_WEBUI_PATH"):
+        yield RunningWebUI(os.environ["SD_WEBUI_URL"])
+        return
     server = WebUI(checkpoint_cache=checkpoint_cache, data_dir=os.environ.get("SD_WEBUI_DATA_DIR") or None)
     server.start()
     try:

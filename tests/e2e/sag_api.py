@@ -54,13 +54,15 @@ def generate(webui, endpoint: str, payload: dict, args):
 
 
 class LogWatch:
-    """Remembers where the webui's log ended, to read what a case added to it."""
+    """Remembers where the webui's log ended, to read what a case added to it ("" for a running webui)."""
+
+    WHOLE = 1 << 40
 
     def __init__(self, webui):
-        self.webui, self.start = webui, len(webui.log_path.read_text(errors="replace"))
+        self.webui, self.start = webui, len(webui.log_tail(self.WHOLE))
 
     def new_text(self) -> str:
-        return self.webui.log_path.read_text(errors="replace")[self.start:]
+        return self.webui.log_tail(self.WHOLE)[self.start:]
 
 
 def check_sag_case(webui, endpoint: str, payload: dict, images_expected: int = 1, must_change: bool = True):

@@ -56,8 +56,9 @@ def test_bad_arguments_get_422_naming_the_field(webui, args, message):
         webui.post("/sdapi/v1/txt2img", with_sag(BASE, args))
     assert message in str(error.value)
     log = watch.new_text()
-    assert "Traceback" not in log and "POST /sdapi/v1/txt2img HTTP/1.1\" 422" in log
-    assert "100%" not in log  # refused before sampling
+    if webui.log_path:  # a webui this harness started: its log shows the 422 and no sampling
+        assert "Traceback" not in log and "POST /sdapi/v1/txt2img HTTP/1.1\" 422" in log
+        assert "100%" not in log
 
 
 def test_preview_only_when_asked(webui):

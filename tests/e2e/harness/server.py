@@ -123,7 +123,57 @@ class WebUIError(RuntimeError):
     """The webui failed to start or answered an HTTP error."""
 
 
-class WebUI:
+class WebUIClient:
+    """The HTTP side of a webui: JSON requests and checkpoint changes, at ``base_url``."""
+
+    base_url: str
+    checkpoint: str | None = None
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None  # the server's log, when this harness started the server
+
+    def log_tail(self, chars: int = 6000) -> str:
+        """The end of the webui's log ("" when it is not ours to read)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:] if self.log_path else ""
+        except OSError:
+            return ""
+
+    def use_checkpoint(self, name: str) -> None:
+        """Load checkpoint ``name`` (e.g. ``"sdxl_tiny"``) and make it the default for later requests."""
+        self.post("/sdapi/v1/options", {"sd_model_checkpoint": name})
+        current = self.get("/sdapi/v1/options")["sd_model_checkpoint"]  # a title: "name.safetensors [hash]"
+        if current != name and not current.startswith((name + ".", name + " [")):
+            # the webui only logs a failed load and keeps the old model
+            raise WebUIError(f"could not load {name!r} (still {current!r}):\n{self.log_tail()}")
+        self.checkpoint = name
+
+    def request(self, method: str, path: str, payload=None, timeout: float = 600.0):
+        """Send a JSON request; return the decoded JSON answer (raise :class:`WebUIError` on HTTP errors)."""
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                body = resp.read()
+        except urllib.error.HTTPError as e:
+            raise WebUIError(f"{method} {path}: HTTP {e.code}: {e.read()[:2000]!r}") from None
+        return json.loads(body) if body else None
+
+    def get(self, path: str, timeout: float = 600.0):
+        return self.request("GET", path, timeout=timeout)
+
+    def post(self, path: str, payload=None, timeout: float = 600.0):
+        return self.request("POST", path, payload if payload is not None else {}, timeout=timeout)
+
+
+class RunningWebUI(WebUIClient):
+    """A webui started by someone else (``SD_WEBUI_URL``) with this extension and the tiny checkpoints installed."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url.rstrip("/")
+
+
+class WebUI(WebUIClient):
     """One webui process with a private data dir; a context manager.
 
     :param webui_path: webui checkout (default: ``SD_WEBUI_PATH``).
@@ -247,39 +297,3 @@ class WebUI:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def log_tail(self, chars: int = 6000) -> str:
-        """The end of the webui's log."""
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def use_checkpoint(self, name: str) -> None:
-        """Load checkpoint ``name`` (e.g. ``"sdxl_tiny"``) and make it the default for later requests."""
-        self.post("/sdapi/v1/options", {"sd_model_checkpoint": name})
-        current = self.get("/sdapi/v1/options")["sd_model_checkpoint"]  # a title: "name.safetensors [hash]"
-        if current != name and not current.startswith((name + ".", name + " [")):
-            # the webui only logs a failed load and keeps the old model
-            raise WebUIError(f"could not load {name!r} (still {current!r}):\n{self.log_tail()}")
-        self.checkpoint = name
-
-    # -- HTTP -----------------------------------------------------------------------------
-
-    def request(self, method: str, path: str, payload=None, timeout: float = 600.0):
-        """Send a JSON request; return the decoded JSON answer (raise :class:`WebUIError` on HTTP errors)."""
-        data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                body = resp.read()
-        except urllib.error.HTTPError as e:
-            raise WebUIError(f"{method} {path}: HTTP {e.code}: {e.read()[:2000]!r}") from None
-        return json.loads(body) if body else None
-
-    def get(self, path: str, timeout: float = 600.0):
-        return self.request("GET", path, timeout=timeout)
-
-    def post(self, path: str, payload=None, timeout: float = 600.0):
-        return self.request("POST", path, payload if payload is not None else {}, timeout=timeout)
