@@ -48,6 +48,8 @@ class SagSession:
         self.step: Optional[StepInputs] = None
         self.correction: Optional[torch.Tensor] = None
         self.degraded_passes = 0
+        self.corrections_applied = 0
+        self.stopped = False  # turned off by an error or an unsupported input, not by its parameters
         self.collect_preview = collect_preview
         self.preview_mask: Optional[torch.Tensor] = None  # mask summed over the steps of the last pass
         self.preview_steps = 0
@@ -65,7 +67,7 @@ class SagSession:
         """Turn SAG off for the rest of this generation, with one log line."""
         if self.active:
             report_off(reason)
-        self.active = False
+        self.active, self.stopped = False, True
         self.close()
 
     def close(self) -> None:
@@ -146,4 +148,11 @@ class SagSession:
     def apply(self, combined: torch.Tensor) -> torch.Tensor:
         """The CFG result plus this step's correction (nothing if the step had none)."""
         correction, self.correction = self.correction, None
-        return combined if correction is None else combined + correction.to(combined.dtype)
+        if correction is None:
+            return combined
+        self.corrections_applied += 1
+        return combined + correction.to(combined.dtype)
+
+    def changed_nothing(self) -> bool:
+        """Whether SAG was stopped before it corrected any step: the images are exactly the SAG-off ones."""
+        return self.stopped and self.corrections_applied == 0

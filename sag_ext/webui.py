@@ -9,6 +9,8 @@ import dataclasses
 import inspect
 import logging
 
+from PIL import Image
+
 from modules import script_callbacks, scripts, sd_samplers_timesteps, sd_unet, shared
 
 from . import api, xyz
@@ -173,14 +175,19 @@ def start_generation(p, args) -> None:
     setattr(p, SESSION_ATTRIBUTE, SagSession(params, collect_preview=preview))
 
 
-def collect_previews(p, images) -> None:
-    """Script.postprocess_batch: the batch's mask previews over its decoded images (B, 3, H, W in 0..1)."""
+def finish_batch(p, images) -> None:
+    """Script.postprocess_batch, before the batch's infotexts are written: drop SAG's keys if it stopped
+    before changing anything, and make the mask previews over the decoded images (B, 3, H, W in 0..1)."""
     session = getattr(p, SESSION_ATTRIBUTE, None)
-    share = session.preview() if session is not None and session.collect_preview else None
+    if session is None:
+        return
+    if session.changed_nothing():
+        for key in INFOTEXT_KEYS.values():
+            p.extra_generation_params.pop(key, None)
+    share = session.preview() if session.collect_preview else None
     if share is None:
         return
     from modules import images as webui_images
-    from PIL import Image
 
     for index, image in enumerate(images):
         pixels = (image.movedim(0, -1).clamp(0, 1) * 255).byte().cpu().numpy()

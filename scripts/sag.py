@@ -20,7 +20,7 @@ class SelfAttentionGuidanceScript(scripts.Script):
         webui.start_generation(p, args)
 
     def postprocess_batch(self, p, *args, images=None, **kwargs):
-        webui.collect_previews(p, images)
+        webui.finish_batch(p, images)
 
     def postprocess(self, p, processed, *args):
         webui.end_generation(p, processed)

@@ -35,13 +35,24 @@ def fail_calls(host, should_fail):
 
 def test_error_in_the_degraded_pass_stops_sag_for_that_generation_only(host, script, fresh, caplog):
     restore = fail_calls(host, lambda index, batch: batch == 2)  # the first degraded pass (B = 2 rows)
+    p = make_p()
     with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
-        image = processing.process_images(make_p(), script, ON)
+        image = processing.process_images(p, script, ON)
     restore()
     assert torch.equal(image, fresh["off"])  # it failed before any correction: the SAG-off image
+    assert "SAG Scale" not in p.infotext  # ... so its infotext does not claim SAG either
     assert caplog.text.count("off for this generation") == 1 and "injected failure" in caplog.text
     assert hooks_on(host) == 0 and not script_callbacks.reported_errors
     assert torch.equal(processing.process_images(make_p(), script, ON), fresh["on"])
+
+
+def test_error_after_some_corrections_keeps_the_infotext(host, script):
+    restore = fail_calls(host, lambda index, batch: index == 5)  # the third step's degraded pass
+    p = make_p()
+    processing.process_images(p, script, ON)
+    restore()
+    assert p._sag_session is None and p.infotext["SAG Scale"] == ON[1]  # steps 1-2 were guided
+    assert hooks_on(host) == 0
 
 
 def test_interrupt_removes_the_hooks(host, script, fresh):

@@ -15,7 +15,8 @@ neighbour enabled.
   checkout <commit>`); a neighbour whose folder is missing is skipped with the reason. They are linked
   into the webui's `extensions/` under names that sort before ("0-<folder>") and after
   ("zz-<folder>") `sd-webui-sag`, since the webui loads extensions in folder-name order; each order
-  gets its own webui process.
+  gets its own webui process. A neighbour that disturbs the others (ControlNet, see `NEIGHBOURS`) gets
+  webuis of its own.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Neighbour:
     repo: str
     commit: str  # the version these tests were run against
     folder: str  # folder name under $SAG_NEIGHBOURS_DIR
+    shared: bool = True  # loaded into the shared `neighbourhood` webuis; False: only into a webui of its own
 
     def path(self) -> Path | None:
         root = os.environ.get("SAG_NEIGHBOURS_DIR")
@@ -69,8 +71,11 @@ NEIGHBOURS = {
     "freeu": Neighbour("ljleb/sd-webui-freeu", "75684923858445df87f7287192731e57d09def81", "sd-webui-freeu"),
     "usdu": Neighbour("Coyote-A/ultimate-upscale-for-automatic1111", "2322caa480535b1011a1f9c18126d85ea444f146",
                       "ultimate-upscale-for-automatic1111"),
+    # Not shared: its scripts/api.py imports `modules.api.models` while scripts load, before any extension
+    # (built-in ones too) has registered its settings, which freezes the response model of GET
+    # /sdapi/v1/options without them (no `hypertile_*` keys any more).
     "controlnet": Neighbour("Mikubill/sd-webui-controlnet", "56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81",
-                            "sd-webui-controlnet"),
+                            "sd-webui-controlnet", shared=False),
 }
 ORDER_PREFIX = {"before": "0-", "after": "zz-"}  # "0-x" < "sd-webui-sag" < "zz-x"
 
@@ -80,14 +85,12 @@ def needs(key: str):
     return pytest.mark.skipif(NEIGHBOURS[key].path() is None, reason=NEIGHBOURS[key].skip_reason())
 
 
-@pytest.fixture(scope="module")
-def neighbourhood(request, checkpoint_cache, tmp_path_factory):
-    """A webui (UI and API) with SAG, the nested-pass fixture and every checked-out neighbour, linked to
-    load before or after SAG (`request.param`); sd1_tiny loaded."""
-    order = request.param
+def start_webui(order, neighbours, tmp_path_factory, checkpoint_cache, extensions=()):
+    """A started webui (UI and API) with SAG, `extensions` and the checked-out `neighbours` linked to load
+    before or after SAG (`order`); sd1_tiny loaded."""
     links = tmp_path_factory.mktemp(f"neighbours-{order}")
-    extensions = [NESTED_PASS]
-    for neighbour in NEIGHBOURS.values():
+    extensions = list(extensions)
+    for neighbour in neighbours:
         if neighbour.path() is not None:
             link = links / f"{ORDER_PREFIX[order]}{neighbour.folder}"
             link.symlink_to(neighbour.path().resolve(), target_is_directory=True)
@@ -96,6 +99,25 @@ def neighbourhood(request, checkpoint_cache, tmp_path_factory):
     server = WebUI(checkpoint_cache=checkpoint_cache, extra_extensions=extensions, nowebui=False)
     server.start()
     server.order = order
+    return server
+
+
+@pytest.fixture(scope="module")
+def neighbourhood(request, checkpoint_cache, tmp_path_factory):
+    """A webui with SAG, the nested-pass fixture and every checked-out shared neighbour, loading before or
+    after SAG (`request.param`)."""
+    shared = [neighbour for neighbour in NEIGHBOURS.values() if neighbour.shared]
+    server = start_webui(request.param, shared, tmp_path_factory, checkpoint_cache, [NESTED_PASS])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def controlnet_webui(request, checkpoint_cache, tmp_path_factory):
+    """A webui with SAG and ControlNet only, loading before or after SAG (`request.param`)."""
+    server = start_webui(request.param, [NEIGHBOURS["controlnet"]], tmp_path_factory, checkpoint_cache)
     try:
         yield server
     finally:
@@ -104,6 +126,7 @@ def neighbourhood(request, checkpoint_cache, tmp_path_factory):
 
 BOTH_ORDERS = pytest.mark.parametrize("neighbourhood", ["before", "after"], indirect=True)
 AFTER_ONLY = pytest.mark.parametrize("neighbourhood", ["after"], indirect=True)
+CONTROLNET_ORDERS = pytest.mark.parametrize("controlnet_webui", ["before", "after"], indirect=True)
 
 
 @contextlib.contextmanager
@@ -399,14 +422,14 @@ def stripes(size=(SIZE, SIZE)):
     return encode(Image.fromarray(pixels))
 
 
-@BOTH_ORDERS
+@CONTROLNET_ORDERS
 @needs("controlnet")
-def test_controlnet_t2i_adapter(neighbourhood):
+def test_controlnet_t2i_adapter(controlnet_webui):
     """A ControlNet unit with the "none" preprocessor and a random-weight T2I-Adapter (written by this
     test) sized for sd1_tiny: ControlNet replaces the UNet's forward for the generation and adds the
     adapter's features to the input blocks' outputs, so the middle block SAG hooks runs on changed
     activations."""
-    webui = neighbourhood
+    webui = controlnet_webui
     assert_load_order(webui, CONTROLNET_TITLE)
     model = controlnet_model(webui)
     plain, _ = generate(webui, "txt2img", BASE, OFF)
@@ -422,15 +445,15 @@ def test_controlnet_t2i_adapter(neighbourhood):
 STEP_ASIDE = "[SAG] Self-Attention Guidance is off for this generation:"
 
 
-@BOTH_ORDERS
+@CONTROLNET_ORDERS
 @needs("controlnet")
-def test_controlnet_reference_only(neighbourhood):
+def test_controlnet_reference_only(controlnet_webui):
     """Reference-only (no model): ControlNet runs an extra UNet pass on the reference image that writes
     the self-attention inputs of every transformer block into a bank, and in the real passes feeds
     every block's `attn1` the bank as extra keys/values (replacing `BasicTransformerBlock._forward`).
     SAG must either work (the case contract) or step aside for the generation with one log line,
     giving exactly the SAG-off image."""
-    webui = neighbourhood
+    webui = controlnet_webui
     assert_load_order(webui, CONTROLNET_TITLE)
     plain, _ = generate(webui, "txt2img", BASE, OFF)
     reference = with_controlnet(BASE, controlnet_unit(module="reference_only", model="None", image=gradient(),
@@ -444,6 +467,7 @@ def test_controlnet_reference_only(neighbourhood):
     if STEP_ASIDE in log:
         assert log.count("[SAG]") == 1, log[-4000:]
         np.testing.assert_array_equal(on[0], off[0], err_msg="SAG stepped aside but changed the image")
+        assert "SAG Scale" not in infos[0], "SAG stepped aside but its infotext claims it ran"
     else:
         check_sag_case(webui, "txt2img", reference)
     after, _ = generate(webui, "txt2img", BASE, OFF)

@@ -45,5 +45,8 @@ class Processing:
 def process_images(p, script, script_args):
     script.process(p, *script_args)
     samples = p.sample()
+    images = torch.sigmoid(samples[:, :3])  # stands in for the VAE decode: (B, 3, H, W) in 0..1
+    script.postprocess_batch(p, *script_args, images=images, batch_number=0)
+    p.infotext = dict(p.extra_generation_params)  # the host writes the infotexts after postprocess_batch
     script.postprocess(p, samples, *script_args)
     return samples
