@@ -71,6 +71,10 @@ NEIGHBOURS = {
     "freeu": Neighbour("ljleb/sd-webui-freeu", "75684923858445df87f7287192731e57d09def81", "sd-webui-freeu"),
     "usdu": Neighbour("Coyote-A/ultimate-upscale-for-automatic1111", "2322caa480535b1011a1f9c18126d85ea444f146",
                       "ultimate-upscale-for-automatic1111"),
+    "incantations": Neighbour("v0xie/sd-webui-incantations", "980d63838a2b8c8659a01b242e55551870619d6a",
+                              "sd-webui-incantations"),
+    "tiled_diffusion": Neighbour("pkuliyi2015/multidiffusion-upscaler-for-automatic1111",
+                                 "22798f6822bc9c8a905b51da8954ee313b973331", "multidiffusion-upscaler-for-automatic1111"),
     # Not shared: its scripts/api.py imports `modules.api.models` while scripts load, before any extension
     # (built-in ones too) has registered its settings, which freezes the response model of GET
     # /sdapi/v1/options without them (no `hypertile_*` keys any more).
@@ -474,3 +478,76 @@ def test_controlnet_reference_only(controlnet_webui):
     np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after reference-only")
     sag_after, _ = generate(webui, "txt2img", BASE, ON)
     assert np.abs(sag_after[0] - plain[0]).max() > 0, "SAG stayed off after the reference-only generation"
+
+
+INCANTATIONS_TITLE = "Incantations"
+# Incantations is one always-on script whose arguments are those of its submodules, in order: Smoothed
+# Energy Guidance [active, blur_sigma, start_step, end_step], Self-guided CFG [active, scale, rate_min,
+# rate_max, rate_clamp, start_step, end_step, r], then PAG [active, scale, start_step, end_step,
+# cfg_interval_enable, cfg_schedule, cfg_interval_low, cfg_interval_high, sanf]; the rest (T2I-Zero,
+# Incantations itself) keep their UI defaults. PAG at scale 3 on every step.
+PAG_ARGS = [False, 11.0, 0, 150,
+            False, 1.0, 0.8, 3.0, 0.0, 0, 150, 4,
+            True, 3.0, 0, 150, False, "Constant", 0.0, 100.0, False]
+
+
+@BOTH_ORDERS
+@needs("incantations")
+def test_incantations_pag(neighbourhood):
+    """Perturbed-Attention Guidance (Incantations): PAG adds a third, perturbed pass of the cond batch in
+    cfg_denoiser and replaces, with forward hooks, the output of the very middle-block `attn1` SAG hooks
+    (self-attention swapped for identity, i.e. its `to_v`) while that pass runs."""
+    webui = neighbourhood
+    assert_load_order(webui, INCANTATIONS_TITLE)
+    plain, _ = generate(webui, "txt2img", BASE, OFF)
+    pag = with_script(BASE, INCANTATIONS_TITLE, PAG_ARGS)
+    _, off = check_sag_case(webui, "txt2img", pag)
+    assert np.abs(off[0] - plain[0]).max() > 0, "PAG did not change the image"
+    _, infos = generate(webui, "txt2img", pag, ON)
+    assert "PAG Active: True" in infos[0] and "PAG Scale: 3" in infos[0], infos[0]
+    after, _ = generate(webui, "txt2img", BASE, OFF)
+    np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after PAG")
+
+
+TILED_DIFFUSION_TITLE = "Tiled Diffusion"
+# [enabled, method, overwrite_size, keep_input_size, image_width, image_height, tile_width, tile_height,
+#  overlap, tile_batch_size, upscaler_name, scale_factor, noise_inverse, noise_inverse_steps,
+#  noise_inverse_retouch, noise_inverse_renoise_strength, noise_inverse_renoise_kernel, control_tensor_cpu,
+#  enable_bbox_control, draw_background, causal_layers] (the region controls keep their UI defaults).
+# Latent tiles of 24x16 (w x h) with overlap 8 over a 256x208 image (latent 32x26): 2 columns x 3 rows,
+# the last ones shifted to end at the edge, denoised in 2 batches of 3 tiles ("Tile count: 6, Batch size:
+# 3" in the log); the middle block of a tile is a 3x2 grid, of the whole image it would be 4x3.25.
+TILED_DIFFUSION_ARGS = [True, "MultiDiffusion", False, True, 1024, 1024, 24, 16, 8, 4, "None", 2.0,
+                        False, 10, 1.0, 1.0, 64, False, False, False, False]
+
+
+@BOTH_ORDERS
+@needs("tiled_diffusion")
+def test_tiled_diffusion(neighbourhood):
+    """Tiled Diffusion (MultiDiffusion) replaces the sampler's inner model for the generation: each UNet
+    call runs on a batch of overlapping latent tiles, whose results are blended back into the whole
+    latent. SAG must either work (the case contract) or step aside with one log line, giving exactly
+    the SAG-off image."""
+    webui = neighbourhood
+    assert_load_order(webui, TILED_DIFFUSION_TITLE)
+    payload = {**BASE, "width": 256, "height": 208}
+    plain, _ = generate(webui, "txt2img", payload, OFF)
+    tiled = with_script(payload, TILED_DIFFUSION_TITLE, TILED_DIFFUSION_ARGS)
+    watch = LogWatch(webui)
+    generate(webui, "txt2img", tiled, OFF)  # warm-up
+    off, off_infos = generate(webui, "txt2img", tiled, OFF)
+    on, infos = generate(webui, "txt2img", tiled, ON)
+    log = watch.new_text()
+    assert "Traceback" not in log, log[-4000:]
+    assert np.abs(off[0] - plain[0]).max() > 0, "Tiled Diffusion did not change the image"
+    assert "Tiled Diffusion" in off_infos[0], off_infos[0]
+    if STEP_ASIDE in log:
+        assert log.count("[SAG]") == 1, log[-4000:]
+        np.testing.assert_array_equal(on[0], off[0], err_msg="SAG stepped aside but changed the image")
+        assert "SAG Scale" not in infos[0], "SAG stepped aside but its infotext claims it ran"
+    else:
+        check_sag_case(webui, "txt2img", tiled)
+    after, _ = generate(webui, "txt2img", payload, OFF)
+    np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after Tiled Diffusion")
+    sag_after, _ = generate(webui, "txt2img", payload, ON)
+    assert np.abs(sag_after[0] - plain[0]).max() > 0, "SAG stayed off after the Tiled Diffusion generation"
