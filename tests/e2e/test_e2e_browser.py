@@ -53,6 +53,9 @@ def test_panel_in_both_tabs(page, tab):
     accordion.scroll_into_view_if_needed()
     assert accordion.is_visible() and "Self-Attention Guidance" in accordion.inner_text()
     assert not enabled_box(page, tab).is_checked()
+    label = f"#{ID.format(tab=tab, name='scale')} span[data-testid=block-info]"
+    page.wait_for_function(f"() => document.querySelector('{label}')?.title.includes('Strength of the guidance')",
+                           timeout=10_000)  # javascript/sag_hints.js, applied by the webui's hints.js
     accordion.locator(".label-wrap").first.click()  # opening the accordion switches SAG on
     assert enabled_box(page, tab).is_checked()
     number_input(page, tab, "scale").fill("0.7")
