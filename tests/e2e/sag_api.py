@@ -88,3 +88,25 @@ def check_sag_case(webui, endpoint: str, payload: dict, images_expected: int = 1
     assert all(key in text for text in on_infos for key in SAG_KEYS)
     assert not any("SAG" in text for text in off_infos)
     return on, off_before
+
+
+STEP_ASIDE = "[SAG] Self-Attention Guidance is off for this generation:"
+
+
+def check_works_or_steps_aside(webui, endpoint: str, payload: dict):
+    """With a neighbour that may change what SAG reads: either the full case contract holds, or SAG
+    stepped aside with one log line, giving the SAG-off image without SAG's infotext keys.
+    Returns (SAG-off images, their infotexts)."""
+    watch = LogWatch(webui)
+    generate(webui, endpoint, payload, OFF)  # warm-up
+    off, off_infos = generate(webui, endpoint, payload, OFF)
+    on, infos = generate(webui, endpoint, payload, ON)
+    log = watch.new_text()
+    assert "Traceback" not in log, log[-4000:]
+    if STEP_ASIDE in log:
+        assert log.count("[SAG]") == 1, log[-4000:]
+        np.testing.assert_array_equal(on[0], off[0], err_msg="SAG stepped aside but changed the image")
+        assert "SAG Scale" not in infos[0], "SAG stepped aside but its infotext claims it ran"
+    else:
+        check_sag_case(webui, endpoint, payload)
+    return off, off_infos

@@ -70,36 +70,20 @@ def before_ui_callback():
     _dispatch("before_ui")
 
 
-def on_cfg_denoiser(callback):
-    callback_map["cfg_denoiser"].append(callback)
+def _registration(kind):
+    def register(callback):
+        callback_map[kind].append(callback)
+    return register
 
 
-def on_cfg_denoised(callback):
-    callback_map["cfg_denoised"].append(callback)
-
-
-def on_cfg_after_cfg(callback):
-    callback_map["cfg_after_cfg"].append(callback)
-
-
-def on_script_unloaded(callback):
-    callback_map["script_unloaded"].append(callback)
-
-
-def on_infotext_pasted(callback):
-    callback_map["infotext_pasted"].append(callback)
-
-
-def on_ui_settings(callback):
-    callback_map["ui_settings"].append(callback)
-
-
-def on_app_started(callback):
-    callback_map["app_started"].append(callback)
-
-
-def on_before_ui(callback):
-    callback_map["before_ui"].append(callback)
+on_cfg_denoiser = _registration("cfg_denoiser")
+on_cfg_denoised = _registration("cfg_denoised")
+on_cfg_after_cfg = _registration("cfg_after_cfg")
+on_script_unloaded = _registration("script_unloaded")
+on_infotext_pasted = _registration("infotext_pasted")
+on_ui_settings = _registration("ui_settings")
+on_app_started = _registration("app_started")
+on_before_ui = _registration("before_ui")
 
 
 def remove_callbacks_for_function(callback):
