@@ -279,6 +279,9 @@ class Bench:
     def run(self) -> dict:
         """Time a CFG step, a SAG step, T(B) and T(2B) in turn, step after step, so drift hits all alike.
 
+        r is the median over steps of each step's own (SAG - CFG) / T(B), measured within a few
+        hundred milliseconds of each other; CFG and SAG swap places every other step.
+
         The CFG and SAG runs follow their own latents. Once SAG's first step has attached its hooks they
         stay (as in a webui generation), so the CFG steps pass through them disarmed, a few microseconds.
         Peak memory is the allocator's high-water mark within each timed call (host-side bookkeeping, no sync).
@@ -291,7 +294,8 @@ class Bench:
         unet_b, unet_2b = self._unet_inputs(self.config.batch), self._unet_inputs(2 * self.config.batch)
         with torch.no_grad(), self.autocast():
             for index in range(len(self.sigmas) - 1):
-                for mode, step_session in (("cfg", None), ("sag", session)):
+                modes = (("cfg", None), ("sag", session))
+                for mode, step_session in modes if index % 2 == 0 else modes[::-1]:
                     if cuda:
                         torch.cuda.reset_peak_memory_stats()
                     latents[mode] = timers[mode](self._step, latents[mode], index, step_session)
@@ -309,7 +313,8 @@ class Bench:
         quartiles = statistics.quantiles(per_step_r, n=4) if len(per_step_r) > 1 else [per_step_r[0]] * 3
         return {"config": self.config.name, "batch": self.config.batch, "pixels": self.config.pixels,
                 "latent": self.config.pixels // 8, "step_cfg_ms": cfg, "step_sag_ms": sag, "unet_b_ms": t_b,
-                "unet_2b_ms": t_2b, "overhead_r": (sag - cfg) / t_b, "overhead_r_iqr": quartiles[2] - quartiles[0],
+                "unet_2b_ms": t_2b, "overhead_r": quartiles[1], "overhead_r_of_medians": (sag - cfg) / t_b,
+                "overhead_r_iqr": quartiles[2] - quartiles[0],
                 "peak_cfg_mib": peaks["cfg"], "peak_sag_mib": peaks["sag"],
                 "peak_ratio": peaks["sag"] / peaks["cfg"] if peaks["cfg"] else 1.0,
                 "outputs_finite": all(bool(x.isfinite().all()) for x in latents.values()),
@@ -337,7 +342,7 @@ def print_table(rows) -> None:
     if not rows:
         return
     print(f"\n{rows[0]['card']}, torch {rows[0]['torch']}; medians of {rows[0]['timed_steps']} steps "
-          f"after {rows[0]['warmup']} warm-up; r = (SAG - CFG) / T(B), r IQR: spread of the per-step r")
+          f"after {rows[0]['warmup']} warm-up; r: median of the per-step (SAG - CFG) / T(B), r IQR: their spread")
     header = ("config", "step CFG ms", "step SAG ms", "T(B) ms", "T(2B) ms", "r", "r IQR", "peak CFG MiB",
               "peak SAG MiB", "SAG/CFG mem")
     print(" | ".join(header))
@@ -354,7 +359,7 @@ def print_table(rows) -> None:
 def labelled_sag_internals():
     """Profiler ranges around SAG's internals, by wrapping the functions sag_ext's modules call by name."""
     targets = [(sag_capture, "per_key_attention_mass", "sag: attention mass (hook)"),
-               (sag_session, "attention_mask", "sag: mask"), (sag_session, "degrade", "sag: blur + lerp")]
+               (sag_session, "attention_mask", "sag: mask"), (sag_session, "degrade", "sag: blur + select")]
     originals = [(module, name, getattr(module, name)) for module, name, _ in targets]
 
     def labelled(fn, label):
@@ -408,17 +413,20 @@ def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: in
 
     print(f"\nOne SAG step of {config.name} on {environment(device)['card']}, torch {torch.__version__}")
     print(prof.key_averages().table(sort_by="device_time_total" if cuda else "cpu_time_total", row_limit=rows))
-    ranges = {}  # label -> time of the work it launched (device time on the GPU, host time on the CPU)
+    ranges = {}  # label -> (host ms, device ms) of the work it launched
     for event in prof.events():
         if event.name.startswith(("sag:", "cfg:")) and event.device_type == torch.autograd.DeviceType.CPU:
-            spent = event.device_time_total if cuda else event.cpu_time_total
-            ranges[event.name] = ranges.get(event.name, 0.0) + spent / 1e3
-    print(f"labelled ranges, {'device' if cuda else 'host'} ms:")
-    for label, ms in sorted(ranges.items()):
-        print(f"  {label}: {ms:.3f}")
-    besides = (ranges.get("sag: end_step", 0.0) - ranges.get("sag: degraded pass (unet over B rows)", 0.0)
-               + ranges.get("sag: attention mass (hook)", 0.0))
-    print(f"SAG's work besides its UNet pass (end_step - degraded pass + attention mass): {besides:.3f} ms")
+            host, device_ms = ranges.get(event.name, (0.0, 0.0))
+            ranges[event.name] = (host + event.cpu_time_total / 1e3, device_ms + event.device_time_total / 1e3)
+    print("labelled ranges: host ms" + (", device ms" if cuda else ""))
+    for label, (host, device_ms) in sorted(ranges.items()):
+        print(f"  {label}: {host:.3f}" + (f", {device_ms:.3f}" if cuda else ""))
+    for kind, index in (("host", 0), ("device", 1)) if cuda else (("host", 0),):
+        def spent(label):
+            return ranges.get(label, (0.0, 0.0))[index]
+        besides = (spent("sag: end_step") - spent("sag: degraded pass (unet over B rows)")
+                   + spent("sag: attention mass (hook)"))
+        print(f"SAG's {kind} time besides its UNet pass (end_step - degraded pass + attention mass): {besides:.3f} ms")
     for name, syncs in (("CFG", cfg_syncs), ("SAG", sag_syncs)):
         print(f"host syncs in a {name} step: {sum(syncs.values())}"
               + "".join(f"\n  {where} x{count}" for where, count in sorted(syncs.items())))

@@ -29,13 +29,21 @@ def per_key_attention_mass(attn: torch.nn.Module, x: torch.Tensor, chunk_element
     dim_head = inner // heads
     scale = getattr(attn, "scale", dim_head ** -0.5)
     with autocast_off(x.device):
-        q = q.float().reshape(batch, tokens, heads, dim_head).transpose(1, 2) * scale
-        k_t = k.float().reshape(batch, tokens, heads, dim_head).permute(0, 2, 3, 1)
+        # (B*heads, N, dim_head) and (B*heads, dim_head, N), each made by one float32 copy
+        q = _float32_copy(q.reshape(batch, tokens, heads, dim_head).transpose(1, 2)).view(-1, tokens, dim_head)
+        k_t = _float32_copy(k.reshape(batch, tokens, heads, dim_head).permute(0, 2, 3, 1)).view(-1, dim_head, tokens)
         rows = max(1, chunk_elements // (batch * heads * tokens))
-        mass = torch.matmul(q[:, :, :rows], k_t).softmax(dim=-1).sum(dim=2)
-        for start in range(rows, tokens, rows):
-            mass += torch.matmul(q[:, :, start:start + rows], k_t).softmax(dim=-1).sum(dim=2)
-    return mass.mean(dim=1)
+        mass = None
+        for start in range(0, tokens, rows):
+            scores = torch.baddbmm(k_t.new_empty(()), q[:, start:start + rows], k_t, beta=0, alpha=scale)
+            chunk = scores.softmax(dim=-1).sum(dim=1)
+            mass = chunk if mass is None else mass.add_(chunk)
+    return mass.view(batch, heads, tokens).mean(dim=1)
+
+
+def _float32_copy(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous float32 copy of `t` in one kernel (`.float().contiguous()` may take two)."""
+    return torch.empty(t.shape, dtype=torch.float32, device=t.device).copy_(t)
 
 
 class MiddleBlockCapture:
@@ -125,11 +133,14 @@ class MiddleBlockCapture:
             raise UnsupportedAttention(
                 f"the middle block's self-attention got input {tuple(x.shape)} for a {height}x{width} grid "
                 f"of {batch} rows{' with an extra context' if context is not None else ''}")
-        if self._mass is None:
-            self._mass = torch.empty(end - start, height * width, device=x.device, dtype=torch.float32)
-            self.grid = (height, width)
-        elif self.grid != (height, width):
+        if self.grid is not None and self.grid != (height, width):
             raise UnsupportedAttention(f"middle-block grid changed within a step: {self.grid} -> {(height, width)}")
-        self._mass[low - start:high - start] = per_key_attention_mass(module, x[low - offset:high - offset],
-                                                                      self.chunk_elements)
+        self.grid = (height, width)
+        mass = per_key_attention_mass(module, x[low - offset:high - offset], self.chunk_elements)
+        if high - low == end - start:  # the usual case: all target rows in one call, kept as they are
+            self._mass = mass
+        else:
+            if self._mass is None:
+                self._mass = mass.new_empty(end - start, height * width)
+            self._mass[low - start:high - start] = mass
         self._filled += high - low

@@ -14,14 +14,13 @@ MIN_LATENT_SIDE = 5  # reflect padding of the 9-tap blur needs more than 4 rows 
 
 
 def attention_mask(mass: torch.Tensor, grid: tuple, latent_size: tuple, threshold: float) -> torch.Tensor:
-    """Where SAG degrades the image: 1 where a key token receives more attention than `threshold`.
+    """Where SAG degrades the image: True where a key token receives more attention than `threshold`.
 
     `mass` is (B, h*w): per key, the mean over heads of the attention summed over queries.
-    Returns a (B, 1, H, W) mask at latent size, upsampled nearest from the middle-block grid (h, w).
+    Returns a boolean (B, 1, H, W) mask at latent size, nearest-upsampled from the middle-block grid (h, w).
     """
     h, w = grid
-    mask = (mass.reshape(-1, 1, h, w) > threshold).to(mass.dtype)
-    return F.interpolate(mask, size=tuple(latent_size), mode="nearest")
+    return F.interpolate(mass.reshape(-1, 1, h, w), size=tuple(latent_size), mode="nearest") > threshold
 
 
 def autocast_off(device: torch.device):
@@ -38,21 +37,42 @@ def gaussian_kernel(sigma: float, device=None, dtype=torch.float32, taps: int = 
     return pdf.div_(pdf.sum()).to(dtype)
 
 
+class GaussianBlur:
+    """9-tap gaussian blur of (B, C, H, W) tensors with reflect padding; sigma <= 0 is the identity.
+
+    One depthwise convolution with the outer product of the 1-D kernel; the weights are made once per
+    device, dtype and channel count and kept, so a sampling step launches just the padding and the
+    convolution.
+    """
+
+    def __init__(self, sigma: float):
+        self.sigma = sigma
+        self._weights = {}
+
+    def weight(self, channels: int, device, dtype) -> torch.Tensor:
+        key = (channels, device, dtype)
+        if key not in self._weights:
+            kernel = gaussian_kernel(self.sigma, device=device, dtype=torch.float32)
+            square = (kernel[:, None] * kernel[None, :]).to(dtype)
+            self._weights[key] = square.expand(channels, 1, BLUR_TAPS, BLUR_TAPS).contiguous()
+        return self._weights[key]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sigma <= 0:
+            return x
+        pad = BLUR_TAPS // 2
+        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+        return F.conv2d(padded, self.weight(x.shape[1], x.device, x.dtype), groups=x.shape[1])
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable 9-tap gaussian blur of a (B, C, H, W) tensor with reflect padding; sigma <= 0 is identity."""
-    if sigma <= 0:
-        return x
-    channels = x.shape[1]
-    kernel = gaussian_kernel(sigma, device=x.device, dtype=x.dtype)
-    pad = BLUR_TAPS // 2
-    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, BLUR_TAPS), groups=channels)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, BLUR_TAPS, 1), groups=channels)
+    """One-off :class:`GaussianBlur` of `x`."""
+    return GaussianBlur(sigma)(x)
 
 
-def degrade(x0: torch.Tensor, mask: torch.Tensor, blur_sigma: float) -> torch.Tensor:
-    """Blur `x0` where `mask` is 1, keep it where the mask is 0."""
-    return torch.lerp(x0, gaussian_blur(x0, blur_sigma), mask.to(x0.dtype))
+def degrade(x0: torch.Tensor, mask: torch.Tensor, blur: GaussianBlur) -> torch.Tensor:
+    """`x0` blurred where the boolean `mask` is True and kept where it is False."""
+    return torch.where(mask, blur(x0), x0)
 
 
 @dataclass(frozen=True)

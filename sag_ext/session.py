@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .capture import MiddleBlockCapture
-from .guidance import attention_mask, autocast_off, degrade, latent_too_small
+from .guidance import GaussianBlur, attention_mask, autocast_off, degrade, latent_too_small
 from .params import SagParams
 
 log = logging.getLogger("sd_webui_sag")
@@ -46,7 +46,8 @@ class SagSession:
         self.active = params.enabled and params.blur_sigma > 0
         self.capture: Optional[MiddleBlockCapture] = None
         self.step: Optional[StepInputs] = None
-        self.correction: Optional[torch.Tensor] = None
+        self.blur = GaussianBlur(params.blur_sigma)
+        self.correction: Optional[tuple] = None  # (unscaled correction, scale) of the step in progress
         self.degraded_passes = 0
         self.corrections_applied = 0
         self.stopped = False  # turned off by an error or an unsupported input, not by its parameters
@@ -123,19 +124,21 @@ class SagSession:
         with autocast_off(step.x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
             x0 = space.pred_x0(step.x, out_uncond, step.sigma)
             mask = attention_mask(mass, grid, tuple(x0.shape[-2:]), self.params.threshold)
-            degraded = degrade(x0, mask, self.params.blur_sigma)
+            degraded = degrade(x0, mask, self.blur)
             x_degraded = space.renoise(step.x, x0, degraded, step.sigma)
         out_pass = degraded_pass(x_degraded, step)
         self.degraded_passes += 1
         if self.collect_preview:
             self._accumulate_preview(mask)
         with autocast_off(step.x.device):
-            correction = space.correction(degraded, out_uncond, out_pass.to(out_uncond.dtype), step.x, step.sigma) * step.scale
-            self.correction = correction if step.repaint_mask is None else correction * step.repaint_mask
+            correction = space.correction(degraded, out_uncond, out_pass.to(out_uncond.dtype), step.x, step.sigma)
+            if step.repaint_mask is not None:
+                correction = correction * step.repaint_mask
+        self.correction = (correction, step.scale)
 
     def _accumulate_preview(self, mask: torch.Tensor) -> None:
         if self.preview_mask is None or self.preview_mask.shape != mask.shape:  # a new pass (hires fix)
-            self.preview_mask, self.preview_steps = torch.zeros_like(mask), 0
+            self.preview_mask, self.preview_steps = torch.zeros(mask.shape, device=mask.device), 0
         self.preview_mask += mask
         self.preview_steps += 1
 
@@ -147,11 +150,12 @@ class SagSession:
 
     def apply(self, combined: torch.Tensor) -> torch.Tensor:
         """The CFG result plus this step's correction (nothing if the step had none)."""
-        correction, self.correction = self.correction, None
-        if correction is None:
+        step_correction, self.correction = self.correction, None
+        if step_correction is None:
             return combined
+        correction, scale = step_correction
         self.corrections_applied += 1
-        return combined + correction.to(combined.dtype)
+        return torch.add(combined, correction.to(combined.dtype), alpha=scale)
 
     def changed_nothing(self) -> bool:
         """Whether SAG was stopped before it corrected any step: the images are exactly the SAG-off ones."""

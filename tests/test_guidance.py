@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import float64_reference as ref
-from sag_ext.guidance import EpsSpace, X0Space, attention_mask, degrade, gaussian_blur, latent_too_small
+from sag_ext.guidance import EpsSpace, GaussianBlur, X0Space, attention_mask, degrade, gaussian_blur, latent_too_small
 
 torch.manual_seed(0)
 
@@ -42,7 +42,7 @@ def test_mass_of_uniform_attention_is_one_so_nothing_is_masked():
 def test_degrade_matches_reference_on_odd_latent(sigma):
     x0 = torch.randn(2, 4, 65, 47)
     mass = torch.rand(2, 9 * 6) * 2
-    got = degrade(x0, attention_mask(mass, (9, 6), (65, 47), 1.0), sigma)
+    got = degrade(x0, attention_mask(mass, (9, 6), (65, 47), 1.0), GaussianBlur(sigma))
     torch.testing.assert_close(got.double(), ref.degraded(x0, mass, (9, 6), 1.0, sigma), atol=1e-5, rtol=0)
 
 
@@ -59,7 +59,7 @@ def test_x0_space_correction_matches_reference():
     sigma = torch.tensor([1.5, 1.5]).view(-1, 1, 1, 1)
     mass = torch.rand(2, 16) * 2
     space = X0Space()
-    deg = degrade(x0, attention_mask(mass, (4, 4), (16, 16), 1.0), 2.0)
+    deg = degrade(x0, attention_mask(mass, (4, 4), (16, 16), 1.0), GaussianBlur(2.0))
     out_pass = model(space.renoise(x, x0, deg, sigma), sigma)
     got = 0.5 * space.correction(deg, x0, out_pass, x, sigma)
     want = ref.sag_x0_correction(model, x, sigma, x0, mass, (4, 4), 1.0, 2.0, 0.5)
@@ -114,6 +114,6 @@ def test_masking_and_renoise_match_diffusers_sag_masking(heads, grid, latent):
     space = EpsSpace(scheduler.alphas_cumprod)
     timesteps = t.repeat(b)
     x = scheduler.add_noise(x0, eps, timesteps)
-    got = space.renoise(x, x0, degrade(x0, attention_mask(mass, grid, latent, 1.0), 1.0), timesteps)
+    got = space.renoise(x, x0, degrade(x0, attention_mask(mass, grid, latent, 1.0), GaussianBlur(1.0)), timesteps)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
