@@ -23,6 +23,10 @@ def report_off(reason: str) -> None:
     log.warning("[SAG] Self-Attention Guidance is off for this generation: %s", reason)
 
 
+class UnexpectedPassOutput(RuntimeError):
+    """The degraded pass came back in another shape than its input (another extension reshaped it)."""
+
+
 @dataclass
 class StepInputs:
     """The uncond rows of one step, as the host laid them out, plus the host's own conditioning objects."""
@@ -127,6 +131,10 @@ class SagSession:
             degraded = degrade(x0, mask, self.blur)
             x_degraded = space.renoise(step.x, x0, degraded, step.sigma)
         out_pass = degraded_pass(x_degraded, step)
+        if out_pass.shape != x_degraded.shape:
+            raise UnexpectedPassOutput(
+                f"the model answered SAG's pass over {tuple(x_degraded.shape)} with {tuple(out_pass.shape)} "
+                "(another extension changes the model's output to fit a batch it cached)")
         self.degraded_passes += 1
         if self.collect_preview:
             self._accumulate_preview(mask)

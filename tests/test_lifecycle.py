@@ -46,6 +46,27 @@ def test_error_in_the_degraded_pass_stops_sag_for_that_generation_only(host, scr
     assert torch.equal(processing.process_images(make_p(), script, ON), fresh["on"])
 
 
+def test_degraded_pass_answered_with_other_rows_steps_aside(host, script, caplog):
+    """As ControlNet's inpaint_only does: it blends every UNet output with latents it cached at the CFG
+    batch's size, so SAG's pass over the one uncond row comes back with two rows, which would broadcast
+    into the correction and double the batch. SAG must stop before using it."""
+    original = host.sd_model.apply_model
+
+    def apply_model(x, t, cond):
+        out = original(x, t, cond)
+        return out.repeat(2, 1, 1, 1) if x.shape[0] == 1 else out  # one image: SAG's pass has 1 row
+
+    off = processing.process_images(make_p(batch=1), script, OFF)
+    host.sd_model.apply_model = apply_model
+    p = make_p(batch=1)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        image = processing.process_images(p, script, ON)
+    host.sd_model.apply_model = original
+    assert torch.equal(image, off) and "SAG Scale" not in p.infotext
+    assert caplog.text.count("off for this generation") == 1 and "UnexpectedPassOutput" in caplog.text
+    assert hooks_on(host) == 0 and not script_callbacks.reported_errors
+
+
 def test_error_after_some_corrections_keeps_the_infotext(host, script):
     restore = fail_calls(host, lambda index, batch: index == 5)  # the third step's degraded pass
     p = make_p()

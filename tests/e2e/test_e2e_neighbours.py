@@ -31,9 +31,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from e2e.harness.checkpoints import LAYOUTS
 from e2e.harness.server import WebUI, WebUIError
-from e2e.sag_api import (BASE, OFF, ON, SIZE, TITLE, LogWatch, check_sag_case, check_works_or_steps_aside, encode,
-                         generate, options)
+from e2e.sag_api import (BASE, OFF, ON, SIZE, STEP_ASIDE, TITLE, LogWatch, check_sag_case,
+                         check_works_or_steps_aside, encode, generate, options)
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +91,7 @@ def needs(key: str):
     return pytest.mark.skipif(NEIGHBOURS[key].path() is None, reason=NEIGHBOURS[key].skip_reason())
 
 
-def start_webui(order, neighbours, tmp_path_factory, checkpoint_cache, extensions=()):
+def start_webui(order, neighbours, tmp_path_factory, checkpoint_cache, extensions=(), layouts=LAYOUTS):
     """A started webui (UI and API) with SAG, `extensions` and the checked-out `neighbours` linked to load
     before or after SAG (`order`); sd1_tiny loaded."""
     links = tmp_path_factory.mktemp(f"neighbours-{order}")
@@ -101,7 +102,7 @@ def start_webui(order, neighbours, tmp_path_factory, checkpoint_cache, extension
             link.symlink_to(neighbour.path().resolve(), target_is_directory=True)
             extensions.append(link)
     # with the UI: only then are built-in extensions' settings (Hypertile's) registered
-    server = WebUI(checkpoint_cache=checkpoint_cache, extra_extensions=extensions, nowebui=False)
+    server = WebUI(checkpoint_cache=checkpoint_cache, extra_extensions=extensions, nowebui=False, layouts=layouts)
     server.start()
     server.order = order
     return server
@@ -122,7 +123,8 @@ def neighbourhood(request, checkpoint_cache, tmp_path_factory):
 @pytest.fixture(scope="module")
 def controlnet_webui(request, checkpoint_cache, tmp_path_factory):
     """A webui with SAG and ControlNet only, loading before or after SAG (`request.param`)."""
-    server = start_webui(request.param, [NEIGHBOURS["controlnet"]], tmp_path_factory, checkpoint_cache)
+    server = start_webui(request.param, [NEIGHBOURS["controlnet"]], tmp_path_factory, checkpoint_cache,
+                         layouts=(*LAYOUTS, WIDE))
     try:
         yield server
     finally:
@@ -360,9 +362,8 @@ def t2i_adapter_state_dict(seed: int = 0) -> dict:
     (nums_rb 2, 1x1 convolutions, identity skips, average-pool downsampling): four levels of 32, 64, 128
     and 128 channels at latent/1 .. latent/8, the widths of the sd1_tiny UNet's input levels.
 
-    A full ControlNet cannot stand in for it: ControlNet's loader guesses an SD1 ControlNet's
-    architecture from fixed SD1.5 widths (model_channels 320), whereas a T2I-Adapter's widths are read
-    from its weights."""
+    (ControlNet's loader builds SD1 ControlNets at SD1.5's fixed widths, whereas a T2I-Adapter's widths
+    are read from its weights; the ControlNet tests use `sd1_wide` instead.)"""
     rng = np.random.default_rng(seed)
 
     def conv(out_c, in_c, k, gain=1.0):
@@ -383,15 +384,58 @@ def t2i_adapter_state_dict(seed: int = 0) -> dict:
     return {f"{name}.{kind}": tensor for name, params in layers.items() for kind, tensor in params.items()}
 
 
+CONTROLNET_NAME = "sag_test_controlnet_sd15_wide"  # "sd15": ControlNet reads the SD version from the name
+WIDE = "sd1_wide"  # the test checkpoint with SD1.5's UNet widths
+
+
+def sd1_controlnet_state_dict(unet_checkpoint: Path, seed: int = 0) -> dict:
+    """A random-weight SD1 ControlNet for `sd1_wide`, made the way ControlNets start their training: the
+    encoder (time embedding, input blocks, middle block) copied from the UNet, plus a hint encoder for an
+    RGB control image and one 1x1 output convolution per input block and for the middle block. The
+    convolutions that ControlNet starts at zero are random here (gain 0.5), or the control would do
+    nothing."""
+    from safetensors import safe_open
+
+    rng = np.random.default_rng(seed)
+
+    def conv(name, out_c, in_c, k, gain=1.0):
+        std = gain / np.sqrt(in_c * k * k)
+        return {f"{name}.weight": (rng.standard_normal((out_c, in_c, k, k)) * std).astype(np.float32),
+                f"{name}.bias": np.zeros(out_c, np.float32)}
+
+    prefix = "model.diffusion_model."
+    state = {}
+    with safe_open(str(unet_checkpoint), framework="numpy") as unet:
+        for key in unet.keys():
+            if key.startswith(tuple(prefix + part for part in ("time_embed.", "input_blocks.", "middle_block."))):
+                state[key[len(prefix):]] = unet.get_tensor(key)
+        model_channels = unet.get_tensor(prefix + "input_blocks.0.0.weight").shape[0]
+    hint_widths = [3, 16, 16, 32, 32, 96, 96, 256, model_channels]
+    for index, (in_c, out_c) in enumerate(zip(hint_widths, hint_widths[1:])):
+        state.update(conv(f"input_hint_block.{index * 2}", out_c, in_c, 3))
+    widths = [model_channels]  # output width of each input block: SD1.5's 2 res blocks per level, mult 1-2-4-4
+    for level, mult in enumerate((1, 2, 4, 4)):
+        widths += [model_channels * mult] * (2 if level == 3 else 3)
+    for index, width in enumerate(widths):
+        state.update(conv(f"zero_convs.{index}.0", width, width, 1, gain=0.5))
+    state.update(conv("middle_block_out.0", widths[-1], widths[-1], 1, gain=0.5))
+    return state
+
+
+CONTROL_MODELS = {T2I_ADAPTER_NAME: lambda webui: t2i_adapter_state_dict(),
+                  CONTROLNET_NAME: lambda webui: sd1_controlnet_state_dict(
+                      webui.data_dir / "models" / "Stable-diffusion" / f"{WIDE}.safetensors")}
+
+
 def controlnet_model(webui, name: str = T2I_ADAPTER_NAME) -> str:
-    """Writes the test adapter into the webui's models/ControlNet (once) and returns ControlNet's name
-    for it ("<name> [<hash>]"), after making ControlNet list its models again."""
+    """Writes the test control model `name` into the webui's models/ControlNet (once) and returns
+    ControlNet's name for it ("<name> [<hash>]"), after making ControlNet list its models again."""
     from safetensors.numpy import save_file
 
     path = webui.data_dir / "models" / "ControlNet" / f"{name}.safetensors"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(t2i_adapter_state_dict(), str(path))
+        save_file(CONTROL_MODELS[name](webui), str(path))
     # ControlNet adds its routes in an app_started callback, which may run after the webui's own API
     # and the model load (what WebUI.start waits for) are done
     deadline = time.monotonic() + 60
@@ -468,6 +512,59 @@ def test_controlnet_reference_only(controlnet_webui):
     np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after reference-only")
     sag_after, _ = generate(webui, "txt2img", BASE, ON)
     assert np.abs(sag_after[0] - plain[0]).max() > 0, "SAG stayed off after the reference-only generation"
+
+
+@CONTROLNET_ORDERS
+@needs("controlnet")
+def test_controlnet_canny(controlnet_webui):
+    """A plain ControlNet unit (canny preprocessor, random-weight SD1 ControlNet written by this test) on
+    `sd1_wide`: the ControlNet's outputs are added to the UNet's skip connections and to the middle
+    block's output, in SAG's degraded pass as in the CFG pass."""
+    webui = controlnet_webui
+    with checkpoint(webui, WIDE):
+        model = controlnet_model(webui, CONTROLNET_NAME)
+        plain, _ = generate(webui, "txt2img", BASE, OFF)
+        control = with_controlnet(BASE, controlnet_unit(module="canny", model=model, image=gradient(),
+                                                        threshold_a=50, threshold_b=100))
+        _, off = check_sag_case(webui, "txt2img", control)
+        assert np.abs(off[0] - plain[0]).max() > 0, "the ControlNet did not change the image"
+        _, infos = generate(webui, "txt2img", control, ON)
+        assert "ControlNet 0" in infos[0] and CONTROLNET_NAME in infos[0], infos[0]
+        after, _ = generate(webui, "txt2img", BASE, OFF)
+        np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after ControlNet")
+
+
+def square_mask(size=(SIZE, SIZE)):
+    pixels = np.zeros((size[1], size[0], 3), np.uint8)
+    pixels[size[1] // 4: 3 * size[1] // 4, size[0] // 4: 3 * size[0] // 4] = 255
+    return encode(Image.fromarray(pixels))
+
+
+@CONTROLNET_ORDERS
+@needs("controlnet")
+@pytest.mark.parametrize("endpoint,batch", [("txt2img", 1), ("img2img", 1), ("txt2img", 2)])
+def test_controlnet_inpaint_only(controlnet_webui, endpoint, batch):
+    """ControlNet's inpaint_only mode: the unit's image and mask go to the ControlNet (masked pixels set
+    to -1), and after every UNet call ControlNet replaces the x0 prediction outside the mask by the
+    encoded image, with latents it caches at the first call's batch size (the CFG batch); the decoded
+    image is pasted back outside the mask. SAG's pass over the uncond rows then comes back at the cached
+    size (one image: the two cached rows broadcast) or fails inside ControlNet (several images), and
+    SAG steps aside with one line."""
+    webui = controlnet_webui
+    with checkpoint(webui, WIDE):
+        model = controlnet_model(webui, CONTROLNET_NAME)
+        plain, _ = generate(webui, "txt2img", BASE, OFF)
+        unit = controlnet_unit(module="inpaint_only", model=model, image={"image": gradient(), "mask": square_mask()})
+        payload = {**with_controlnet(BASE, unit), "batch_size": batch}
+        if endpoint == "img2img":
+            payload = {**payload, "init_images": [gradient()], "denoising_strength": 0.75}
+        watch = LogWatch(webui)
+        off, _ = check_works_or_steps_aside(webui, endpoint, payload)
+        log = watch.new_text()
+        assert STEP_ASIDE in log, "SAG did not step aside (update the README's table)"
+        assert batch > 1 or "UnexpectedPassOutput" in log, log[-3000:]
+        if endpoint == "txt2img":
+            assert np.abs(off[0] - plain[0]).max() > 0, "inpaint_only did not change the image"
 
 
 INCANTATIONS_TITLE = "Incantations"

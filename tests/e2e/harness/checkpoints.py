@@ -6,6 +6,9 @@ own ``v1-inference.yaml`` and sgm's ``sd_xl_base.yaml`` with small sizes:
 
 * ``sd1_tiny``: ldm UNet, 4 levels (middle block at latent/8), 8 heads everywhere,
   64-wide CLIP text model (:data:`tokenizer_cache.TINY_CLIP_REPO`).
+* ``sd1_wide``: ``sd1_tiny`` with the UNet at SD1.5's widths (model_channels 320), the
+  only layout whose UNet takes a ControlNet (ControlNet assumes SD1.5's widths). Not made
+  by default: its file is 3.4 GB.
 * ``sdxl_tiny``: sgm UNet, channel_mult [1, 2, 5] (middle block at latent/4 with
   20 heads of 8 channels), linear transformers of depth 1/2, tiny CLIP + open_clip
   ``ViT-S-32-alt`` text towers (context 64 + 256 = 320, pooled 256).
@@ -31,8 +34,8 @@ try:
 except ImportError:  # run as a script
     from tokenizer_cache import TINY_CLIP_REPO, TINY_CLIP_TEXT, text_config
 
-LAYOUTS = ("sd1_tiny", "sdxl_tiny")
-GENERATOR_VERSION = 1  # bump when the weights made for the same config change
+LAYOUTS = ("sd1_tiny", "sdxl_tiny")  # made by default
+GENERATOR_VERSION = 2  # bump when the weights made for the same config change
 STAMP_KEY = "sd_webui_sag_test"
 
 OPEN_CLIP_ARCH = "ViT-S-32-alt"  # smallest open_clip text tower: width 256, 10 layers, embed_dim 256
@@ -44,15 +47,15 @@ _VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_chann
                  "ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
 
 
-def sd1_config() -> dict:
-    """Model config (yaml content) of ``sd1_tiny``."""
+def sd1_config(model_channels: int = 32) -> dict:
+    """Model config (yaml content) of ``sd1_tiny`` (``sd1_wide`` with ``model_channels=320``)."""
     return {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
         "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps_cond": 1, "log_every_t": 200,
         "timesteps": 1000, "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": 64, "channels": 4,
         "cond_stage_trainable": False, "conditioning_key": "crossattn", "monitor": "val/loss_simple_ema",
         "scale_factor": 0.18215, "use_ema": False,
         "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-            "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 32,
+            "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": model_channels,
             "attention_resolutions": [4, 2, 1], "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4],
             "num_heads": 8, "use_spatial_transformer": True, "transformer_depth": 1,
             "context_dim": CLIP_WIDTH, "use_checkpoint": False, "legacy": False}},
@@ -102,7 +105,7 @@ def sdxl_config() -> dict:
     }}}
 
 
-CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config}
+CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config, "sd1_wide": lambda: sd1_config(model_channels=320)}
 
 
 def make_checkpoints(out_dir: str | os.PathLike, python: str, webui_path: str | os.PathLike,
@@ -164,9 +167,18 @@ def _rescale_output(layer, run, target_std: float) -> None:
 
 
 def _text_models(prefix_clip: str):
-    """Tiny HF CLIP text model and its state dict under ``prefix_clip``."""
+    """Tiny HF CLIP text model and its state dict under ``prefix_clip``.
+
+    Its final layer norm gets random weights (initialised, they are 1 and 0): with them the mean of
+    every output vector is 0 to rounding, and the webui's prompt emphasis, which rescales the
+    embedding by (mean before / mean after), turns some prompts into NaN.
+    """
+    import torch
     from transformers import CLIPTextConfig, CLIPTextModel
     model = CLIPTextModel(CLIPTextConfig(**text_config(**TINY_CLIP_TEXT)))
+    with torch.no_grad():
+        model.text_model.final_layer_norm.weight.normal_(1.0, 0.2)
+        model.text_model.final_layer_norm.bias.normal_(0.1, 0.2)
     return {prefix_clip + k: v for k, v in model.state_dict().items()}
 
 
@@ -224,7 +236,7 @@ def _write(name: str, out_dir: Path, seed: int) -> Path:
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     cfg = CONFIGS[name]()
-    sd = (_build_sd1 if name == "sd1_tiny" else _build_sdxl)(cfg)
+    sd = (_build_sdxl if name == "sdxl_tiny" else _build_sd1)(cfg)
     sd = {k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.contiguous().clone()
           for k, v in sd.items()}
     path = out_dir / f"{name}.safetensors"

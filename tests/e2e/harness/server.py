@@ -81,8 +81,10 @@ def bpe_vocab_path(python: str) -> str:
 
 
 def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_extension: bool = True,
-                     extra_extensions=(), checkpoint_cache: Path | None = None, options: dict | None = None) -> None:
-    """Fill ``data_dir`` with extensions/, models/Stable-diffusion/, hf/ and config.json.
+                     extra_extensions=(), checkpoint_cache: Path | None = None, options: dict | None = None,
+                     layouts=checkpoints.LAYOUTS) -> None:
+    """Fill ``data_dir`` with extensions/, models/Stable-diffusion/ (the checkpoints ``layouts``), hf/
+    and config.json.
 
     ``extra_extensions`` are directories of other extensions (checked out by whoever runs the tests,
     never part of this repository) to link into extensions/ as well.
@@ -102,7 +104,7 @@ def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_exte
         if not link.is_symlink():
             link.symlink_to(extension.resolve(), target_is_directory=True)
 
-    made = checkpoints.make_checkpoints(checkpoint_cache or ckpt_dir, python, webui_path)
+    made = checkpoints.make_checkpoints(checkpoint_cache or ckpt_dir, python, webui_path, layouts=layouts)
     if checkpoint_cache:
         for ckpt in made:
             for src in (ckpt, ckpt.with_suffix(".yaml")):
@@ -186,12 +188,13 @@ class WebUI(WebUIClient):
     :param data_dir: data dir to use (kept); default a new temp dir, deleted by :meth:`stop`.
     :param checkpoint_cache: dir in which checkpoints are generated once and reused.
     :param options: extra ``config.json`` options.
+    :param layouts: the test checkpoints to provide (:mod:`checkpoints` layouts).
     :param startup_timeout: seconds to wait for the API to answer and the model to load.
     """
 
     def __init__(self, webui_path=None, python=None, *, checkpoint: str = "sd1_tiny", nowebui: bool = True,
                  with_extension: bool = True, extra_extensions=(), extra_args=(), data_dir=None, checkpoint_cache=None,
-                 options: dict | None = None, startup_timeout: float = 600.0):
+                 options: dict | None = None, layouts=checkpoints.LAYOUTS, startup_timeout: float = 600.0):
         if webui_path is None:
             webui_path, env_python = webui_from_env()
             python = python or env_python
@@ -206,6 +209,7 @@ class WebUI(WebUIClient):
         self.data_dir = Path(data_dir) if data_dir else None
         self.checkpoint_cache = Path(checkpoint_cache) if checkpoint_cache else None
         self.options = options
+        self.layouts = tuple(layouts)
         self.startup_timeout = startup_timeout
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -243,7 +247,8 @@ class WebUI(WebUIClient):
             self.data_dir = Path(tempfile.mkdtemp(prefix="sag-webui-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         prepare_data_dir(self.data_dir, self.webui_path, self.python, with_extension=self.with_extension,
-                         extra_extensions=self.extra_extensions, checkpoint_cache=self.checkpoint_cache, options=self.options)
+                         extra_extensions=self.extra_extensions, checkpoint_cache=self.checkpoint_cache, options=self.options,
+                         layouts=self.layouts)
         self.port = free_port()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), cwd=self.webui_path, env=self.environment(),
