@@ -5,6 +5,8 @@ Two hooks on one UNet: a forward pre-hook on the middle block's transformer reco
 SAG needs with the module's own `to_q`/`to_k`. The attention output stays the host's own. The mass is
 reduced in query chunks, so no (heads, N, N) matrix is ever held.
 """
+from typing import Callable, Optional
+
 import torch
 
 from .guidance import autocast_off
@@ -17,13 +19,15 @@ class UnsupportedAttention(RuntimeError):
     """attn1 was called in a way SAG cannot read (another extension changed its inputs)."""
 
 
-def per_key_attention_mass(attn: torch.nn.Module, x: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+def per_key_attention_mass(attn: torch.nn.Module, x: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS,
+                           key_input: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """(B, N): for every key token, the softmax attention it receives summed over queries, mean over heads.
 
     q and k come from the module's own projections (LoRA, FP8 and low-VRAM placement keep working);
-    the scores and softmax are float32 with autocast off.
+    `key_input(x)`, if given, is what the host's attention feeds `to_k` instead of x (the webui's
+    hypernetworks). The scores and softmax are float32 with autocast off.
     """
-    q, k = attn.to_q(x), attn.to_k(x)
+    q, k = attn.to_q(x), attn.to_k(x if key_input is None else key_input(x))
     heads = attn.heads
     batch, tokens, inner = q.shape
     dim_head = inner // heads
@@ -55,10 +59,10 @@ class MiddleBlockCapture:
     """
 
     def __init__(self, transformer: torch.nn.Module, attn: torch.nn.Module, owner=None,
-                 chunk_elements: int = CHUNK_ELEMENTS):
+                 chunk_elements: int = CHUNK_ELEMENTS, key_input=None):
         MiddleBlockCapture.release(attn)
         self.transformer, self.attn, self.owner = transformer, attn, owner
-        self.chunk_elements = chunk_elements
+        self.chunk_elements, self.key_input = chunk_elements, key_input
         self.error = None
         self._armed = False
         self._handles = [
@@ -136,7 +140,7 @@ class MiddleBlockCapture:
         if self.grid is not None and self.grid != (height, width):
             raise UnsupportedAttention(f"middle-block grid changed within a step: {self.grid} -> {(height, width)}")
         self.grid = (height, width)
-        mass = per_key_attention_mass(module, x[low - offset:high - offset], self.chunk_elements)
+        mass = per_key_attention_mass(module, x[low - offset:high - offset], self.chunk_elements, self.key_input)
         if high - low == end - start:  # the usual case: all target rows in one call, kept as they are
             self._mass = mass
         else:

@@ -45,8 +45,11 @@ class StepInputs:
 class SagSession:
     """SAG state of one generation. Never shared between generations or tabs."""
 
-    def __init__(self, params: SagParams, collect_preview: bool = False):
+    def __init__(self, params: SagParams, collect_preview: bool = False,
+                 key_input: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        """`key_input`: what the host's attention feeds `to_k` for an input x, if not x (see capture)."""
         self.params = params
+        self.key_input = key_input
         self.active = params.enabled and params.blur_sigma > 0
         self.capture: Optional[MiddleBlockCapture] = None
         self.step: Optional[StepInputs] = None
@@ -103,7 +106,7 @@ class SagSession:
             return
         if not self.owns(attn):
             self.close()
-            self.capture = MiddleBlockCapture(transformer, attn, owner=self)
+            self.capture = MiddleBlockCapture(transformer, attn, owner=self, key_input=self.key_input)
         self.step = StepInputs(x_in[-uncond_rows:], sigma_in[-uncond_rows:], image_cond_in[-uncond_rows:],
                                text_cond, text_uncond, space, scale, repaint_mask, host)
         self.capture.arm(total_rows=x_in.shape[0], target_rows=uncond_rows)

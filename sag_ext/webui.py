@@ -12,6 +12,7 @@ import logging
 from PIL import Image
 
 from modules import script_callbacks, scripts, sd_samplers_timesteps, sd_unet, shared
+from modules.hypernetworks import hypernetwork
 
 from . import api, xyz
 from .capture import MiddleBlockCapture
@@ -172,7 +173,13 @@ def start_generation(p, args) -> None:
         return
     p.extra_generation_params.update(params.infotext())
     preview = options.get("preview", False) if getattr(p, "is_api", False) else _option("mask_preview", False)
-    setattr(p, SESSION_ATTRIBUTE, SagSession(params, collect_preview=preview))
+    setattr(p, SESSION_ATTRIBUTE, SagSession(params, collect_preview=preview, key_input=self_attention_keys))
+
+
+def self_attention_keys(x):
+    """The input of a self-attention's `to_k` in the webui's attention forwards: x through the loaded
+    hypernetworks (x itself when none is loaded or none has a layer of x's width)."""
+    return hypernetwork.apply_hypernetworks(shared.loaded_hypernetworks, x)[0]
 
 
 def finish_batch(p, images) -> None:

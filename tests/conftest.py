@@ -21,6 +21,7 @@ def host():
     shared.state.interrupted = False
     sd_unet.current_unet = None
     shared.sd_model = StandInSDModel(sd1_unet(), CONTEXT_DIM)
+    shared.loaded_hypernetworks = []
     webui.register_callbacks()
     yield shared
     script_callbacks.clear_callbacks()

@@ -57,6 +57,29 @@ def test_captured_mass_equals_full_softmax_reference(layout, latent):
     torch.testing.assert_close(mass.double(), want, atol=1e-5, rtol=0)
 
 
+def test_key_input_feeds_to_k(layout):
+    """The webui's attention forwards feed `to_k` the context through the loaded hypernetworks (for attn1
+    the context is x): with `key_input` the capture matches the full softmax over those keys."""
+    unet, heads, _ = layout
+    transformer, attn = middle_attention(unet)
+    width = attn.to_k.in_features
+    torch.manual_seed(3)
+    hypernetwork_k = torch.nn.Linear(width, width)
+    x = torch.randn(2, 4, 32, 32)
+    capture = MiddleBlockCapture(transformer, attn, key_input=hypernetwork_k)
+    capture.arm(total_rows=2, target_rows=1)
+    run_unet(unet, x)
+    mass, _ = capture.take()
+    capture.remove()
+
+    rows = attn_inputs(unet, x)[1:]
+    with torch.no_grad():
+        want = ref.full_softmax_mass(attn.to_q(rows), attn.to_k(hypernetwork_k(rows)), heads)
+        without = ref.full_softmax_mass(attn.to_q(rows), attn.to_k(rows), heads)
+    torch.testing.assert_close(mass.double(), want, atol=1e-5, rtol=0)
+    assert (want - without).abs().max() > 1e-3  # the keys' input matters
+
+
 def test_hooks_leave_the_unet_output_bit_identical(layout):
     unet, _, _ = layout
     x = torch.randn(2, 4, 32, 32)

@@ -1,5 +1,6 @@
 """SAG through the adapter and the Script, on the stand-in of the webui host (tests/webui_standin)."""
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -97,6 +98,25 @@ def test_one_degraded_pass_of_uncond_rows_per_step(host, script):
     processing.process_images(p, script, ON)
     calls = host.sd_model.calls
     assert calls == [6, 3] * len(p.timesteps)  # the CFG call over 2B rows, then one pass over the B uncond rows
+
+
+def test_keys_go_through_the_loaded_hypernetworks(host, script):
+    """A hypernetwork with a layer of the middle attention's width changes what its `to_k` sees in the
+    host; SAG's capture takes the host's own `apply_hypernetworks` for the same keys."""
+    width = middle_attention(host.sd_model.model.diffusion_model)[1].to_k.in_features
+    seen = []
+
+    def hypernetwork_k(x):
+        seen.append(x.shape)
+        return x * 1.5
+
+    without = processing.process_images(make_p(), script, ON)
+    host.loaded_hypernetworks = [SimpleNamespace(layers={width: (hypernetwork_k, lambda x: x)}),
+                                 SimpleNamespace(layers={width + 1: (None, None)})]  # no layer of this width
+    p = make_p()
+    on = processing.process_images(p, script, ON)
+    assert len(seen) == len(p.timesteps) and all(shape[-1] == width for shape in seen)
+    assert (on - without).abs().max() > 0
 
 
 # ---- batch layouts -----------------------------------------------------------------------------

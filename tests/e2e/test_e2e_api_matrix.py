@@ -73,6 +73,22 @@ def test_skip_early_cond_everywhere_is_the_off_image(sd1):
     np.testing.assert_array_equal(on[0], off[0])
 
 
+HYPERNETWORK = "sag_test_hypernetwork"
+
+
+def test_sd1_hypernetwork(sd1):
+    """A hypernetwork in the prompt (made through the webui's API, random weights, layers for sd1_tiny's
+    context width 64 and middle-block width 128): the webui's attention forwards feed every attention's
+    `to_k`/`to_v` through it, the middle block's self-attention too, and so does SAG's capture."""
+    if HYPERNETWORK not in [item["name"] for item in sd1.get("/sdapi/v1/hypernetworks")]:
+        sd1.post("/sdapi/v1/create/hypernetwork", {
+            "name": HYPERNETWORK, "enable_sizes": [64, 128], "overwrite_old": True, "layer_structure": [1, 2, 1],
+            "activation_func": "relu", "weight_init": "XavierNormal"})
+    plain, _ = generate(sd1, "txt2img", BASE, OFF)
+    _, off = check_sag_case(sd1, "txt2img", {**BASE, "prompt": f"{BASE['prompt']} <hypernet:{HYPERNETWORK}:1>"})
+    assert np.abs(off[0] - plain[0]).max() > 0, "the hypernetwork did not change the image"
+
+
 @pytest.mark.parametrize("sampler", ["Euler a", "DDIM"])
 def test_sd1_img2img(sd1, sampler):
     check_sag_case(sd1, "img2img", {**BASE, "sampler_name": sampler, "init_images": [init_image()],

@@ -1,4 +1,4 @@
-"""Stand-in of modules.shared: options, job state and the loaded model."""
+"""Stand-in of modules.shared: options, job state, the loaded model and hypernetworks."""
 from types import SimpleNamespace
 
 
@@ -10,3 +10,4 @@ def default_opts():
 opts = default_opts()
 state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0, sampling_steps=0)
 sd_model = None
+loaded_hypernetworks = []
