@@ -121,6 +121,9 @@ def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_exte
     config.write_text(json.dumps({**current, **TEST_OPTIONS, **(options or {})}, indent=2))
 
 
+STARTED = "Startup time:"  # the webui's last startup line, after the API and the app_started callbacks
+
+
 class WebUIError(RuntimeError):
     """The webui failed to start or answered an HTTP error."""
 
@@ -266,6 +269,12 @@ class WebUI(WebUIClient):
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise WebUIError(f"webui exited with {self.process.returncode}:\n{self.log_tail()}")
+            # No request before the webui says it started: with the UI, Gradio serves the app before the
+            # API adds its middleware, and a request in between makes that fail ("Cannot add middleware
+            # after an application has started").
+            if STARTED not in self.log_path.read_text(errors="replace"):
+                time.sleep(1)
+                continue
             try:
                 self.get("/sdapi/v1/sd-models", timeout=5)
                 break
