@@ -33,9 +33,10 @@ import urllib.request
 from pathlib import Path
 
 try:
-    from . import checkpoints, tokenizer_cache
+    from . import checkpoints, hypernetwork, tokenizer_cache
 except ImportError:  # imported as a top-level module
     import checkpoints
+    import hypernetwork
     import tokenizer_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -83,8 +84,8 @@ def bpe_vocab_path(python: str) -> str:
 def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_extension: bool = True,
                      extra_extensions=(), checkpoint_cache: Path | None = None, options: dict | None = None,
                      layouts=checkpoints.LAYOUTS) -> None:
-    """Fill ``data_dir`` with extensions/, models/Stable-diffusion/ (the checkpoints ``layouts``), hf/
-    and config.json.
+    """Fill ``data_dir`` with extensions/, models/Stable-diffusion/ (the checkpoints ``layouts``),
+    models/hypernetworks/ (:mod:`hypernetwork`), hf/ and config.json.
 
     ``extra_extensions`` are directories of other extensions (checked out by whoever runs the tests,
     never part of this repository) to link into extensions/ as well.
@@ -112,6 +113,8 @@ def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_exte
                 if dst.is_symlink() or dst.exists():
                     dst.unlink()
                 dst.symlink_to(src.resolve())
+
+    hypernetwork.write_hypernetwork(data_dir / "models" / "hypernetworks")
 
     if not (data_dir / "hf" / "hub" / "version.txt").exists():
         tokenizer_cache.build_tokenizer_cache(data_dir / "hf", bpe_vocab_path(python))
