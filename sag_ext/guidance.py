@@ -65,11 +65,6 @@ class GaussianBlur:
         return F.conv2d(padded, self.weight(x.shape[1], x.device, x.dtype), groups=x.shape[1])
 
 
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """One-off :class:`GaussianBlur` of `x`."""
-    return GaussianBlur(sigma)(x)
-
-
 def degrade(x0: torch.Tensor, mask: torch.Tensor, blur: GaussianBlur) -> torch.Tensor:
     """`x0` blurred where the boolean `mask` is True and kept where it is False."""
     return torch.where(mask, blur(x0), x0)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import float64_reference as ref
-from sag_ext.guidance import EpsSpace, GaussianBlur, X0Space, attention_mask, degrade, gaussian_blur, latent_too_small
+from sag_ext.guidance import EpsSpace, GaussianBlur, X0Space, attention_mask, degrade, latent_too_small
 
 torch.manual_seed(0)
 
@@ -12,14 +12,14 @@ torch.manual_seed(0)
 @pytest.mark.parametrize("size", [(5, 5), (8, 8), (65, 47), (13, 30)])
 def test_blur_matches_reference(sigma, size):
     x = torch.randn(2, 4, *size)
-    got = gaussian_blur(x, sigma)
+    got = GaussianBlur(sigma)(x)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), ref.blur(x, sigma), atol=1e-5, rtol=0)
 
 
 def test_blur_sigma_zero_is_identity():
     x = torch.randn(1, 4, 9, 9)
-    assert torch.equal(gaussian_blur(x, 0.0), x)
+    assert torch.equal(GaussianBlur(0.0)(x), x)
 
 
 @pytest.mark.parametrize("grid,latent", [((8, 8), (64, 64)), ((9, 6), (65, 47)), ((3, 2), (5, 5)), ((16, 12), (64, 48))])
@@ -93,7 +93,7 @@ diffusers_sag = pytest.importorskip("diffusers.pipelines.stable_diffusion_sag.pi
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 3.0])
 def test_blur_matches_diffusers(sigma):
     x = torch.randn(2, 4, 37, 29)
-    torch.testing.assert_close(gaussian_blur(x, sigma), diffusers_sag.gaussian_blur_2d(x, 9, sigma), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(GaussianBlur(sigma)(x), diffusers_sag.gaussian_blur_2d(x, 9, sigma), atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("heads,grid,latent", [(8, (8, 8), (64, 64)), (20, (6, 5), (24, 20))])
