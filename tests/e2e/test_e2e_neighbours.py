@@ -43,7 +43,6 @@ NESTED_PASS = FIXTURES / "nested_pass"
 NESTED_TITLE = "SAG test nested pass"
 
 
-
 @dataclass(frozen=True)
 class Neighbour:
     repo: str
@@ -157,6 +156,21 @@ def assert_load_order(webui, title: str) -> None:
     names = script_order(webui)
     sag, other = names.index(TITLE), names.index(title.lower())
     assert (other < sag) == (webui.order == "before"), names
+
+
+def check_alongside(webui, name: str, payload: dict, with_neighbour: dict, infotext_has=(), restores=True):
+    """The case contract (`check_sag_case`) with the neighbour on (`with_neighbour`: `payload` plus the
+    neighbour's arguments); the neighbour changes the SAG-off image; the SAG-on infotext carries the
+    neighbour's `infotext_has` too; with `restores`, `payload` alone gives the same image before and
+    after (the neighbour put the UNet back)."""
+    plain, _ = generate(webui, "txt2img", payload, OFF)
+    _, off = check_sag_case(webui, "txt2img", with_neighbour)
+    assert np.abs(off[0] - plain[0]).max() > 0, f"{name} did not change the image"
+    _, infos = generate(webui, "txt2img", with_neighbour, ON)
+    assert all(text in infos[0] for text in infotext_has), infos[0]
+    if restores:
+        after, _ = generate(webui, "txt2img", payload, OFF)
+        np.testing.assert_array_equal(after[0], plain[0], err_msg=f"the UNet was not restored after {name}")
 
 
 def gradient(size=(SIZE, SIZE)):
@@ -283,14 +297,8 @@ def test_kohya_hires_fix(neighbourhood):
     webui = neighbourhood
     assert_load_order(webui, KOHYA_TITLE)
     payload = {**BASE, "width": 256, "height": 256}
-    plain, _ = generate(webui, "txt2img", payload, OFF)
-    kohya = with_script(payload, KOHYA_TITLE, KOHYA_ARGS)
-    _, off = check_sag_case(webui, "txt2img", kohya)
-    assert np.abs(off[0] - plain[0]).max() > 0, "Kohya hires fix did not change the image"
-    _, infos = generate(webui, "txt2img", kohya, ON)
-    assert "DSHF_s1" in infos[0]
-    after, _ = generate(webui, "txt2img", payload, OFF)
-    np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after Kohya hires fix")
+    check_alongside(webui, "Kohya hires fix", payload, with_script(payload, KOHYA_TITLE, KOHYA_ARGS),
+                    infotext_has=["DSHF_s1"])
 
 
 DYNTHRES_TITLE = "Dynamic Thresholding (CFG Scale Fix)"
@@ -306,12 +314,8 @@ def test_dynamic_thresholding(neighbourhood, sampler):
     webui = neighbourhood
     assert_load_order(webui, DYNTHRES_TITLE)
     payload = {**BASE, "cfg_scale": 12, "sampler_name": sampler}
-    plain, _ = generate(webui, "txt2img", payload, OFF)
-    dynthres = with_script(payload, DYNTHRES_TITLE, DYNTHRES_ARGS)
-    _, off = check_sag_case(webui, "txt2img", dynthres)
-    assert np.abs(off[0] - plain[0]).max() > 0, "Dynamic thresholding did not change the image"
-    _, infos = generate(webui, "txt2img", dynthres, ON)
-    assert "Dynamic thresholding enabled: True" in infos[0]
+    check_alongside(webui, "Dynamic thresholding", payload, with_script(payload, DYNTHRES_TITLE, DYNTHRES_ARGS),
+                    infotext_has=["Dynamic thresholding enabled: True"], restores=False)
 
 
 FREEU_TITLE = "FreeU"
@@ -481,16 +485,8 @@ def test_controlnet_t2i_adapter(controlnet_webui):
     webui = controlnet_webui
     assert_load_order(webui, CONTROLNET_TITLE)
     model = controlnet_model(webui)
-    plain, _ = generate(webui, "txt2img", BASE, OFF)
     control = with_controlnet(BASE, controlnet_unit(module="none", model=model, image=stripes()))
-    _, off = check_sag_case(webui, "txt2img", control)
-    assert np.abs(off[0] - plain[0]).max() > 0, "the T2I-Adapter did not change the image"
-    _, infos = generate(webui, "txt2img", control, ON)
-    assert "ControlNet 0" in infos[0] and T2I_ADAPTER_NAME in infos[0], infos[0]
-    after, _ = generate(webui, "txt2img", BASE, OFF)
-    np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after ControlNet")
-
-
+    check_alongside(webui, "ControlNet (T2I-Adapter)", BASE, control, infotext_has=["ControlNet 0", T2I_ADAPTER_NAME])
 
 
 @CONTROLNET_ORDERS
@@ -523,15 +519,9 @@ def test_controlnet_canny(controlnet_webui):
     webui = controlnet_webui
     with checkpoint(webui, WIDE):
         model = controlnet_model(webui, CONTROLNET_NAME)
-        plain, _ = generate(webui, "txt2img", BASE, OFF)
         control = with_controlnet(BASE, controlnet_unit(module="canny", model=model, image=gradient(),
                                                         threshold_a=50, threshold_b=100))
-        _, off = check_sag_case(webui, "txt2img", control)
-        assert np.abs(off[0] - plain[0]).max() > 0, "the ControlNet did not change the image"
-        _, infos = generate(webui, "txt2img", control, ON)
-        assert "ControlNet 0" in infos[0] and CONTROLNET_NAME in infos[0], infos[0]
-        after, _ = generate(webui, "txt2img", BASE, OFF)
-        np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after ControlNet")
+        check_alongside(webui, "ControlNet (canny)", BASE, control, infotext_has=["ControlNet 0", CONTROLNET_NAME])
 
 
 def square_mask(size=(SIZE, SIZE)):
@@ -586,14 +576,8 @@ def test_incantations_pag(neighbourhood):
     (self-attention swapped for identity, i.e. its `to_v`) while that pass runs."""
     webui = neighbourhood
     assert_load_order(webui, INCANTATIONS_TITLE)
-    plain, _ = generate(webui, "txt2img", BASE, OFF)
-    pag = with_script(BASE, INCANTATIONS_TITLE, PAG_ARGS)
-    _, off = check_sag_case(webui, "txt2img", pag)
-    assert np.abs(off[0] - plain[0]).max() > 0, "PAG did not change the image"
-    _, infos = generate(webui, "txt2img", pag, ON)
-    assert "PAG Active: True" in infos[0] and "PAG Scale: 3" in infos[0], infos[0]
-    after, _ = generate(webui, "txt2img", BASE, OFF)
-    np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after PAG")
+    check_alongside(webui, "PAG", BASE, with_script(BASE, INCANTATIONS_TITLE, PAG_ARGS),
+                    infotext_has=["PAG Active: True", "PAG Scale: 3"])
 
 
 TILED_DIFFUSION_TITLE = "Tiled Diffusion"
