@@ -2,7 +2,8 @@
 
 The host adapter drives it once per denoiser call: `begin_step` before the UNet calls of a step,
 `end_step` after them (runs the degraded pass), `apply` on the CFG result. Any exception inside is
-caught: SAG stops for the rest of the generation with one log line and the hooks are removed.
+caught: SAG stops for the rest of the generation with one log line and the hooks are removed. A step
+where SAG has nothing to do runs no pass, and the session remembers why for `report_unchanged`.
 """
 import contextlib
 import logging
@@ -12,7 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from .capture import MiddleBlockCapture
-from .guidance import GaussianBlur, attention_mask, autocast_off, degrade, latent_too_small
+from .guidance import MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degrade, latent_too_small
 from .params import SagParams
 
 log = logging.getLogger("sd_webui_sag")
@@ -25,6 +26,20 @@ def report_off(reason: str) -> None:
 
 class UnexpectedPassOutput(RuntimeError):
     """The degraded pass came back in another shape than its input (another extension reshaped it)."""
+
+
+class NonFiniteCorrection(RuntimeError):
+    """A step's correction was inf or NaN (the degraded pass overflowed, e.g. in fp16); it was not applied."""
+
+
+# Why a step ran no degraded pass; when no step of a generation had a correction, these are the reasons given.
+BLUR_ZERO = "blur sigma is 0"
+SCALE_ZERO = "the scale is 0 (for the hires pass: SAG hires pass is off)"
+OUTSIDE_RANGE = "no step lies inside SAG start..end"
+LATENT_TOO_SMALL = f"the latent is smaller than {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}"
+NO_UNCOND = "the sampler skipped the negative prompt (Skip early CFG or NGMS)"
+EMPTY_MASK = ("no latent position received more attention than the threshold (a 1x1 middle-block grid, "
+              "e.g. SD1 at 64 px, never does)")
 
 
 @dataclass
@@ -51,10 +66,12 @@ class SagSession:
         self.params = params
         self.key_input = key_input
         self.active = params.enabled and params.blur_sigma > 0
+        self.idle_reasons = set() if params.blur_sigma > 0 else {BLUR_ZERO}  # why steps ran no pass
         self.capture: Optional[MiddleBlockCapture] = None
         self.step: Optional[StepInputs] = None
         self.blur = GaussianBlur(params.blur_sigma)
-        self.correction: Optional[tuple] = None  # (unscaled correction, scale) of the step in progress
+        self.correction: Optional[tuple] = None  # (unscaled correction, scale, finite?) of the step in progress
+        self.unverified: Optional[torch.Tensor] = None  # device bool: was the last applied correction finite?
         self.degraded_passes = 0
         self.corrections_applied = 0
         self.stopped = False  # turned off by an error or an unsupported input, not by its parameters
@@ -100,9 +117,13 @@ class SagSession:
         repainted area. Steps outside the parameters' range, or with scale 0, do no work at all.
         """
         self.step, self.correction = None, None
+        if not self.active:
+            return
         scale = self.params.scale_for(hires_pass)
-        if not self.active or scale == 0 or not self.params.in_range(progress) \
-                or latent_too_small(tuple(x_in.shape[-2:])):
+        idle_reason = (SCALE_ZERO if scale == 0 else OUTSIDE_RANGE if not self.params.in_range(progress)
+                       else LATENT_TOO_SMALL if latent_too_small(tuple(x_in.shape[-2:])) else None)
+        if idle_reason:
+            self.idle_reasons.add(idle_reason)
             return
         if not self.owns(attn):
             self.close()
@@ -120,17 +141,22 @@ class SagSession:
         step, self.step = self.step, None
         if step is None or self.capture is None:
             return
+        self.verify_last_correction()  # the host's UNet call of this step is queued: reading the flag stalls nothing
         captured = self.capture.take()
         if self.capture.error is not None:
             raise self.capture.error
-        if captured is None:  # the host skipped the uncond rows this step (CFG 1, skip early CFG, NGMS)
+        if captured is None:  # the host skipped the uncond rows this step (skip early CFG, NGMS)
+            self.idle_reasons.add(NO_UNCOND)
             return
         mass, grid = captured
         space = step.space
         out_uncond = x_out[-step.x.shape[0]:]
         with autocast_off(step.x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
+            mask = attention_mask(mass, grid, tuple(out_uncond.shape[-2:]), self.params.threshold)
+            if not mask.any():  # nothing to degrade: the correction is zero, so no pass (one host sync)
+                self.idle_reasons.add(EMPTY_MASK)
+                return
             x0 = space.pred_x0(step.x, out_uncond, step.sigma)
-            mask = attention_mask(mass, grid, tuple(x0.shape[-2:]), self.params.threshold)
             degraded = degrade(x0, mask, self.blur)
             x_degraded = space.renoise(step.x, x0, degraded, step.sigma)
         out_pass = degraded_pass(x_degraded, step)
@@ -145,7 +171,11 @@ class SagSession:
             correction = space.correction(degraded, out_uncond, out_pass.to(out_uncond.dtype), step.x, step.sigma)
             if step.repaint_mask is not None:
                 correction = correction * step.repaint_mask
-        self.correction = (correction, step.scale)
+            # An overflowing pass must not reach the image, and a host sync here would stall the GPU: a
+            # non-finite correction is replaced by zeros now and reported at the next step's check.
+            finite = torch.isfinite(correction).all()
+            correction = torch.where(finite, correction, 0.0)
+        self.correction = (correction, step.scale, finite)
 
     def _accumulate_preview(self, mask: torch.Tensor) -> None:
         if self.preview_mask is None or self.preview_mask.shape != mask.shape:  # a new pass (hires fix)
@@ -164,10 +194,24 @@ class SagSession:
         step_correction, self.correction = self.correction, None
         if step_correction is None:
             return combined
-        correction, scale = step_correction
+        correction, scale, self.unverified = step_correction
         self.corrections_applied += 1
         return torch.add(combined, correction.to(combined.dtype), alpha=scale)
 
+    def verify_last_correction(self) -> None:
+        """Raise NonFiniteCorrection if the last applied correction was not finite (it was applied as zeros)."""
+        finite, self.unverified = self.unverified, None
+        if finite is not None and not bool(finite):
+            self.corrections_applied -= 1  # that step got zeros: it changed nothing
+            raise NonFiniteCorrection("SAG's pass gave inf or NaN (a float16 overflow in the model?); "
+                                      "that step was left uncorrected")
+
     def changed_nothing(self) -> bool:
-        """Whether SAG was stopped before it corrected any step: the images are exactly the SAG-off ones."""
-        return self.stopped and self.corrections_applied == 0
+        """Whether no step got a correction: the images are exactly the SAG-off ones."""
+        return self.corrections_applied == 0
+
+    def report_unchanged(self) -> None:
+        """The one console line saying why SAG changed nothing (an error that stopped it has said so already)."""
+        if self.changed_nothing() and not self.stopped:
+            reasons = "; ".join(sorted(self.idle_reasons)) or "no sampling step reached SAG"
+            log.warning("[SAG] Self-Attention Guidance changed nothing in this generation: %s", reasons)

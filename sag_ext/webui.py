@@ -17,8 +17,8 @@ from modules.hypernetworks import hypernetwork
 from . import api, xyz
 from .capture import MiddleBlockCapture
 from .guidance import EpsSpace, X0Space
-from .params import (ARG_NAMES, DEFAULTS, HIRES_MODES, INFOTEXT_KEYS, RANGES, InvalidParams, from_infotext,
-                     params_from, parse_script_args)
+from .params import (ARG_NAMES, DEFAULTS, HIRES_MODES, INFOTEXT_KEYS, RANGES, InvalidParams, PasteField,
+                     from_infotext, params_from, parse_script_args)
 from .preview import overlay
 from .session import SagSession, StepInputs, report_off
 
@@ -72,12 +72,12 @@ def build_ui(script):
                 controls["hires"] = gr.Radio(label=LABELS["hires"], choices=list(HIRES_MODES), value=defaults.hires,
                                              elem_id=script.elem_id("hires"))
                 controls["hires_scale"] = slider("hires_scale")
+    for name in SETTINGS.values():
+        # ui-config.json would pin the value the panel showed at the webui's first start; these come from Settings
+        controls[name].do_not_save_to_config = True
 
-    # Enabled is read from the presence of SAG's keys (also the API's `infotext` field, which skips
-    # on_infotext_pasted); the parameters by key, so "Send to" copies them between tabs.
-    script.infotext_fields = [(enabled, lambda infotext: from_infotext(infotext) is not None)]
-    script.infotext_fields += [(controls[name], INFOTEXT_KEYS[name]) for name in ARG_NAMES if name != "enabled"]
-    script.paste_field_names = [INFOTEXT_KEYS[name] for name in ARG_NAMES if name != "enabled"]
+    script.infotext_fields = [(controls[name], PasteField(name)) for name in ARG_NAMES]
+    script.paste_field_names = [INFOTEXT_KEYS[name] for name in ARG_NAMES]
     return [controls[name] for name in ARG_NAMES]
 
 
@@ -93,6 +93,8 @@ def on_ui_settings() -> None:
     import gradio as gr
 
     section = ("sag", TITLE)
+    # with the webui's sampler parameters under "Stable Diffusion" (settings categories exist since 1.7)
+    category = {"category_id": "sd"} if "category_id" in inspect.signature(shared.OptionInfo.__init__).parameters else {}
     add = shared.opts.add_option
     for setting, name in SETTINGS.items():
         label = f"Default {LABELS[name].removeprefix('SAG ')} shown in the panel"
@@ -101,9 +103,11 @@ def on_ui_settings() -> None:
         else:
             low, high = RANGES[name]
             component, args = gr.Slider, {"minimum": low, "maximum": high, "step": STEPS[name]}
-        add(f"sag_{setting}", shared.OptionInfo(getattr(DEFAULTS, name), label, component, args, section=section).needs_reload_ui())
-    add("sag_mask_preview", shared.OptionInfo(False, "Show a mask preview (where SAG acted) in the gallery", section=section))
-    add("sag_save_preview", shared.OptionInfo(False, "Save mask previews with the images", section=section))
+        add(f"sag_{setting}", shared.OptionInfo(getattr(DEFAULTS, name), label, component, args, section=section,
+                                                **category).needs_reload_ui())
+    add("sag_mask_preview", shared.OptionInfo(False, "Show a mask preview (where SAG acted) in the gallery",
+                                              section=section, **category))
+    add("sag_save_preview", shared.OptionInfo(False, "Save mask previews with the images", section=section, **category))
 
 
 def on_app_started(_demo, app) -> None:
@@ -171,7 +175,7 @@ def start_generation(p, args) -> None:
     if reason:
         report_off(reason)
         return
-    p.extra_generation_params.update(params.infotext())
+    p.extra_generation_params.update(params.infotext(has_hires_pass=bool(getattr(p, "enable_hr", False))))
     preview = options.get("preview", False) if getattr(p, "is_api", False) else _option("mask_preview", False)
     setattr(p, SESSION_ATTRIBUTE, SagSession(params, collect_preview=preview, key_input=self_attention_keys))
 
@@ -183,11 +187,13 @@ def self_attention_keys(x):
 
 
 def finish_batch(p, images) -> None:
-    """Script.postprocess_batch, before the batch's infotexts are written: drop SAG's keys if it stopped
-    before changing anything, and make the mask previews over the decoded images (B, 3, H, W in 0..1)."""
+    """Script.postprocess_batch, before the batch's infotexts are written: drop SAG's keys if it changed
+    nothing, and make the mask previews over the decoded images (B, 3, H, W in 0..1)."""
     session = getattr(p, SESSION_ATTRIBUTE, None)
     if session is None:
         return
+    with session.guard():
+        session.verify_last_correction()
     if session.changed_nothing():
         for key in INFOTEXT_KEYS.values():
             p.extra_generation_params.pop(key, None)
@@ -207,11 +213,14 @@ def finish_batch(p, images) -> None:
 
 
 def end_generation(p, processed=None) -> None:
-    """Script.postprocess (and before a new start): remove the hooks, show previews, forget the session."""
+    """Script.postprocess (and before a new start): remove the hooks, say if SAG changed nothing, show
+    previews, forget the session."""
     session = getattr(p, SESSION_ATTRIBUTE, None)
     if session is None:
         return
     session.close()
+    if processed is not None:
+        session.report_unchanged()
     setattr(p, SESSION_ATTRIBUTE, None)
     if processed is not None and session.previews:
         processed.images.extend(session.previews)

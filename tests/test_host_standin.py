@@ -218,9 +218,12 @@ def test_img2img_correction_stays_in_the_repainted_area(host, script):
 
 
 @pytest.mark.parametrize("args", [[True, 0.8, 0.0, 1.0], [True, 0.0, 2.0, 1.0]])
-def test_zero_blur_or_zero_scale_is_the_off_image(host, script, args):
+def test_zero_blur_or_zero_scale_is_the_off_image(host, script, args, caplog):
     off = processing.process_images(make_p(), script, OFF)
-    assert torch.equal(processing.process_images(make_p(), script, args), off)
+    p = make_p()
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        assert torch.equal(processing.process_images(p, script, args), off)
+    assert "SAG Scale" not in p.infotext and "is 0" in caplog.text
 
 
 def test_tiny_latent_is_skipped(host, script):
@@ -230,6 +233,27 @@ def test_tiny_latent_is_skipped(host, script):
     host.sd_model = StandInSDModel(sdxl_like_unet(), CONTEXT_DIM)
     off = processing.process_images(make_p(latent_size=(4, 8)), script, OFF)
     assert torch.equal(processing.process_images(make_p(latent_size=(4, 8)), script, ON), off)
+
+
+def test_one_by_one_middle_grid_runs_no_pass_and_claims_nothing(host, script, caplog):
+    """SD1 at 64 px: the middle block's single token gets exactly the average attention, so the mask is
+    empty at every step; no pass runs, the image is the SAG-off image and the infotext says nothing."""
+    off = processing.process_images(make_p(latent_size=(8, 8)), script, OFF)
+    host.sd_model.calls.clear()
+    p = make_p(latent_size=(8, 8))
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        on = processing.process_images(p, script, ON)
+    assert torch.equal(on, off)
+    assert host.sd_model.calls == [4] * len(p.timesteps)  # the CFG batch only
+    assert "SAG Scale" not in p.infotext
+    assert caplog.text.count("[SAG]") == 1 and "changed nothing in this generation: no latent position" in caplog.text
+
+
+def test_a_generation_with_corrections_says_nothing_more(host, script, caplog):
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        p = make_p()
+        processing.process_images(p, script, ON)
+    assert caplog.text == "" and p.infotext["SAG Scale"] == ON[1]
 
 
 # ---- models SAG cannot hook ----------------------------------------------------------------------

@@ -67,6 +67,44 @@ def test_degraded_pass_answered_with_other_rows_steps_aside(host, script, caplog
     assert hooks_on(host) == 0 and not script_callbacks.reported_errors
 
 
+def corrupt_passes(host, should_corrupt):
+    """Makes the degraded passes (calls of 2 rows) that `should_corrupt(pass_index)` picks return inf and NaN."""
+    original, passes = host.sd_model.apply_model, iter(range(10 ** 6))
+
+    def apply_model(x, t, cond):
+        out = original(x, t, cond)
+        if x.shape[0] == 2 and should_corrupt(next(passes)):
+            out = out.clone()
+            out[0], out[1, 0] = float("inf"), float("nan")
+        return out
+
+    host.sd_model.apply_model = apply_model
+    return lambda: setattr(host.sd_model, "apply_model", original)
+
+
+def test_non_finite_first_pass_gives_exactly_the_off_image(host, script, fresh, caplog):
+    restore = corrupt_passes(host, lambda index: True)
+    p = make_p()
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        image = processing.process_images(p, script, ON)
+    restore()
+    assert torch.equal(image, fresh["off"]) and "SAG Scale" not in p.infotext
+    assert caplog.text.count("[SAG]") == 1 and "NonFiniteCorrection" in caplog.text
+    assert hooks_on(host) == 0 and not script_callbacks.reported_errors
+
+
+@pytest.mark.parametrize("bad_pass", [1, 3])  # a middle step, the last step (found when the batch ends)
+def test_non_finite_later_pass_stops_sag_and_keeps_the_image_finite(host, script, caplog, bad_pass):
+    restore = corrupt_passes(host, lambda index: index == bad_pass)
+    p = make_p()
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        image = processing.process_images(p, script, ON)
+    restore()
+    assert torch.isfinite(image).all() and p.infotext["SAG Scale"] == ON[1]
+    assert caplog.text.count("[SAG]") == 1 and "NonFiniteCorrection" in caplog.text
+    assert host.sd_model.calls.count(2) == bad_pass + 1  # no pass after the bad one was found
+
+
 def test_error_after_some_corrections_keeps_the_infotext(host, script):
     restore = fail_calls(host, lambda index, batch: index == 5)  # the third step's degraded pass
     p = make_p()
@@ -128,8 +166,8 @@ def test_infotext_only_when_enabled(host, script):
     p = make_p()
     processing.process_images(p, script, [True, 0.5, 2.0, 1.0])
     assert p.extra_generation_params == {"SAG Scale": 0.5, "SAG Blur Sigma": 2.0}
-    processing.process_images(p, script, [True, 0.7, 3.0, 1.5])
-    assert p.extra_generation_params == {"SAG Scale": 0.7, "SAG Blur Sigma": 3.0, "SAG Threshold": 1.5}
+    processing.process_images(p, script, [True, 0.7, 3.0, 0.9])
+    assert p.extra_generation_params == {"SAG Scale": 0.7, "SAG Blur Sigma": 3.0, "SAG Threshold": 0.9}
     processing.process_images(p, script, OFF)  # an X/Y/Z cell reuses the same dict
     assert p.extra_generation_params == {}
 

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 import xyz_grid
-from modules import scripts
+from modules import infotext_utils, scripts, ui_loadsave
 from sag_ext import api, webui
-from sag_ext.params import INFOTEXT_KEYS, SagParams, parse_script_args
+from sag_ext.params import SagParams, parse_script_args
 from sag_ext.preview import overlay
 from script_loader import load_script_module
 from test_host_standin import make_p
@@ -22,46 +22,96 @@ def script(host):
 
 # ---- infotext ------------------------------------------------------------------------------------
 
-def write_then_paste(params: SagParams) -> dict:
-    """Infotext as the webui writes it (key: value, values as text), then pasted through our callback."""
-    written = {key: str(value) for key, value in params.infotext().items()}
-    webui.on_infotext_pasted(", ".join(f"{k}: {v}" for k, v in written.items()), written)
-    return written
+ROUTES = [infotext_utils.paste_values, infotext_utils.api_values]  # paste button / PNG Info, and the API's `infotext`
 
 
-def fields_after_paste(pasted: dict) -> list:
-    """What the panel's controls receive: each control's infotext key, converted to the control's type."""
-    types = {"enabled": bool, "hires": str}
-    return [types.get(name, float)(pasted[key]) if not isinstance(pasted[key], bool) else pasted[key]
-            for name, key in INFOTEXT_KEYS.items()]
+def written(params: SagParams, has_hires_pass: bool = True) -> dict:
+    """SAG's part of an infotext as the webui writes and parses it back: values as text."""
+    return {key: str(value) for key, value in params.infotext(has_hires_pass).items()}
 
 
+def pasted_args(script, route, infotext: dict) -> list:
+    """The panel's values after pasting `infotext` on `route` (None: left as it was)."""
+    script.ui(False)
+    return route(script.infotext_fields, dict(infotext))
+
+
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("params", [
     SagParams(enabled=True),
     SagParams(enabled=True, scale=-0.7, blur_sigma=3.5, threshold=1.3, start=0.1, end=0.8, hires="own", hires_scale=0.2),
     SagParams(enabled=True, scale=1.25, hires="off"),
 ])
-def test_infotext_round_trip(params):
-    got, _, _ = parse_script_args(fields_after_paste(write_then_paste(params)))
+def test_infotext_round_trip(script, route, params):
+    got, _, _ = parse_script_args(pasted_args(script, route, written(params)))
     assert got == params
 
 
-def test_infotext_without_sag_switches_the_panel_off():
-    pasted = {"Steps": "20"}
-    webui.on_infotext_pasted("Steps: 20", pasted)
-    assert pasted == {"Steps": "20", "SAG Enabled": False}
+@pytest.mark.parametrize("route", ROUTES)
+def test_infotext_without_sag_switches_the_panel_off(script, route):
+    assert pasted_args(script, route, {"Steps": "20"}) == [False] + [None] * 7
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("infotext,want", [
     ({"SAG Guidance Scale": "0.75", "SAG Mask Threshold": "1.1"}, SagParams(True, 0.75, 2.0, 1.1)),  # the old extension
     ({"SAG Guidance Scale": "8"}, SagParams(True, 5.0)),  # its range went to 10: clamped
     ({"sag_enabled": "True", "sag_scale": "0.6", "sag_blur_sigma": "1.5", "sag_threshold": "0.9"}, SagParams(True, 0.6, 1.5, 0.9)),  # Forge
 ])
-def test_other_implementations_keys_paste_right(infotext, want):
-    pasted = dict(infotext)
-    webui.on_infotext_pasted("", pasted)
-    got, _, _ = parse_script_args(fields_after_paste(pasted))
+def test_other_implementations_keys_paste_right(script, route, infotext, want):
+    got, _, _ = parse_script_args(pasted_args(script, route, infotext))
     assert got == want
+
+
+def test_unreadable_sag_values_leave_the_panel_as_it_is(script):
+    assert pasted_args(script, infotext_utils.api_values, {"SAG Scale": "strong"}) == [None] * 8
+
+
+def test_send_to_img2img_copies_every_control(script):
+    controls = script.ui(False)
+    assert infotext_utils.send_to_fields(script.infotext_fields, script.paste_field_names) == controls
+
+
+def test_hires_entries_only_for_a_generation_with_a_hires_pass(host, script):
+    params = SagParams(enabled=True, hires="own", hires_scale=0.3)
+    assert written(params, has_hires_pass=False) == {"SAG Scale": "0.5", "SAG Blur Sigma": "2.0"}
+    assert written(params, has_hires_pass=True) == {"SAG Scale": "0.5", "SAG Blur Sigma": "2.0", "SAG Hires": "own",
+                                                   "SAG Hires Scale": "0.3"}
+    for enable_hr in (False, True):
+        p = make_p(enable_hr=enable_hr)
+        script.process(p, True, 0.5, 2.0, 1.0, 0.0, 1.0, "own", 0.3)
+        assert ("SAG Hires Scale" in p.extra_generation_params) == enable_hr
+        script.postprocess(p, None)
+
+
+# ---- settings ------------------------------------------------------------------------------------
+
+def test_settings_defaults_reach_the_panel_over_ui_config(host, script):
+    """ui-config.json records the panel's values at the webui's first start and puts them back later;
+    the defaults chosen in Settings must win over it, and the API's defaults (the values of a fresh
+    `ui()`) must agree with the panel."""
+    ui_config = {}
+
+    def start_webui():
+        controls = script.ui(False)
+        loadsave = ui_loadsave.UiLoadsave(ui_config)
+        for control in controls:
+            loadsave.add_component(f"customscript/sag.py/txt2img/{getattr(control, 'label', '')}", control)
+        return controls
+
+    start_webui()
+    host.opts.sag_default_scale, host.opts.sag_default_hires = 0.7, "off"
+    shown = start_webui()
+    assert (shown[1].value, shown[6].value) == (0.7, "off")
+    api_defaults = [control.value for control in script.ui(False)]
+    assert [control.value for control in shown] == api_defaults
+
+
+def test_settings_are_with_the_sampler_parameters(host):
+    webui.on_ui_settings()
+    ours = {key: info for key, info in host.opts.data_labels.items() if key.startswith("sag_")}
+    assert len(ours) == 6
+    assert all(info.section == ("sag", "Self-Attention Guidance") and info.category_id == "sd" for info in ours.values())
 
 
 # ---- X/Y/Z -------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ class Processing:
     image_cond: Optional[torch.Tensor] = None
     init_latent: Optional[torch.Tensor] = None
     mask: Optional[torch.Tensor] = None  # 1 = keep
+    enable_hr: bool = False  # txt2img's Hires fix
     extra_generation_params: dict = field(default_factory=dict)
     denoiser: Any = None
 
