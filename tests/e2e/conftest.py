@@ -21,6 +21,7 @@ OWN_SERVERS = ("ui_webui", "neighbourhood")  # fixtures that start webuis of the
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "e2e: needs a real webui (SD_WEBUI_PATH or SD_WEBUI_URL)")
+    config.addinivalue_line("markers", "xdist_group(name): tests sharing one webui (tests/e2e/gpu, with pytest-xdist)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -65,14 +65,14 @@ class LogWatch:
         return self.webui.log_tail(self.WHOLE)[self.start:]
 
 
-def check_sag_case(webui, endpoint: str, payload: dict, images_expected: int = 1, must_change: bool = True):
+def check_sag_case(webui, endpoint: str, payload: dict, images_expected: int = 1, must_change: bool = True, on_args=ON):
     """The contract of every case: on differs from off, on is reproducible, off after on equals off before,
     the infotext carries the SAG keys exactly when on, and the server log shows no traceback."""
     watch = LogWatch(webui)
     generate(webui, endpoint, payload, OFF)  # warm-up: the webui's first img2img of a size differs slightly
     off_before, off_infos = generate(webui, endpoint, payload, OFF)
-    on, on_infos = generate(webui, endpoint, payload, ON)
-    on_again, _ = generate(webui, endpoint, payload, ON)
+    on, on_infos = generate(webui, endpoint, payload, on_args)
+    on_again, _ = generate(webui, endpoint, payload, on_args)
     off_after, _ = generate(webui, endpoint, payload, OFF)
     log = watch.new_text()
 

@@ -9,6 +9,9 @@ own ``v1-inference.yaml`` and sgm's ``sd_xl_base.yaml`` with small sizes:
 * ``sd1_wide``: ``sd1_tiny`` with the UNet at SD1.5's widths (model_channels 320), the
   only layout whose UNet takes a ControlNet (ControlNet assumes SD1.5's widths). Not made
   by default: its file is 3.4 GB.
+* ``sdxl_full``: ``sdxl_tiny`` with the UNet at SDXL's sizes (model_channels 320, channel_mult
+  [1, 2, 4], transformer depths [0, 2, 10], 64-channel heads), stored in float16 (5 GB): for the GPU
+  runs (``tests/e2e/gpu``). Its cross-attention takes the tiny text towers' 320-wide context.
 * ``sdxl_tiny``: sgm UNet, channel_mult [1, 2, 5] (middle block at latent/4 with
   20 heads of 8 channels), linear transformers of depth 1/2, tiny CLIP + open_clip
   ``ViT-S-32-alt`` text towers (context 64 + 256 = 320, pooled 256).
@@ -67,8 +70,8 @@ def sd1_config(model_channels: int = 32) -> dict:
     }}}
 
 
-def sdxl_config() -> dict:
-    """Model config (yaml content) of ``sdxl_tiny``."""
+def sdxl_config(full_size: bool = False) -> dict:
+    """Model config (yaml content) of ``sdxl_tiny`` (``sdxl_full`` with ``full_size``)."""
     size_embedder = {"target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
                      "params": {"outdim": ADM_OUTDIM}, "is_trainable": False}
     return {"model": {"target": "sgm.models.diffusion.DiffusionEngine", "params": {
@@ -81,10 +84,11 @@ def sdxl_config() -> dict:
                 "target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"}}},
         "network_config": {"target": "sgm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
             "adm_in_channels": OPEN_CLIP_EMBED + 6 * ADM_OUTDIM, "num_classes": "sequential",
-            "use_checkpoint": False, "in_channels": 4, "out_channels": 4, "model_channels": 32,
-            "attention_resolutions": [4, 2], "num_res_blocks": 2, "channel_mult": [1, 2, 5],
-            "num_head_channels": 8, "use_spatial_transformer": True, "use_linear_in_transformer": True,
-            "transformer_depth": [1, 1, 2], "context_dim": CLIP_WIDTH + OPEN_CLIP_WIDTH,
+            "use_checkpoint": False, "in_channels": 4, "out_channels": 4, "model_channels": 320 if full_size else 32,
+            "attention_resolutions": [4, 2], "num_res_blocks": 2, "channel_mult": [1, 2, 4] if full_size else [1, 2, 5],
+            "num_head_channels": 64 if full_size else 8, "use_spatial_transformer": True,
+            "use_linear_in_transformer": True, "transformer_depth": [0, 2, 10] if full_size else [1, 1, 2],
+            "context_dim": CLIP_WIDTH + OPEN_CLIP_WIDTH,
             "spatial_transformer_attn_type": "softmax-xformers", "legacy": False}},
         "conditioner_config": {"target": "sgm.modules.GeneralConditioner", "params": {"emb_models": [
             {"is_trainable": False, "input_key": "txt",
@@ -105,7 +109,9 @@ def sdxl_config() -> dict:
     }}}
 
 
-CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config, "sd1_wide": lambda: sd1_config(model_channels=320)}
+CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config, "sd1_wide": lambda: sd1_config(model_channels=320),
+           "sdxl_full": lambda: sdxl_config(full_size=True)}
+HALF_LAYOUTS = ("sdxl_full",)  # stored in float16
 
 
 def make_checkpoints(out_dir: str | os.PathLike, python: str, webui_path: str | os.PathLike,
@@ -121,9 +127,10 @@ def make_checkpoints(out_dir: str | os.PathLike, python: str, webui_path: str | 
     todo = [name for name, p in zip(layouts, paths, strict=True) if not _is_current(p, name, seed)]
     if todo:
         repos = Path(webui_path) / "repositories"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [str(repos / "stable-diffusion-stability-ai"), str(repos / "generative-models")]))
-        env["OMP_NUM_THREADS"] = "1"  # reproducible rescaling; and no OpenMP spinning on busy cores
+        search_path = [str(repos / "stable-diffusion-stability-ai"), str(repos / "generative-models"),
+                       *filter(None, [os.environ.get("SD_WEBUI_PYTHONPATH")])]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(search_path))
+        env["OMP_NUM_THREADS"] = os.environ.get("SAG_CHECKPOINT_THREADS", "1")  # 1: no OpenMP spinning on busy cores
         proc = subprocess.run([python, str(Path(__file__)), str(out_dir), *todo, "--seed", str(seed)],
                               env=env, timeout=timeout, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
@@ -233,11 +240,13 @@ def _write(name: str, out_dir: Path, seed: int) -> Path:
     import yaml
     from safetensors.torch import save_file
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(seed)
     cfg = CONFIGS[name]()
-    sd = (_build_sdxl if name == "sdxl_tiny" else _build_sd1)(cfg)
-    sd = {k: v.detach().float().contiguous().clone() if v.is_floating_point() else v.contiguous().clone()
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a GPU makes the full sizes in seconds
+        sd = (_build_sdxl if name.startswith("sdxl") else _build_sd1)(cfg)
+    dtype = torch.float16 if name in HALF_LAYOUTS else torch.float32
+    sd = {k: v.detach().to("cpu", dtype).contiguous().clone() if v.is_floating_point() else v.cpu().contiguous().clone()
           for k, v in sd.items()}
     path = out_dir / f"{name}.safetensors"
     tmp = path.with_suffix(".tmp")

@@ -3,12 +3,15 @@
 The webui checkout and its interpreter come from the environment:
 
 * ``SD_WEBUI_PATH``: a webui checkout with its ``repositories/`` in place;
-* ``SD_WEBUI_PYTHON``: its venv's python (default ``$SD_WEBUI_PATH/venv/bin/python``).
+* ``SD_WEBUI_PYTHON``: its venv's python (default ``$SD_WEBUI_PATH/venv/bin/python``);
+* ``SD_WEBUI_PYTHONPATH``: packages that interpreter needs on its ``PYTHONPATH`` (the GPU runner's
+  wheels, ``tests/e2e/gpu``), if any.
 
 :class:`WebUI` makes a private ``--data-dir`` holding ``extensions/sd-webui-sag`` (a
 symlink to this repository), the tiny checkpoints of :mod:`checkpoints`, an offline
 Hugging Face cache (:mod:`tokenizer_cache`) and a ``config.json`` with live previews
-off. It runs ``launch.py`` on CPU, bound to 127.0.0.1 on a free port, in its own
+off. It runs ``launch.py`` on the CPU (or, with ``device="cuda"``, on the GPU with the webui's
+default half precision and NaN check), bound to 127.0.0.1 on a free port, in its own
 process group, logging to ``<data-dir>/webui.log``. Nothing is written into the
 webui checkout except Python's bytecode caches.
 
@@ -55,9 +58,10 @@ TEST_OPTIONS = {
 
 BASE_ARGS = [
     "--skip-prepare-environment", "--skip-install", "--skip-torch-cuda-test", "--skip-version-check",
-    "--skip-python-version-check", "--use-cpu", "all", "--no-half", "--precision", "full", "--api",
-    "--no-download-sd-model", "--do-not-download-clip", "--disable-nan-check", "--server-name", "127.0.0.1",
+    "--skip-python-version-check", "--api", "--no-download-sd-model", "--do-not-download-clip",
+    "--server-name", "127.0.0.1",
 ]
+DEVICE_ARGS = {"cpu": ["--use-cpu", "all", "--no-half", "--precision", "full", "--disable-nan-check"], "cuda": []}
 
 
 def webui_from_env() -> tuple[Path, str]:
@@ -65,6 +69,11 @@ def webui_from_env() -> tuple[Path, str]:
     path = Path(os.environ["SD_WEBUI_PATH"]).resolve()
     python = os.environ.get("SD_WEBUI_PYTHON") or str(path / "venv" / "bin" / "python")
     return path, python
+
+
+def webui_pythonpath(*first) -> str:
+    """A PYTHONPATH of ``first`` and then ``SD_WEBUI_PYTHONPATH`` (the packages the webui's interpreter lacks)."""
+    return os.pathsep.join([*map(str, first), *filter(None, [os.environ.get("SD_WEBUI_PYTHONPATH")])])
 
 
 def free_port() -> int:
@@ -78,7 +87,8 @@ def bpe_vocab_path(python: str) -> str:
     """Path of open_clip's BPE vocabulary in ``python``'s environment (without importing torch)."""
     code = ("import importlib.util, os; spec = importlib.util.find_spec('open_clip'); "
             "print(os.path.join(spec.submodule_search_locations[0], 'bpe_simple_vocab_16e6.txt.gz'))")
-    return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+    env = dict(os.environ, PYTHONPATH=webui_pythonpath())
+    return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
 def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_extension: bool = True,
@@ -195,12 +205,14 @@ class WebUI(WebUIClient):
     :param checkpoint_cache: dir in which checkpoints are generated once and reused.
     :param options: extra ``config.json`` options.
     :param layouts: the test checkpoints to provide (:mod:`checkpoints` layouts).
+    :param device: ``"cpu"`` (full precision, NaN check off) or ``"cuda"`` (the webui's defaults there).
     :param startup_timeout: seconds to wait for the API to answer and the model to load.
     """
 
     def __init__(self, webui_path=None, python=None, *, checkpoint: str = "sd1_tiny", nowebui: bool = True,
                  with_extension: bool = True, extra_extensions=(), extra_args=(), data_dir=None, checkpoint_cache=None,
-                 options: dict | None = None, layouts=checkpoints.LAYOUTS, startup_timeout: float = 600.0):
+                 options: dict | None = None, layouts=checkpoints.LAYOUTS, device: str = "cpu",
+                 startup_timeout: float = 600.0):
         if webui_path is None:
             webui_path, env_python = webui_from_env()
             python = python or env_python
@@ -216,6 +228,7 @@ class WebUI(WebUIClient):
         self.checkpoint_cache = Path(checkpoint_cache) if checkpoint_cache else None
         self.options = options
         self.layouts = tuple(layouts)
+        self.device = device
         self.startup_timeout = startup_timeout
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -233,7 +246,7 @@ class WebUI(WebUIClient):
     def command(self) -> list[str]:
         """The ``launch.py`` command line."""
         ckpt_dir = self.data_dir / "models" / "Stable-diffusion"
-        args = [self.python, str(self.webui_path / "launch.py"), *BASE_ARGS, "--port", str(self.port),
+        args = [self.python, str(self.webui_path / "launch.py"), *BASE_ARGS, *DEVICE_ARGS[self.device], "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--ckpt-dir", str(ckpt_dir),
                 "--ckpt", str(ckpt_dir / f"{self.checkpoint}.safetensors")]
         return args + (["--nowebui"] if self.nowebui else []) + self.extra_args
@@ -242,6 +255,8 @@ class WebUI(WebUIClient):
         """Process environment: offline Hugging Face cache, no inherited webui/python settings."""
         env = {k: v for k, v in os.environ.items()
                if k not in ("COMMANDLINE_ARGS", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+        if os.environ.get("SD_WEBUI_PYTHONPATH"):
+            env["PYTHONPATH"] = webui_pythonpath()
         env.update(HF_HOME=str(self.data_dir / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    HF_HUB_DISABLE_TELEMETRY="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl when cores are shared

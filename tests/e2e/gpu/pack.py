@@ -1,0 +1,182 @@
+"""Pack what the real webui v1.10.1 needs on the lent GPU machine into ``.gpu/``.
+
+The GPU machine has Python 3.12, torch, numpy, pillow, transformers 5.x (too new) and
+many other packages, but no gradio/fastapi/pydantic and no network. Only this
+repository's working tree (at most 64 MiB, ignored paths only when carried) reaches it.
+This script, run here (stdlib only, any Python 3.9+), builds::
+
+    .gpu/webui/             the webui's code (no .git, images, models, tests, venv),
+                            plus repositories/<each>/ with only their runtime files
+    .gpu/wheels/*.whl       the pins of device_wheels.txt, for cp312 / manylinux x86_64
+    .gpu/site/clip/         openai CLIP's package folder (its wheel does not build offline)
+    .gpu/extensions/<name>/ a code-only copy of each --extension DIR
+
+Wheels are cached in ~/.cache/sd-webui-sag-gpu-wheels, so re-packing downloads nothing
+new; pins marked ``# build`` in device_wheels.txt (sdist only) are built here with
+``pip wheel --no-deps``. The script prints the sizes and exits 1 if the travelling tree
+(tracked + untracked-not-ignored files + .gpu) is over 64 MiB.
+
+Usage (here)::
+
+    git --git-dir /work/.mirror/openai+CLIP/repo archive d50d76daa670286dd6cacf3bcd80b5e4823fc8e1 \\
+        | (mkdir -p /tmp/CLIP && tar -x -C /tmp/CLIP)
+    python3 tests/e2e/gpu/pack.py --webui /work/webui --clip /tmp/CLIP \\
+        --extension /work/neighbours/sd_webui_SAG
+
+On the device (``.gpu`` is git-ignored, so the run must carry it: ``carry: [".gpu"]``),
+from the repository root::
+
+    eval "$(bash tests/e2e/gpu/install_device.sh)"   # wheels -> /tmp/sag-site, sets PYTHONPATH
+
+then start the webui from ``.gpu/webui`` with that PYTHONPATH (``/tmp/sag-site`` first,
+so its pins shadow the device's own transformers, huggingface_hub, tokenizers, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[2]
+PINS_FILE = HERE / "device_wheels.txt"
+WHEEL_CACHE = Path.home() / ".cache" / "sd-webui-sag-gpu-wheels"
+LIMIT_MIB = 64
+TARGET_MIB = 60
+
+PLATFORM_ARGS = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp"] + [
+    arg for platform in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+                         "manylinux2014_x86_64", "manylinux1_x86_64") for arg in ("--platform", platform)]
+
+#: Files the webui needs to start and serve the API and UI (grid labels use modules/Roboto-Regular.ttf).
+WEBUI_SUFFIXES = (".py", ".js", ".mjs", ".css", ".html", ".json", ".yaml", ".txt", ".ttf")
+#: Files the pinned repositories need (model configs, BPE vocabularies, the webui-assets fonts).
+REPOSITORY_SUFFIXES = (".py", ".yaml", ".json", ".txt.gz", ".css", ".woff2")
+#: Top-level webui folders that hold no code the webui needs (or user data).
+WEBUI_SKIP_DIRS = {"venv", "models", "extensions", "embeddings", "test", "outputs", "log", "tmp", "repositories"}
+#: Top-level webui files a run may have written (settings, caches).
+WEBUI_SKIP_FILES = {"config.json", "ui-config.json", "cache.json", "params.txt"}
+#: Extension files to copy.
+EXTENSION_SUFFIXES = (".py", ".js", ".css", ".html", ".json", ".yaml", ".txt", ".ini")
+
+
+def copy_code(src: Path, dst: Path, suffixes: tuple[str, ...], skip_dirs=frozenset(), skip_files=frozenset()):
+    """Copy the files under ``src`` ending in one of ``suffixes``; top-level ``skip_*`` names, dot-folders
+    and ``__pycache__`` are left out."""
+    for path in sorted(src.rglob("*")):
+        rel = path.relative_to(src)
+        if (not path.is_file() or not path.name.endswith(suffixes) or rel.parts[0] in skip_dirs
+                or (len(rel.parts) == 1 and rel.name in skip_files)
+                or any(part.startswith(".") or part == "__pycache__" for part in rel.parts[:-1])):
+            continue
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dst / rel)
+
+
+def pack_webui(webui: Path, dst: Path):
+    copy_code(webui, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS, WEBUI_SKIP_FILES)
+    for repository in sorted((webui / "repositories").iterdir()):
+        if repository.is_dir():
+            copy_code(repository, dst / "repositories" / repository.name, REPOSITORY_SUFFIXES)
+    (dst / "localizations").mkdir(exist_ok=True)  # the webui lists it at startup
+
+
+def normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_pins() -> list[tuple[str, str, bool]]:
+    """``(name, version, build_from_sdist)`` for each line ``name==version [# build ...]``."""
+    pins = []
+    for line in PINS_FILE.read_text().splitlines():
+        requirement, _, comment = line.partition("#")
+        if requirement.strip():
+            name, version = requirement.strip().split("==")
+            pins.append((name, version, comment.strip().startswith("build")))
+    return pins
+
+
+def cached_wheel(name: str, version: str) -> Path | None:
+    for wheel in WHEEL_CACHE.glob("*.whl"):
+        dist, wheel_version = wheel.name.split("-")[:2]
+        if normalize(dist) == normalize(name) and wheel_version == version:
+            return wheel
+    return None
+
+
+def pip(*args: str):
+    subprocess.run([sys.executable, "-m", "pip", *args], check=True)
+
+
+def pack_wheels(dst: Path):
+    """Fill the cache with the missing pins, then copy every pinned wheel into ``dst``."""
+    pins = read_pins()
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    missing = [(f"{name}=={version}", build) for name, version, build in pins if not cached_wheel(name, version)]
+    if to_download := [requirement for requirement, build in missing if not build]:
+        pip("download", "--no-deps", *PLATFORM_ARGS, "-d", str(WHEEL_CACHE), *to_download)
+    if to_build := [requirement for requirement, build in missing if build]:
+        pip("wheel", "--no-deps", "--no-binary=:all:", "-w", str(WHEEL_CACHE), *to_build)
+    dst.mkdir(parents=True)
+    for name, version, _ in pins:
+        wheel = cached_wheel(name, version)
+        if wheel is None:
+            sys.exit(f"no wheel for {name}=={version} in {WHEEL_CACHE}")
+        shutil.copy2(wheel, dst / wheel.name)
+
+
+def size(paths) -> int:
+    return sum(path.stat().st_size for path in paths if path.is_file())
+
+
+def tree_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*") if path.is_file()]
+
+
+def travelling_files(out: Path) -> set[Path]:
+    """Tracked and untracked-not-ignored files of the repository, plus everything under ``out``."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO_ROOT, check=True, capture_output=True, text=True).stdout
+    return {REPO_ROOT / name for name in listed.split("\0") if name} | set(tree_files(out))
+
+
+def mib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MiB"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--webui", type=Path, required=True, help="webui v1.10.1 checkout with repositories/")
+    parser.add_argument("--clip", type=Path, required=True, help="openai/CLIP checkout (holds clip/)")
+    parser.add_argument("--extension", type=Path, action="append", default=[], help="extension folder to copy")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / ".gpu", help="output folder (default: .gpu)")
+    args = parser.parse_args()
+
+    out = args.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    pack_webui(args.webui, out / "webui")
+    pack_wheels(out / "wheels")
+    copy_code(args.clip / "clip", out / "site" / "clip", (".py", ".txt.gz"))
+    for extension in args.extension:
+        copy_code(extension, out / "extensions" / extension.resolve().name, EXTENSION_SUFFIXES)
+
+    for part in ("webui", "wheels", "site", "extensions"):
+        print(f"{part:>10}: {mib(size(tree_files(out / part)))}")
+    total = size(travelling_files(out))
+    print(f"{'.gpu':>10}: {mib(size(tree_files(out)))}")
+    print(f"travelling tree: {mib(total)} (limit {LIMIT_MIB} MiB, aim under {TARGET_MIB})")
+    if total > LIMIT_MIB * 2**20:
+        print("over the limit", file=sys.stderr)
+        return 1
+    if total > TARGET_MIB * 2**20:
+        print("warning: less than 4 MiB of margin left", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

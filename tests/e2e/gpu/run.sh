@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The real webui v1.10.1 on the lent GPU machine. Here, first: python3 tests/e2e/gpu/pack.py ... (see its
+# docstring); then on the device, from the repository root, with ".gpu" carried, one command:
+#   bash tests/e2e/gpu/run.sh contract [pytest args]   # tests/e2e/gpu/test_gpu_contract.py, webuis side by side
+#   bash tests/e2e/gpu/run.sh bench [webui_gpu.py args]  # benchmarks/webui_gpu.py against .gpu/extensions/sd_webui_SAG
+# It installs the wheels, writes the SD1.5- and SDXL-size random checkpoints once per machine and runs the
+# webuis with the e2e harness on CUDA. Logs and the benchmark's JSON go to $OUT (the device tool's folder).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+eval "$(bash tests/e2e/gpu/install_device.sh)"
+export SD_WEBUI_PATH="$PWD/.gpu/webui" SD_WEBUI_PYTHON=python3 SD_WEBUI_PYTHONPATH="$PYTHONPATH"
+export SD_WEBUI_TEST_CACHE=/tmp/sag-checkpoints PYTHONUNBUFFERED=1
+out="${OUT:-/tmp/sag-gpu-out}"
+mkdir -p "$out"
+python3 - <<'PY'
+import os, sys
+sys.path.insert(0, "tests")
+from e2e.harness import checkpoints
+print(checkpoints.make_checkpoints(os.environ["SD_WEBUI_TEST_CACHE"], "python3", os.environ["SD_WEBUI_PATH"],
+                                   layouts=("sd1_wide", "sdxl_full")))
+PY
+what="${1:?contract or bench}"
+shift
+case "$what" in
+  contract) SAG_E2E_DEVICE=cuda python3 -m pytest tests/e2e/gpu -n 9 --dist loadgroup -rs "$@" 2>&1 | tee "$out/contract.log" ;;
+  bench) python3 benchmarks/webui_gpu.py --old-extension .gpu/extensions/sd_webui_SAG --json "$out/webui-gpu.json" "$@" \
+           2>&1 | tee "$out/bench.log" ;;
+  *) echo "usage: $0 contract|bench [args]" >&2; exit 2 ;;
+esac
