@@ -16,7 +16,7 @@ ID = "script_{tab}_selfattention_guidance_{name}"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 INFOTEXT = ("a lighthouse at dusk\nSteps: 4, Sampler: Euler a, CFG scale: 5, Seed: 3, Size: 128x128, "
-            "SAG Scale: 0.9, SAG Blur Sigma: 1.5, SAG Threshold: 1.2")
+            "SAG Scale: 0.9, SAG Blur Sigma: 1.5, SAG Threshold: 0.9")  # 0.9 masks part of the 2x2 grid: SAG acts
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,15 @@ def test_panel_in_both_tabs(page, tab):
                            timeout=10_000)  # javascript/sag_hints.js, applied by the webui's hints.js
     accordion.locator(".label-wrap").first.click()  # opening the accordion switches SAG on
     assert enabled_box(page, tab).is_checked()
+    page.locator(f"#{ID.format(tab=tab, name='advanced')} .label-wrap").first.click()
+    number_input(page, tab, "hires_scale").wait_for(state="visible")
+    values = {name: float(number_input(page, tab, name).input_value())
+              for name in ("scale", "blur_sigma", "threshold", "start", "end", "hires_scale")}
+    assert values == {"scale": 0.5, "blur_sigma": 2.0, "threshold": 1.0, "start": 0.0, "end": 1.0, "hires_scale": 0.5}
+    accordion.screenshot(path=str(ARTIFACTS / f"panel-{tab}.png"))  # the defaults (docs/panel.png is txt2img's)
     number_input(page, tab, "scale").fill("0.7")
     number_input(page, tab, "scale").press("Enter")
     assert float(number_input(page, tab, "scale").input_value()) == 0.7
-    page.locator(f"#{ID.format(tab=tab, name='advanced')} .label-wrap").first.click()
-    number_input(page, tab, "hires_scale").wait_for(state="visible")
-    accordion.screenshot(path=str(ARTIFACTS / f"panel-{tab}.png"))
     enabled_box(page, tab).click()  # the header's checkbox switches it off and leaves the panel open
     assert not enabled_box(page, tab).is_checked()
 
@@ -77,7 +80,7 @@ def test_paste_infotext_then_generate(page):
                            timeout=30_000)
     assert enabled_box(page, tab).is_checked()
     assert float(number_input(page, tab, "blur_sigma").input_value()) == 1.5
-    assert float(number_input(page, tab, "threshold").input_value()) == 1.2
+    assert float(number_input(page, tab, "threshold").input_value()) == 0.9
 
     page.locator("#txt2img_generate").click()
     page.wait_for_function("() => document.querySelector('#html_info_txt2img')?.innerText.includes('SAG Scale: 0.9')",
