@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
-from e2e.harness.server import WebUIError
+from e2e.harness.server import WebUI, WebUIError
 from e2e.sag_api import BASE, OFF, ON, TITLE, LogWatch, decode, generate, with_sag
 
 pytestmark = pytest.mark.e2e
@@ -41,10 +42,11 @@ def test_xyz_plot_with_a_sag_scale_axis(webui):
 
 
 def test_png_info_returns_our_keys(webui):
-    result = webui.post("/sdapi/v1/txt2img", with_sag(BASE, [True, 0.6, 1.5, 1.2]))
+    # threshold 0.9 masks part of sd1_tiny's 2x2 grid at 128 px (1.2 masks nothing: then SAG writes no keys)
+    result = webui.post("/sdapi/v1/txt2img", with_sag(BASE, [True, 0.6, 1.5, 0.9]))
     parameters = webui.post("/sdapi/v1/png-info", {"image": result["images"][0]})["parameters"]
     assert parameters["SAG Enabled"] is True
-    assert (float(parameters["SAG Scale"]), float(parameters["SAG Blur Sigma"]), float(parameters["SAG Threshold"])) == (0.6, 1.5, 1.2)
+    assert (float(parameters["SAG Scale"]), float(parameters["SAG Blur Sigma"]), float(parameters["SAG Threshold"])) == (0.6, 1.5, 0.9)
 
 
 @pytest.mark.parametrize("args,message", [([{"scale": 99}], "scale must be within -2.0..5.0, got 99"),
@@ -84,3 +86,74 @@ def test_dict_and_positional_arguments_give_the_same_image(webui):
     np.testing.assert_array_equal(by_dict[0], by_list[0])
     off, _ = generate(webui, "txt2img", BASE, OFF)
     assert np.abs(off[0] - by_dict[0]).max() > 0
+
+
+def panel_value(server, elem_id):
+    """The value the UI's component `elem_id` starts with, from Gradio's GET /config."""
+    components = [c for c in server.get("/config")["components"] if c.get("props", {}).get("elem_id") == elem_id]
+    assert len(components) == 1, f"{len(components)} components with elem_id {elem_id!r}"
+    return components[0]["props"]["value"]
+
+
+def test_settings_default_reaches_the_panel_over_a_pinned_ui_config(checkpoint_cache, tmp_path):
+    """ui-config.json pins the scale the panel showed at the first start (0.5); Settings says 0.7: the panel
+    and the API's script-info show 0.7."""
+    if not os.environ.get("SD_WEBUI_PATH"):
+        pytest.skip("starts a webui of its own: needs SD_WEBUI_PATH")
+    pinned = {f"customscript/sag.py/{tab}/SAG scale/value": 0.5 for tab in ("txt2img", "img2img")}
+    (tmp_path / "ui-config.json").write_text(json.dumps(pinned, indent=4))
+    with WebUI(checkpoint_cache=checkpoint_cache, nowebui=False, data_dir=tmp_path,
+               options={"sag_default_scale": 0.7}) as server:
+        for tab in ("txt2img", "img2img"):
+            assert panel_value(server, f"script_{tab}_selfattention_guidance_scale") == 0.7, tab
+            assert panel_value(server, f"script_{tab}_selfattention_guidance_blur_sigma") == 2.0, tab
+            assert script_info(server, TITLE, tab == "img2img")["args"][1]["value"] == 0.7, tab
+        # the key the webui writes for our controls (start is saved as usual): the pinned one above is real
+        saved = json.loads((tmp_path / "ui-config.json").read_text())
+        assert saved["customscript/sag.py/txt2img/SAG start/value"] == 0.0
+
+
+INFOTEXT_HEAD = "a photo of a cat\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, CFG scale: 5, Seed: 11, "
+
+
+@pytest.mark.parametrize("keys,args", [
+    ("sag_enabled: True, sag_scale: 0.8, sag_blur_sigma: 1.0, sag_threshold: 1.0", [True, 0.8, 1.0, 1.0]),  # Forge
+    ("SAG Guidance Scale: 0.75, SAG Mask Threshold: 1.0", [True, 0.75, 2.0, 1.0]),  # the old extension
+], ids=["forge", "old extension"])
+def test_infotext_request_field_reads_other_key_sets(ui_webui, keys, args):
+    """The API's `infotext` field with Forge's or the old extension's keys gives the image of those values
+    as arguments (the old extension had no blur sigma: ours, 2.0)."""
+    result = ui_webui.post("/sdapi/v1/txt2img", {**BASE, "infotext": INFOTEXT_HEAD + keys})
+    infotext = json.loads(result["info"])["infotexts"][0]
+    assert f"SAG Scale: {args[1]}, SAG Blur Sigma: {args[2]}" in infotext
+    on, _ = generate(ui_webui, "txt2img", BASE, args)
+    np.testing.assert_array_equal(decode(result["images"][0]), on[0])
+    off, _ = generate(ui_webui, "txt2img", BASE, OFF)
+    assert np.abs(off[0] - on[0]).max() > 0
+
+
+HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6}
+
+
+def test_hires_keys_only_with_a_hires_pass(webui):
+    args = [True, 0.5, 2.0, 1.0, 0.0, 1.0, "own", 0.3]
+    _, infotexts = generate(webui, "txt2img", BASE, args)
+    assert "SAG Scale: 0.5" in infotexts[0] and "SAG Hires" not in infotexts[0]
+    _, infotexts = generate(webui, "txt2img", {**BASE, **HIRES}, args)
+    assert "SAG Hires: own" in infotexts[0] and "SAG Hires Scale: 0.3" in infotexts[0]
+
+
+def test_sd1_at_64_px_changes_nothing_and_says_so(webui):
+    """SD1 at 64x64: a 1x1 middle-block grid, whose one position never exceeds the threshold: no pass runs."""
+    webui.use_checkpoint("sd1_tiny")
+    payload = {**BASE, "width": 64, "height": 64}
+    off, _ = generate(webui, "txt2img", payload, OFF)
+    watch = LogWatch(webui)
+    on, infotexts = generate(webui, "txt2img", payload, ON)
+    np.testing.assert_array_equal(on[0], off[0])
+    assert "SAG" not in infotexts[0]
+    if webui.log_path:  # a webui this harness started
+        log = watch.new_text()
+        assert "Traceback" not in log, log[-4000:]
+        assert log.count("[SAG]") == 1, log[-4000:]
+        assert log.count("[SAG] Self-Attention Guidance changed nothing in this generation:") == 1, log[-4000:]
