@@ -3,7 +3,9 @@
 Per generation it records the peak CUDA memory allocated and, in the generation after a
 `POST /sag-bench/time-unet` only (the hooks would slow the timed generations), the GPU time of every UNet
 call by batch size (CUDA events around the forward of the model's `diffusion_model`, so a call's time is
-what it costs inside the generation, launch gaps included). `GET /sag-bench/last` returns the last record.
+what it costs inside the generation, launch gaps included). After a `POST /sag-bench/profile`, the next
+generation runs under torch's profiler and the record holds its table of CUDA kernels by total time.
+`GET /sag-bench/last` returns the last record.
 """
 import statistics
 
@@ -14,6 +16,7 @@ from modules import script_callbacks, shared
 
 LAST = {}
 TIME_NEXT = []  # non-empty: time the UNet calls of the next generation
+PROFILE_NEXT = []  # non-empty: profile the next generation
 
 
 class UNetTimer:
@@ -57,12 +60,21 @@ class SagBenchProbe(scripts.Script):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         p.sag_bench_timer = UNetTimer(shared.sd_model.model.diffusion_model) if TIME_NEXT else None
+        p.sag_bench_profiler = None
+        if PROFILE_NEXT:
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            p.sag_bench_profiler = torch.profiler.profile(activities=activities)
+            p.sag_bench_profiler.__enter__()
         TIME_NEXT.clear()
+        PROFILE_NEXT.clear()
 
     def postprocess(self, p, processed, *args):
         timer = p.sag_bench_timer
         LAST.clear()
         LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20)
+        if p.sag_bench_profiler is not None:
+            p.sag_bench_profiler.__exit__(None, None, None)
+            LAST.update(profile=p.sag_bench_profiler.key_averages().table(sort_by="cuda_time_total", row_limit=40))
         if timer is not None:
             timer.remove()
             LAST.update(unet_ms_by_batch={str(batch): ms for batch, ms in timer.times_ms().items()})
@@ -71,6 +83,7 @@ class SagBenchProbe(scripts.Script):
 def add_route(_demo, app):
     app.add_api_route("/sag-bench/last", lambda: dict(LAST), methods=["GET"])
     app.add_api_route("/sag-bench/time-unet", lambda: TIME_NEXT.append(True), methods=["POST"])
+    app.add_api_route("/sag-bench/profile", lambda: PROFILE_NEXT.append(True), methods=["POST"])
 
 
 script_callbacks.on_app_started(add_route)
