@@ -35,6 +35,7 @@ so its pins shadow the device's own transformers, huggingface_hub, tokenizers, .
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -150,7 +151,8 @@ def mib(n_bytes: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--webui", type=Path, required=True, help="webui v1.10.1 checkout with repositories/")
+    parser.add_argument("--webui", type=Path, default=os.environ.get("SD_WEBUI_PATH"), required="SD_WEBUI_PATH" not in os.environ,
+                        help="webui v1.10.1 checkout with repositories/ (default: $SD_WEBUI_PATH)")
     parser.add_argument("--clip", type=Path, required=True, help="openai/CLIP checkout (holds clip/)")
     parser.add_argument("--extension", type=Path, action="append", default=[], help="extension folder to copy")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".gpu", help="output folder (default: .gpu)")
