@@ -27,9 +27,12 @@ OPTIMIZATIONS = ["sdp - scaled dot product", "sdp-no-mem - scaled dot product wi
 
 
 def webui_with(checkpoint: str, *flags: str) -> WebUI:
-    """A webui on the GPU with `checkpoint` loaded and `flags`; starts and stops as a context manager."""
+    """A webui on the GPU with `checkpoint` loaded and `flags`; starts and stops as a context manager.
+    ``SAG_E2E_ATTENTION`` names its cross-attention optimization (default: the webui's Automatic)."""
+    attention = os.environ.get("SAG_E2E_ATTENTION")
     return WebUI(checkpoint=checkpoint, layouts=(SD15, SDXL), device="cuda", extra_args=flags,
-                 checkpoint_cache=os.environ.get("SD_WEBUI_TEST_CACHE"))
+                 checkpoint_cache=os.environ.get("SD_WEBUI_TEST_CACHE"),
+                 options={"cross_attention_optimization": attention} if attention else None)
 
 
 def check_images_are_pictures(images) -> None:
