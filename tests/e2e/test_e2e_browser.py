@@ -1,5 +1,6 @@
 """The real UI in headless Chromium (Playwright driving Debian's `chromium`): the SAG panel in both tabs,
-toggling and sliders, pasting an infotext, a generation with SAG on. Screenshots go to artifacts/e2e/."""
+toggling and sliders, pasting an infotext, a generation with SAG on, SAG's settings page filed under
+"Stable Diffusion" in the Settings tab. Screenshots go to artifacts/e2e/."""
 from __future__ import annotations
 
 import os
@@ -87,3 +88,29 @@ def test_paste_infotext_then_generate(page):
                            timeout=300_000)
     page.screenshot(path=str(ARTIFACTS / "txt2img-generated.png"), full_page=True)
     assert page.locator("#txt2img_gallery img").count() >= 1
+
+
+# The Settings tab's side list: the webui's javascript/settings.js puts a <span class="settings-category"> before the
+# first section button of each category (opts._categories, from Options.dumpjson); the sections that follow it, up to
+# the next such span, are that category's. Each section button with the category heading it sits under:
+SETTINGS_GROUPS = """() => {
+    let category = null;
+    return Array.from(document.querySelectorAll('#settings > div > button, #settings > div > span.settings-category'))
+        .flatMap(x => x.tagName == 'SPAN' ? (category = x.textContent.trim(), []) : [[x.textContent.trim(), category]]);
+}"""
+
+
+def test_settings_section_under_stable_diffusion(page):
+    """on_ui_settings registers SAG's settings with category_id="sd": its section is listed with the webui's
+    "Sampler parameters" under "Stable Diffusion", not under "Uncategorized" at the end."""
+    page.locator("#tabs > .tab-nav button", has_text="Settings").first.click()
+    page.wait_for_selector("#tab_settings", state="visible")
+    page.wait_for_selector("#settings span.settings-category", state="attached", timeout=30_000)
+    groups = dict(page.evaluate(SETTINGS_GROUPS))
+    assert groups.get("Sampler parameters") == "Stable Diffusion", groups  # the layout is what this test reads
+    assert groups.get("Self-Attention Guidance") == "Stable Diffusion", groups  # not "Uncategorized"
+    button = page.locator("#settings > div > button", has_text="Self-Attention Guidance")
+    button.click()
+    page.wait_for_selector("#settings_sag", state="visible")
+    assert page.locator("#settings_sag").get_by_text("shown in the panel").count() >= 1
+    page.locator("#settings > div").first.screenshot(path=str(ARTIFACTS / "settings-categories.png"))
