@@ -17,6 +17,7 @@ from e2e.sag_api import OFF, LogWatch, generate
 
 pytestmark = pytest.mark.e2e
 REQUESTS, WARM_UP = 100, 20
+UNCHANGED = "[SAG] Self-Attention Guidance changed nothing in this generation:"
 BASE = {**sag_api.BASE, "seed": 5}
 
 
@@ -49,6 +50,7 @@ def test_soak(webui):
     rng = random.Random(0)
     first_off, _ = generate(webui, "txt2img", BASE, OFF)
     kinds = {"off": 0, "on": 0, "bad": 0, "interrupt": 0, "switch": 0}
+    unchanged = 0
     warm_rss = None
     for index in range(REQUESTS):
         if index == WARM_UP and webui.process:  # a running webui's memory is not ours to read
@@ -67,19 +69,28 @@ def test_soak(webui):
         elif roll < 0.6:
             args = {"scale": round(rng.uniform(-1, 2), 2), "blur_sigma": round(rng.uniform(0, 4), 1),
                     "threshold": round(rng.uniform(0.5, 1.5), 2), "end": rng.choice([0.5, 1.0])}
+            request_log = LogWatch(webui)
             images, infos = generate(webui, "txt2img", {**BASE, "seed": rng.randrange(100)}, [args])
-            assert "SAG Scale" in infos[0]
-            kind = "on"
+            if "SAG Scale" in infos[0]:
+                kind = "on"
+            else:  # e.g. scale 0 or a threshold no position exceeds: no SAG keys and one line saying why
+                text = request_log.new_text()
+                assert text.count(UNCHANGED) == 1 and "SAG" not in infos[0], (args, infos[0], text[-3000:])
+                kind = "unchanged"
         else:
             generate(webui, "txt2img", {**BASE, "seed": rng.randrange(100)}, OFF)
             kind = "off"
-        kinds[kind] += 1
+        if kind == "unchanged":
+            unchanged += 1
+        else:
+            kinds[kind] += 1
     webui.use_checkpoint("sd1_tiny")
     last_off, _ = generate(webui, "txt2img", BASE, OFF)
     np.testing.assert_array_equal(last_off[0], first_off[0])
     assert all(kinds.values())
     if warm_rss is not None:
         final_rss = resident_mib(webui.process.pid)
-        print(f"soak: {kinds}, resident memory after warm-up {warm_rss:.0f} MiB, at the end {final_rss:.0f} MiB")
+        print(f"soak: {kinds}, unchanged {unchanged}, resident memory after warm-up {warm_rss:.0f} MiB, "
+              f"at the end {final_rss:.0f} MiB")
         assert final_rss <= warm_rss * 1.10
     assert "Traceback" not in watch.new_text()
