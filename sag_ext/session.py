@@ -35,9 +35,9 @@ class NonFiniteCorrection(RuntimeError):
 # Why a step ran no degraded pass; when no step of a generation had a correction, these are the reasons given.
 BLUR_ZERO = "blur sigma is 0"
 SCALE_ZERO = "the scale is 0 (in a hires pass: SAG hires pass \"off\", or a hires scale of 0)"
-OUTSIDE_RANGE = "no step lies inside SAG start..end"
+OUTSIDE_RANGE = "steps outside SAG start..end"
 LATENT_TOO_SMALL = f"the latent is smaller than {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}"
-NO_UNCOND = "the sampler skipped the negative prompt (Skip early CFG or NGMS)"
+NO_UNCOND = "steps without a negative-prompt pass (Skip early CFG or NGMS)"
 EMPTY_MASK = ("no latent position received more attention than the threshold (a 1x1 middle-block grid, "
               "e.g. SD1 at 64 px, never does)")
 

@@ -75,7 +75,8 @@ def test_soak(webui):
                 kind = "on"
             else:  # e.g. scale 0 or a threshold no position exceeds: no SAG keys and one line saying why
                 text = request_log.new_text()
-                assert text.count(UNCHANGED) == 1 and "SAG" not in infos[0], (args, infos[0], text[-3000:])
+                assert "SAG" not in infos[0] and (text.count(UNCHANGED) == 1 or not webui.log_path), \
+                    (args, infos[0], text[-3000:])  # a running webui's log is not ours to read
                 kind = "unchanged"
         else:
             generate(webui, "txt2img", {**BASE, "seed": rng.randrange(100)}, OFF)
