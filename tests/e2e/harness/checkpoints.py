@@ -114,6 +114,11 @@ CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config, "sd1_wide": lambda:
 HALF_LAYOUTS = ("sdxl_full",)  # stored in float16
 
 
+def webui_pythonpath(*first) -> str:
+    """A PYTHONPATH of ``first`` and then ``SD_WEBUI_PYTHONPATH`` (the packages the webui's interpreter lacks)."""
+    return os.pathsep.join([*map(str, first), *filter(None, [os.environ.get("SD_WEBUI_PYTHONPATH")])])
+
+
 def make_checkpoints(out_dir: str | os.PathLike, python: str, webui_path: str | os.PathLike,
                      *, layouts=LAYOUTS, seed: int = 0, timeout: float = 600) -> list[Path]:
     """Write ``<layout>.safetensors`` and ``<layout>.yaml`` into ``out_dir``; return the checkpoint paths.
@@ -127,9 +132,8 @@ def make_checkpoints(out_dir: str | os.PathLike, python: str, webui_path: str | 
     todo = [name for name, p in zip(layouts, paths, strict=True) if not _is_current(p, name, seed)]
     if todo:
         repos = Path(webui_path) / "repositories"
-        search_path = [str(repos / "stable-diffusion-stability-ai"), str(repos / "generative-models"),
-                       *filter(None, [os.environ.get("SD_WEBUI_PYTHONPATH")])]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(search_path))
+        env = dict(os.environ, PYTHONPATH=webui_pythonpath(repos / "stable-diffusion-stability-ai",
+                                                           repos / "generative-models"))
         env["OMP_NUM_THREADS"] = os.environ.get("SAG_CHECKPOINT_THREADS", "1")  # 1: no OpenMP spinning on busy cores
         proc = subprocess.run([python, str(Path(__file__)), str(out_dir), *todo, "--seed", str(seed)],
                               env=env, timeout=timeout, capture_output=True, text=True, check=False)

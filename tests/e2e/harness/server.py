@@ -71,11 +71,6 @@ def webui_from_env() -> tuple[Path, str]:
     return path, python
 
 
-def webui_pythonpath(*first) -> str:
-    """A PYTHONPATH of ``first`` and then ``SD_WEBUI_PYTHONPATH`` (the packages the webui's interpreter lacks)."""
-    return os.pathsep.join([*map(str, first), *filter(None, [os.environ.get("SD_WEBUI_PYTHONPATH")])])
-
-
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
     with socket.socket() as s:
@@ -87,7 +82,7 @@ def bpe_vocab_path(python: str) -> str:
     """Path of open_clip's BPE vocabulary in ``python``'s environment (without importing torch)."""
     code = ("import importlib.util, os; spec = importlib.util.find_spec('open_clip'); "
             "print(os.path.join(spec.submodule_search_locations[0], 'bpe_simple_vocab_16e6.txt.gz'))")
-    env = dict(os.environ, PYTHONPATH=webui_pythonpath())
+    env = dict(os.environ, PYTHONPATH=checkpoints.webui_pythonpath())
     return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
@@ -256,7 +251,7 @@ class WebUI(WebUIClient):
         env = {k: v for k, v in os.environ.items()
                if k not in ("COMMANDLINE_ARGS", "PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         if os.environ.get("SD_WEBUI_PYTHONPATH"):
-            env["PYTHONPATH"] = webui_pythonpath()
+            env["PYTHONPATH"] = checkpoints.webui_pythonpath()
         env.update(HF_HOME=str(self.data_dir / "hf"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                    HF_HUB_DISABLE_TELEMETRY="1", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning OpenMP threads crawl when cores are shared
