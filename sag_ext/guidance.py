@@ -23,6 +23,12 @@ def attention_mask(mass: torch.Tensor, grid: tuple, latent_size: tuple, threshol
     return F.interpolate(mass.reshape(-1, 1, h, w), size=tuple(latent_size), mode="nearest") > threshold
 
 
+def mask_empty_by_construction(grid: tuple, threshold: float) -> bool:
+    """A one-token grid (SD1 at 64 px): its key gets all of its one query's attention, exactly 1, so no
+    threshold of 1 or more marks it. Known without reading the mass."""
+    return grid[0] * grid[1] == 1 and threshold >= 1.0
+
+
 def autocast_off(device: torch.device):
     """A context without autocast, so SAG's own arithmetic keeps its tensors' dtypes (the webui samples under autocast)."""
     if device.type in ("cuda", "cpu"):

@@ -1,9 +1,11 @@
 """One generation's SAG: the capture hooks it owns, the step in progress and its correction.
 
 The host adapter drives it once per denoiser call: `begin_step` before the UNet calls of a step,
-`end_step` after them (runs the degraded pass), `apply` on the CFG result. Any exception inside is
-caught: SAG stops for the rest of the generation with one log line and the hooks are removed. A step
-where SAG has nothing to do runs no pass, and the session remembers why for `report_unchanged`.
+`end_step` after them (runs the degraded pass), `apply` on the CFG result, and `settle` when a batch
+ends. Any exception inside is caught: SAG stops for the rest of the generation with one log line and
+the hooks are removed. A step where SAG has nothing to do runs no pass, and the session remembers why
+for `report_unchanged`. While sampling, nothing is read back from the device: what depends on tensor
+values (an empty mask, a non-finite pass) is decided on the device and read once, by `settle`.
 """
 import contextlib
 import logging
@@ -13,7 +15,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from .capture import MiddleBlockCapture
-from .guidance import MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degrade, latent_too_small
+from .guidance import (MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degrade, latent_too_small,
+                       mask_empty_by_construction)
 from .params import SagParams
 
 log = logging.getLogger("sd_webui_sag")
@@ -39,7 +42,7 @@ OUTSIDE_RANGE = "steps outside SAG start..end"
 LATENT_TOO_SMALL = f"the latent is smaller than {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}"
 NO_UNCOND = "steps without a negative-prompt pass (Skip early CFG or NGMS)"
 EMPTY_MASK = ("no latent position received more attention than the threshold (a 1x1 middle-block grid, "
-              "e.g. SD1 at 64 px, never does)")
+              "e.g. SD1 at 64 px, never does; nor does a threshold above every position's attention)")
 
 
 @dataclass
@@ -70,10 +73,10 @@ class SagSession:
         self.capture: Optional[MiddleBlockCapture] = None
         self.step: Optional[StepInputs] = None
         self.blur = GaussianBlur(params.blur_sigma)
-        self.correction: Optional[tuple] = None  # (unscaled correction, scale, finite?) of the step in progress
-        self.unverified: Optional[torch.Tensor] = None  # device bool: was the last applied correction finite?
+        self.correction: Optional[tuple] = None  # (unscaled correction, scale) of the step in progress
+        self.sound: Optional[torch.Tensor] = None  # device bool: was every pass so far finite?
+        self.acted: Optional[torch.Tensor] = None  # device int: steps whose correction reached the image
         self.degraded_passes = 0
-        self.corrections_applied = 0
         self.stopped = False  # turned off by an error or an unsupported input, not by its parameters
         self.collect_preview = collect_preview
         self.preview_mask: Optional[torch.Tensor] = None  # mask summed over the steps of the last pass
@@ -141,7 +144,6 @@ class SagSession:
         step, self.step = self.step, None
         if step is None or self.capture is None:
             return
-        self.verify_last_correction()  # the host's UNet call of this step is queued: reading the flag stalls nothing
         captured = self.capture.take()
         if self.capture.error is not None:
             raise self.capture.error
@@ -149,13 +151,13 @@ class SagSession:
             self.idle_reasons.add(NO_UNCOND)
             return
         mass, grid = captured
+        if mask_empty_by_construction(grid, self.params.threshold):
+            self.idle_reasons.add(EMPTY_MASK)
+            return
         space = step.space
         out_uncond = x_out[-step.x.shape[0]:]
         with autocast_off(step.x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
             mask = attention_mask(mass, grid, tuple(out_uncond.shape[-2:]), self.params.threshold)
-            if not mask.any():  # nothing to degrade: the correction is zero, so no pass (one host sync)
-                self.idle_reasons.add(EMPTY_MASK)
-                return
             x0 = space.pred_x0(step.x, out_uncond, step.sigma)
             degraded = degrade(x0, mask, self.blur)
             x_degraded = space.renoise(step.x, x0, degraded, step.sigma)
@@ -171,11 +173,17 @@ class SagSession:
             correction = space.correction(degraded, out_uncond, out_pass.to(out_uncond.dtype), step.x, step.sigma)
             if step.repaint_mask is not None:
                 correction = correction * step.repaint_mask
-            # An overflowing pass must not reach the image, and a host sync here would stall the GPU: a
-            # non-finite correction is replaced by zeros now and reported at the next step's check.
-            finite = torch.isfinite(correction).all()
-            correction = torch.where(finite, correction, 0.0)
-        self.correction = (correction, step.scale, finite)
+            self.correction = (self._gate(correction, mask), step.scale)
+
+    def _gate(self, correction: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`correction`, or zeros where it must not reach the image, decided on the device (a host sync here
+        would stall the GPU): after a non-finite pass (an fp16 overflow) no correction reaches it any more,
+        and a step whose mask is empty for every row has nothing to correct (its pass is the uncond itself)."""
+        finite = torch.isfinite(correction).all()
+        self.sound = finite if self.sound is None else self.sound & finite
+        acts = self.sound & mask.any()
+        self.acted = acts.int() if self.acted is None else self.acted + acts
+        return torch.where(acts, correction, 0.0)
 
     def _accumulate_preview(self, mask: torch.Tensor) -> None:
         if self.preview_mask is None or self.preview_mask.shape != mask.shape:  # a new pass (hires fix)
@@ -194,24 +202,24 @@ class SagSession:
         step_correction, self.correction = self.correction, None
         if step_correction is None:
             return combined
-        correction, scale, self.unverified = step_correction
-        self.corrections_applied += 1
+        correction, scale = step_correction
         return torch.add(combined, correction.to(combined.dtype), alpha=scale)
 
-    def verify_last_correction(self) -> None:
-        """Raise NonFiniteCorrection if the last applied correction was not finite (it was applied as zeros)."""
-        finite, self.unverified = self.unverified, None
-        if finite is not None and not bool(finite):
-            self.corrections_applied -= 1  # that step got zeros: it changed nothing
+    def settle(self) -> None:
+        """When a batch ends (one host sync): raise NonFiniteCorrection if a pass was not finite; its step and
+        all later ones were left uncorrected, so SAG steps aside."""
+        if self.sound is not None and not bool(self.sound):
             raise NonFiniteCorrection("SAG's pass gave inf or NaN (a float16 overflow in the model?); "
-                                      "that step was left uncorrected")
+                                      "that step and the later ones were left uncorrected")
 
     def changed_nothing(self) -> bool:
-        """Whether no step got a correction: the images are exactly the SAG-off ones."""
-        return self.corrections_applied == 0
+        """Whether no step got a correction: the images are exactly the SAG-off ones (one host sync)."""
+        return self.acted is None or int(self.acted) == 0
 
     def report_unchanged(self) -> None:
         """The one console line saying why SAG changed nothing (an error that stopped it has said so already)."""
         if self.changed_nothing() and not self.stopped:
+            if self.degraded_passes:  # every pass that ran was finite (else SAG stopped) and had an empty mask
+                self.idle_reasons.add(EMPTY_MASK)
             reasons = "; ".join(sorted(self.idle_reasons)) or "no sampling step reached SAG"
             log.warning("[SAG] Self-Attention Guidance changed nothing in this generation: %s", reasons)

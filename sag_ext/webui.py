@@ -193,7 +193,7 @@ def finish_batch(p, images) -> None:
     if session is None:
         return
     with session.guard():
-        session.verify_last_correction()
+        session.settle()
     if session.changed_nothing():
         for key in INFOTEXT_KEYS.values():
             p.extra_generation_params.pop(key, None)

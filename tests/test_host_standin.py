@@ -249,6 +249,46 @@ def test_one_by_one_middle_grid_runs_no_pass_and_claims_nothing(host, script, ca
     assert caplog.text.count("[SAG]") == 1 and "changed nothing in this generation: no latent position" in caplog.text
 
 
+def test_a_threshold_above_every_position_changes_nothing_and_claims_nothing(host, script, caplog):
+    """The mask is empty at every step (decided on the device, so the passes run): the correction is zero,
+    the image the SAG-off image, and the infotext says nothing."""
+    off = processing.process_images(make_p(), script, OFF)
+    host.sd_model.calls.clear()
+    p = make_p()
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        on = processing.process_images(p, script, ON[:3] + [4.0])
+    assert torch.equal(on, off) and host.sd_model.calls.count(2) == len(p.timesteps)
+    assert "SAG Scale" not in p.infotext
+    assert caplog.text.count("[SAG]") == 1 and "changed nothing in this generation: no latent position" in caplog.text
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_sampling_steps_read_nothing_back_from_the_device(host, script, sampler, monkeypatch):
+    """A read (bool, item, ...) inside a step would make the host wait for the GPU's queue every step."""
+    from sag_ext.capture import MiddleBlockCapture
+    from sag_ext.session import SagSession
+
+    inside, reads = [], []
+    for owner, name in ((SagSession, "begin_step"), (SagSession, "end_step"), (SagSession, "apply"),
+                        (MiddleBlockCapture, "_record")):
+        def traced(*args, _original=getattr(owner, name), **kwargs):
+            inside.append(True)
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                inside.pop()
+        monkeypatch.setattr(owner, name, traced)
+    for name in ("__bool__", "item", "tolist", "__int__", "__float__", "numpy"):
+        def read(tensor, *args, _name=name, _original=getattr(torch.Tensor, name), **kwargs):
+            if inside:
+                reads.append(_name)
+            return _original(tensor, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, read)
+    off = processing.process_images(make_p(sampler_name=sampler), script, OFF)
+    on = processing.process_images(make_p(sampler_name=sampler), script, ON)
+    assert reads == [] and not torch.equal(on, off)
+
+
 def test_a_generation_with_corrections_says_nothing_more(host, script, caplog):
     with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
         p = make_p()
