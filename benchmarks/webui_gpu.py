@@ -6,11 +6,13 @@ one with the old extension (ashen-sensored/sd_webui_SAG, a directory you give; n
 repository), each with the probe extension `benchmarks/webui_probe`, which records per generation the peak
 CUDA memory and the GPU time of every UNet call by batch size. For each configuration (20 steps Euler a):
 
-* t_off_s, t_sag_s, t_old_s: the median wall time of a whole txt2img request (off and on alternate; the
-  old extension's in its own webui, SD1.5 only: `null` for SDXL, where it fails);
-* t_unet_b_ms: the median GPU time of SAG's own UNet calls over the B uncond rows (CUDA events around the
-  UNet's forward) in one more SAG generation after the timed ones (timing hooks would slow those):
-  exactly one UNet pass over B rows at that shape, in this run;
+* t_off_s, t_sag_s, t_old_s: the median wall time of a whole txt2img request (off and on alternate, after
+  warm-up pairs: the machine's speed drifts over the first generations; the old extension's in its own webui,
+  SD1.5 only: `null` for SDXL, where it fails);
+* t_unet_b_ms: the median time of SAG's own model calls over the B uncond rows in the timed SAG generations
+  (CUDA events around the k-diffusion denoiser's forward: the UNet with the webui's wrappers, as the pass
+  runs it; read when each generation ends): exactly one pass over B rows at that shape, in the same
+  generations;
 * floor_ratio = 1 + steps * t_unet_b_ms / 1000 / t_off_s, the cost of exactly one extra pass per step;
 * peak_off_mib, peak_sag_mib: the peak CUDA memory allocated during the generation.
 
@@ -33,11 +35,11 @@ from e2e.harness.server import WebUI, WebUIError  # noqa: E402
 
 PROBE = ROOT / "benchmarks" / "webui_probe"
 STEPS = 20
-CONFIGS = {  # name: (checkpoint, size, batch, repeats)
-    "sd15-512-b1": ("sd1_wide", 512, 1, 7),
-    "sd15-512-b4": ("sd1_wide", 512, 4, 5),
-    "sdxl-1024-b1": ("sdxl_full", 1024, 1, 5),
-    "sdxl-2048-b1": ("sdxl_full", 2048, 1, 2),
+CONFIGS = {  # name: (checkpoint, size, batch, warm-up pairs, repeats)
+    "sd15-512-b1": ("sd1_wide", 512, 1, 3, 11),
+    "sd15-512-b4": ("sd1_wide", 512, 4, 2, 7),
+    "sdxl-1024-b1": ("sdxl_full", 1024, 1, 1, 5),
+    "sdxl-2048-b1": ("sdxl_full", 2048, 1, 1, 2),
 }
 OURS = ("self-attention guidance", [True, 0.5, 2.0, 1.0], [False])
 OLD = ("self attention guidance", [True, 0.5, 1.0], [False, 0.5, 1.0])  # its [enabled, scale, threshold]
@@ -57,25 +59,32 @@ def timed(webui, body):
     return seconds, webui.get("/sag-bench/last")
 
 
-def measure(webui, extension, size, batch, repeats):
-    """(off records, on records, UNet ms by batch): `repeats` alternating off/on generations after one
-    warm-up of each, then one SAG generation with the UNet calls timed."""
+def measure(webui, extension, size, batch, warmup, repeats):
+    """(off records, on records): `repeats` alternating off/on generations after `warmup` pairs."""
     title, on_args, off_args = extension
     off_body, on_body = payload(size, batch, title, off_args), payload(size, batch, title, on_args)
-    timed(webui, off_body), timed(webui, on_body)  # warm-up: kernels, allocator
+    for _ in range(warmup):  # kernels, allocator, and the machine's own warm-up
+        timed(webui, off_body), timed(webui, on_body)
     off, on = [], []
     pairs = [(off_body, off), (on_body, on)]
     for index in range(repeats):
         for body, runs in pairs if index % 2 == 0 else pairs[::-1]:
             runs.append(timed(webui, body))
-    webui.post("/sag-bench/time-unet")
-    return off, on, timed(webui, on_body)[1]["unet_ms_by_batch"]
+    return off, on
+
+
+def call_ms(runs, batch):
+    """The median over `runs` of each generation's median model-call time at `batch` rows."""
+    return statistics.median(record["unet_ms_by_batch"][str(batch)] for _, record in runs)
 
 
 def row(name, gpu, ours, old):
-    (off, on, unet_ms), (_, old_on, _) = ours, old or (None, None, None)
+    (off, on), old_on = ours, old[1] if old else None
+    batch = CONFIGS[name][2]
     t_off, t_sag = statistics.median(s for s, _ in off), statistics.median(s for s, _ in on)
-    t_unet = unet_ms[str(CONFIGS[name][2])]
+    t_unet = call_ms(on, batch)
+    print(f"{name}: the host's CFG call over {2 * batch} rows: {call_ms(off, 2 * batch):.1f} ms with SAG off, "
+          f"{call_ms(on, 2 * batch):.1f} ms with SAG on; SAG's pass over {batch}: {t_unet:.1f} ms", flush=True)
     return {"config": name, "gpu": gpu, "steps": STEPS, "repeats": len(on), "t_off_s": round(t_off, 4),
             "t_sag_s": round(t_sag, 4), "t_old_s": round(statistics.median(s for s, _ in old_on), 4) if old_on else None,
             "t_unet_b_ms": round(t_unet, 3), "floor_ratio": round(1 + STEPS * t_unet / 1000 / t_off, 4),
@@ -103,22 +112,22 @@ def main():
         for server in filter(None, (ours_webui, old_webui)):
             server.start()
         for name in args.configs:
-            checkpoint, size, batch, repeats = CONFIGS[name]
+            checkpoint, size, batch, warmup, repeats = CONFIGS[name]
             ours_webui.use_checkpoint(checkpoint)
-            ours = measure(ours_webui, OURS, size, batch, repeats)
+            ours = measure(ours_webui, OURS, size, batch, warmup, repeats)
             old = None
             if old_webui is not None and checkpoint == "sd1_wide":  # the old extension fails on SDXL
                 try:
-                    old = measure(old_webui, OLD, size, batch, repeats)
+                    old = measure(old_webui, OLD, size, batch, warmup, repeats)
                 except WebUIError as error:
                     print(f"old extension, {name}: {str(error)[:300]}", file=sys.stderr)
             rows.append(row(name, gpu, ours, old))
             print(json.dumps(rows[-1]), flush=True)
+            if args.json:  # after every row: a run cut short keeps what it measured
+                args.json.write_text(json.dumps(rows, indent=2) + "\n")
     finally:
         for server in filter(None, (ours_webui, old_webui)):
             server.stop()
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'old s':>8}{'SAG/off':>9}{'floor':>8}{'target':>8}{'peak off':>10}{'peak SAG':>10}")
     for r in rows:
         old = f"{r['t_old_s']:.3f}" if r["t_old_s"] else "-"
