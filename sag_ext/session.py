@@ -3,9 +3,10 @@
 The host adapter drives it once per denoiser call: `begin_step` before the UNet calls of a step,
 `end_step` after them (runs the degraded pass), `apply` on the CFG result, and `settle` when a batch
 ends. Any exception inside is caught: SAG stops for the rest of the generation with one log line and
-the hooks are removed. A step where SAG has nothing to do runs no pass, and the session remembers why
-for `report_unchanged`. While sampling, nothing is read back from the device: what depends on tensor
-values (an empty mask, a non-finite pass) is decided on the device and read once, by `settle`.
+the hooks are removed. A step where SAG has nothing to do changes nothing, and the session remembers
+why for `report_unchanged`. While sampling, nothing is read back from the device: where that is known
+from parameters and shapes, the step runs no pass; what depends on tensor values (an empty mask, a
+non-finite pass) is decided on the device after the pass, and read once, when the batch ends.
 """
 import contextlib
 import logging
@@ -35,7 +36,7 @@ class NonFiniteCorrection(RuntimeError):
     """A step's correction was inf or NaN (the degraded pass overflowed, e.g. in fp16); it was not applied."""
 
 
-# Why a step ran no degraded pass; when no step of a generation had a correction, these are the reasons given.
+# Why a step changed nothing; when no step of a generation had a correction, these are the reasons given.
 BLUR_ZERO = "blur sigma is 0"
 SCALE_ZERO = "the scale is 0 (in a hires pass: SAG hires pass \"off\", or a hires scale of 0)"
 OUTSIDE_RANGE = "steps outside SAG start..end"
@@ -69,7 +70,7 @@ class SagSession:
         self.params = params
         self.key_input = key_input
         self.active = params.enabled and params.blur_sigma > 0
-        self.idle_reasons = set() if params.blur_sigma > 0 else {BLUR_ZERO}  # why steps ran no pass
+        self.idle_reasons = set() if params.blur_sigma > 0 else {BLUR_ZERO}  # why steps changed nothing
         self.capture: Optional[MiddleBlockCapture] = None
         self.step: Optional[StepInputs] = None
         self.blur = GaussianBlur(params.blur_sigma)
