@@ -143,13 +143,15 @@ def test_hires_keys_only_with_a_hires_pass(webui):
     assert "SAG Hires: own" in infotexts[0] and "SAG Hires Scale: 0.3" in infotexts[0]
 
 
-def test_sd1_at_64_px_changes_nothing_and_says_so(webui):
-    """SD1 at 64x64: a 1x1 middle-block grid, whose one position never exceeds the threshold: no pass runs."""
+@pytest.mark.parametrize("size,args", [(64, ON), (128, ON[:3] + [1.2])], ids=["1x1 grid", "threshold above all"])
+def test_a_generation_sag_changes_nothing_says_so(webui, size, args):
+    """SD1 at 64x64: a 1x1 middle-block grid, whose one position never exceeds the threshold (no pass runs);
+    sd1_tiny at 128 px: a 2x2 grid none of whose positions reaches 1.2 (known on the device after the pass)."""
     webui.use_checkpoint("sd1_tiny")
-    payload = {**BASE, "width": 64, "height": 64}
+    payload = {**BASE, "width": size, "height": size}
     off, _ = generate(webui, "txt2img", payload, OFF)
     watch = LogWatch(webui)
-    on, infotexts = generate(webui, "txt2img", payload, ON)
+    on, infotexts = generate(webui, "txt2img", payload, args)
     np.testing.assert_array_equal(on[0], off[0])
     assert "SAG" not in infotexts[0]
     if webui.log_path:  # a webui this harness started
