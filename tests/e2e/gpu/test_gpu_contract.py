@@ -114,19 +114,6 @@ def test_sd15_euler_a_with_flag(flag):
         check_images_are_pictures(on + off)
 
 
-@pytest.mark.xdist_group("--xformers")
-def test_sd15_euler_a_with_xformers():
-    """xformers (device_wheels.txt): the webui offers it only with --xformers."""
-    with webui_with(SD15, "--xformers") as webui:
-        watch = LogWatch(webui)
-        webui.post("/sdapi/v1/options", {"cross_attention_optimization": "xformers"})
-        if "Applying attention optimization: xformers... done." not in watch.new_text():
-            said = [line for line in webui.log_tail(LogWatch.WHOLE).splitlines() if "xformers" in line.lower()]
-            pytest.skip("the webui did not apply xformers: " + " | ".join(said)[-1500:])
-        on, off = check_sag_case(webui, "txt2img", SD15_CASE, images_expected=2)
-        check_images_are_pictures(on + off)
-
-
 @pytest.mark.xdist_group("--medvram-sdxl")
 def test_sdxl_with_medvram_sdxl():
     with webui_with(SDXL, "--medvram-sdxl") as webui:
