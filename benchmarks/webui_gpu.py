@@ -83,8 +83,10 @@ def row(name, gpu, ours, old):
     batch = CONFIGS[name][2]
     t_off, t_sag = statistics.median(s for s, _ in off), statistics.median(s for s, _ in on)
     t_unet = call_ms(on, batch)
+    paired = statistics.median(t_on / t_off for (t_off, _), (t_on, _) in zip(off, on))
     print(f"{name}: the host's CFG call over {2 * batch} rows: {call_ms(off, 2 * batch):.1f} ms with SAG off, "
-          f"{call_ms(on, 2 * batch):.1f} ms with SAG on; SAG's pass over {batch}: {t_unet:.1f} ms", flush=True)
+          f"{call_ms(on, 2 * batch):.1f} ms with SAG on; SAG's pass over {batch}: {t_unet:.1f} ms; "
+          f"median of the repeats' own on/off ratios {paired:.3f}", flush=True)
     return {"config": name, "gpu": gpu, "steps": STEPS, "repeats": len(on), "t_off_s": round(t_off, 4),
             "t_sag_s": round(t_sag, 4), "t_old_s": round(statistics.median(s for s, _ in old_on), 4) if old_on else None,
             "t_unet_b_ms": round(t_unet, 3), "floor_ratio": round(1 + STEPS * t_unet / 1000 / t_off, 4),
@@ -112,6 +114,7 @@ def main():
         for server in filter(None, (ours_webui, old_webui)):
             server.start()
         for name in args.configs:
+            print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)  # beside run.sh's nvidia-smi dmon record
             checkpoint, size, batch, warmup, repeats = CONFIGS[name]
             ours_webui.use_checkpoint(checkpoint)
             ours = measure(ours_webui, OURS, size, batch, warmup, repeats)
