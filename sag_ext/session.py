@@ -33,7 +33,8 @@ class UnexpectedPassOutput(RuntimeError):
 
 
 class NonFiniteCorrection(RuntimeError):
-    """A step's correction was inf or NaN (the degraded pass overflowed, e.g. in fp16); neither it nor a later one was applied."""
+    """A step's correction was inf or NaN (the degraded pass overflowed, e.g. in fp16); neither it nor a
+    later one was applied."""
 
 
 # Why a step changed nothing; when no step of a generation had a correction, these are the reasons given.
