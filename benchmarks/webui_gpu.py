@@ -86,7 +86,9 @@ def row(name, gpu, ours, old):
     paired = statistics.median(t_on / t_off for (t_off, _), (t_on, _) in zip(off, on))
     print(f"{name}: the host's CFG call over {2 * batch} rows: {call_ms(off, 2 * batch):.1f} ms with SAG off, "
           f"{call_ms(on, 2 * batch):.1f} ms with SAG on; SAG's pass over {batch}: {t_unet:.1f} ms; "
-          f"median of the repeats' own on/off ratios {paired:.3f}", flush=True)
+          f"median of the repeats' own on/off ratios {paired:.3f}; cudaMalloc calls per generation off "
+          f"{statistics.median(r.get('cuda_mallocs', 0) for _, r in off)}, on "
+          f"{statistics.median(r.get('cuda_mallocs', 0) for _, r in on)}", flush=True)
     return {"config": name, "gpu": gpu, "steps": STEPS, "repeats": len(on), "t_off_s": round(t_off, 4),
             "t_sag_s": round(t_sag, 4), "t_old_s": round(statistics.median(s for s, _ in old_on), 4) if old_on else None,
             "t_unet_b_ms": round(t_unet, 3), "floor_ratio": round(1 + STEPS * t_unet / 1000 / t_off, 4),

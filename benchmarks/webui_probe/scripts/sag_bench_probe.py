@@ -1,6 +1,8 @@
 """Benchmark probe for benchmarks/webui_gpu.py (a test extension, not part of SAG).
 
-Per generation it records the peak CUDA memory allocated and the time of every model call, by batch size
+Per generation it records the peak CUDA memory allocated, how many cudaMalloc and cudaFree calls the
+caching allocator made (a generation that keeps allocating fresh device memory pays for it), and the
+time of every model call, by batch size
 (the median of that generation's calls): CUDA events around the k-diffusion denoiser's forward, the call
 the sampler and SAG's pass make (the webui's wrappers, c_in scaling, sigma to t, apply_model, the UNet), so a
 call's time is what it costs inside the generation, launch gaps and Python included; the events are read
@@ -53,6 +55,12 @@ class ModelCallTimer:
             cls.forward = forward
 
 
+def allocator_calls():
+    """(cudaMalloc calls, cudaFree calls) of the caching allocator so far."""
+    stats = torch.cuda.memory_stats()
+    return stats.get("num_device_alloc", 0), stats.get("num_device_free", 0)
+
+
 class SagBenchProbe(scripts.Script):
     def title(self):
         return "sag bench probe"
@@ -63,6 +71,7 @@ class SagBenchProbe(scripts.Script):
     def process(self, p, *args):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        p.sag_bench_allocator = allocator_calls()
         p.sag_bench_timer = ModelCallTimer()
         p.sag_bench_profiler = None
         if PROFILE_NEXT:
@@ -74,7 +83,8 @@ class SagBenchProbe(scripts.Script):
     def postprocess(self, p, processed, *args):
         timer = p.sag_bench_timer
         LAST.clear()
-        LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20)
+        mallocs, frees = (now - before for now, before in zip(allocator_calls(), p.sag_bench_allocator))
+        LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20, cuda_mallocs=mallocs, cuda_frees=frees)
         if p.sag_bench_profiler is not None:
             p.sag_bench_profiler.__exit__(None, None, None)
             LAST.update(profile=p.sag_bench_profiler.key_averages().table(sort_by="cuda_time_total", row_limit=40))
