@@ -4,7 +4,8 @@ Runs on the lent GPU machine through `tests/e2e/gpu/run.sh bench` (which sets up
 are started with the e2e harness on the GPU in the webui's default half precision: one with this extension,
 one with the old extension (ashen-sensored/sd_webui_SAG, a directory you give; never part of this
 repository), each with the probe extension `benchmarks/webui_probe`, which records per generation the peak
-CUDA memory and the GPU time of every UNet call by batch size. For each configuration (20 steps Euler a):
+CUDA memory, the allocator's cudaMalloc calls and the time of every model call by batch size. For each
+configuration (20 steps Euler a):
 
 * t_off_s, t_sag_s, t_old_s: the median wall time of a whole txt2img request (off and on alternate, after
   warm-up pairs: the machine's speed drifts over the first generations; the old extension's in its own webui,
@@ -75,7 +76,12 @@ def measure(webui, extension, size, batch, warmup, repeats):
 
 def call_ms(runs, batch):
     """The median over `runs` of each generation's median model-call time at `batch` rows."""
-    return statistics.median(record["unet_ms_by_batch"][str(batch)] for _, record in runs)
+    return statistics.median(record["model_call_ms_by_batch"][str(batch)] for _, record in runs)
+
+
+def mallocs(runs):
+    """The median over `runs` of each generation's cudaMalloc calls."""
+    return statistics.median(record["cuda_mallocs"] for _, record in runs)
 
 
 def row(name, gpu, ours, old):
@@ -86,9 +92,8 @@ def row(name, gpu, ours, old):
     paired = statistics.median(t_on / t_off for (t_off, _), (t_on, _) in zip(off, on))
     print(f"{name}: the host's CFG call over {2 * batch} rows: {call_ms(off, 2 * batch):.1f} ms with SAG off, "
           f"{call_ms(on, 2 * batch):.1f} ms with SAG on; SAG's pass over {batch}: {t_unet:.1f} ms; "
-          f"median of the repeats' own on/off ratios {paired:.3f}; cudaMalloc calls per generation off "
-          f"{statistics.median(r.get('cuda_mallocs', 0) for _, r in off)}, on "
-          f"{statistics.median(r.get('cuda_mallocs', 0) for _, r in on)}", flush=True)
+          f"median of the repeats' own on/off ratios {paired:.3f}; cudaMalloc calls per generation "
+          f"{mallocs(off)} off, {mallocs(on)} on", flush=True)
     return {"config": name, "gpu": gpu, "steps": STEPS, "repeats": len(on), "t_off_s": round(t_off, 4),
             "t_sag_s": round(t_sag, 4), "t_old_s": round(statistics.median(s for s, _ in old_on), 4) if old_on else None,
             "t_unet_b_ms": round(t_unet, 3), "floor_ratio": round(1 + STEPS * t_unet / 1000 / t_off, 4),

@@ -30,7 +30,8 @@ def test_webui_gpu_rows_have_the_issue_keys_and_the_floor_of_one_pass():
     import webui_gpu
 
     def runs(seconds, pass_ms):
-        return [(s, {"peak_mib": 100.0 + s, "unet_ms_by_batch": {"4": ms, "8": 60.0}}) for s, ms in zip(seconds, pass_ms)]
+        return [(s, {"peak_mib": 100.0 + s, "cuda_mallocs": 0, "model_call_ms_by_batch": {"4": ms, "8": 60.0}})
+                for s, ms in zip(seconds, pass_ms)]
 
     off, on = runs([1.0, 1.2, 1.1], [0, 0, 0]), runs([2.0, 1.9, 2.3], [40.0, 50.0, 45.0])
     row = webui_gpu.row("sd15-512-b4", "GPU", (off, on), None)

@@ -2,13 +2,12 @@
 
 Per generation it records the peak CUDA memory allocated, how many cudaMalloc and cudaFree calls the
 caching allocator made (a generation that keeps allocating fresh device memory pays for it), and the
-time of every model call, by batch size
-(the median of that generation's calls): CUDA events around the k-diffusion denoiser's forward, the call
-the sampler and SAG's pass make (the webui's wrappers, c_in scaling, sigma to t, apply_model, the UNet), so a
-call's time is what it costs inside the generation, launch gaps and Python included; the events are read
-once, when the generation ends. After a `POST /sag-bench/profile`, the next generation runs under torch's
-profiler and the record holds its table of CUDA kernels by total time. `GET /sag-bench/last` returns the
-last record.
+time of every model call, by batch size (the median of that generation's calls): CUDA events around the
+k-diffusion denoiser's forward, the call the sampler and SAG's pass make (the webui's wrappers, c_in
+scaling, sigma to t, apply_model, the UNet), so a call's time is what it costs inside the generation,
+launch gaps and Python included; the events are read once, when the generation ends. After a
+`POST /sag-bench/profile`, the next generation runs under torch's profiler and the record holds its table
+of CUDA kernels by total time. `GET /sag-bench/last` returns the last record.
 """
 import statistics
 
@@ -89,7 +88,7 @@ class SagBenchProbe(scripts.Script):
             p.sag_bench_profiler.__exit__(None, None, None)
             LAST.update(profile=p.sag_bench_profiler.key_averages().table(sort_by="cuda_time_total", row_limit=40))
         timer.remove()
-        LAST.update(unet_ms_by_batch={str(batch): ms for batch, ms in timer.times_ms().items()})
+        LAST.update(model_call_ms_by_batch={str(batch): ms for batch, ms in timer.times_ms().items()})
 
 
 def add_route(_demo, app):
