@@ -6,7 +6,8 @@ webui with this extension and the tiny checkpoints (``python tests/e2e/harness/c
 installed; tests that start webuis of their own (UI, neighbours) need ``SD_WEBUI_PATH``, and checks
 that read the server's log or memory are left out against a running webui. ``SD_WEBUI_TEST_CACHE``
 may name a dir in which the test checkpoints are kept between runs, ``SD_WEBUI_DATA_DIR``
-a data dir to use and keep (with ``webui.log``) instead of a temp dir.
+a data dir to use and keep (with ``webui.log``) instead of a temp dir; the webui with the UI keeps
+its own in ``$SD_WEBUI_DATA_DIR/ui``.
 """
 
 from __future__ import annotations
@@ -44,13 +45,19 @@ def checkpoint_cache(tmp_path_factory):
     return cache or tmp_path_factory.mktemp("sd-checkpoints")
 
 
+def kept_data_dir(*sub: str):
+    """``$SD_WEBUI_DATA_DIR[/sub]``, a data dir to keep after the run, or None (a temp dir) if unset."""
+    root = os.environ.get("SD_WEBUI_DATA_DIR")
+    return os.path.join(root, *sub) if root else None
+
+
 @pytest.fixture(scope="session")
 def webui(checkpoint_cache):
     """An API-only webui with this extension installed, ``sd1_tiny`` loaded; shared by the session."""
     if not os.environ.get("SD_WEBUI_PATH"):
         yield RunningWebUI(os.environ["SD_WEBUI_URL"])
         return
-    server = WebUI(checkpoint_cache=checkpoint_cache, data_dir=os.environ.get("SD_WEBUI_DATA_DIR") or None)
+    server = WebUI(checkpoint_cache=checkpoint_cache, data_dir=kept_data_dir())
     server.start()
     try:
         yield server
@@ -61,7 +68,7 @@ def webui(checkpoint_cache):
 @pytest.fixture(scope="session")
 def ui_webui(checkpoint_cache):
     """A webui with the UI as well (the API's `infotext` field and the browser need the UI's paste fields)."""
-    server = WebUI(checkpoint_cache=checkpoint_cache, nowebui=False)
+    server = WebUI(checkpoint_cache=checkpoint_cache, nowebui=False, data_dir=kept_data_dir("ui"))
     server.start()
     try:
         yield server
