@@ -4,20 +4,32 @@ Runs on the lent GPU machine through `tests/e2e/gpu/run.sh bench` (which sets up
 are started with the e2e harness on the GPU in the webui's default half precision: one with this extension,
 one with the old extension (ashen-sensored/sd_webui_SAG, a directory you give; never part of this
 repository), each with the probe extension `benchmarks/webui_probe`, which records per generation the peak
-CUDA memory, the allocator's cudaMalloc calls and the time of every model call by batch size. For each
+CUDA memory, the allocator's cudaMalloc calls and where each sampling step's time goes. For each
 configuration (20 steps Euler a):
 
-* t_off_s, t_sag_s, t_old_s: the median wall time of a whole txt2img request (off and on alternate, after
-  warm-up pairs: the machine's speed drifts over the first generations; the old extension's in its own webui,
-  SD1.5 only: `null` for SDXL, where it fails);
-* t_unet_b_ms: the median time of SAG's own model calls over the B uncond rows in the timed SAG generations
-  (CUDA events around the k-diffusion denoiser's forward: the UNet with the webui's wrappers, as the pass
-  runs it; read when each generation ends): exactly one pass over B rows at that shape, in the same
-  generations;
+* t_off_s, t_sag_s, t_old_s: the median wall time of a whole txt2img request: after warm-up rounds (the
+  machine's speed drifts over the first generations), each repeat runs SAG off, ours and the old extension
+  (in its own webui; SD1.5 only, `null` for SDXL, where it fails) once, in an order that rotates from
+  repeat to repeat;
+* t_unet_b_ms: one model call over the B uncond rows at that shape, as SAG's pass makes it (the k-diffusion
+  denoiser's forward: the UNet with the webui's wrappers), in the timed SAG generations themselves: CUDA
+  events around each pass, the median over a generation's passes, then over the generations. The GPU's
+  clock, not the host's: the host starts the pass while the GPU still finishes the CFG call, and waits
+  for it inside the call where the webui reads the GPU (at SDXL 2048² the pass's host span is 100 ms
+  longer than the GPU's, which is the pass's own work); where Python sets the pace (SD1.5 512²), the
+  GPU waits for the host and its span is the host's;
 * floor_ratio = 1 + steps * t_unet_b_ms / 1000 / t_off_s, the cost of exactly one extra pass per step;
 * peak_off_mib, peak_sag_mib: the peak CUDA memory allocated during the generation.
 
+It also prints, per configuration, the pass's host span, the CFG call off and on, the median of each
+repeat's own on/off ratio and the ratio of the fastest generations (the lent machine's host runs some
+generations about 1.4x slower than others, so a median can land in either speed), and where a step's
+time goes, SAG off against on (the probe's step segments: host and GPU milliseconds between its marks).
+`--records` writes every generation's record, from which `--from-records` recomputes the rows here
+without a GPU; `--profile` adds one more generation off and one on under torch's profiler to them.
+
     python benchmarks/webui_gpu.py --old-extension DIR --json benchmarks/results/webui-gpu-<commit>.json
+    python benchmarks/webui_gpu.py --from-records RECORDS.json --json ROWS.json
 """
 from __future__ import annotations
 
@@ -36,14 +48,15 @@ from e2e.harness.server import WebUI, WebUIError  # noqa: E402
 
 PROBE = ROOT / "benchmarks" / "webui_probe"
 STEPS = 20
-CONFIGS = {  # name: (checkpoint, size, batch, warm-up pairs, repeats)
-    "sd15-512-b1": ("sd1_wide", 512, 1, 3, 11),
-    "sd15-512-b4": ("sd1_wide", 512, 4, 2, 7),
+CONFIGS = {  # name: (checkpoint, size, batch, warm-up rounds, repeats)
+    "sd15-512-b1": ("sd1_wide", 512, 1, 3, 15),
+    "sd15-512-b4": ("sd1_wide", 512, 4, 2, 9),
     "sdxl-1024-b1": ("sdxl_full", 1024, 1, 1, 5),
     "sdxl-2048-b1": ("sdxl_full", 2048, 1, 1, 2),
 }
-OURS = ("self-attention guidance", [True, 0.5, 2.0, 1.0], [False])
-OLD = ("self attention guidance", [True, 0.5, 1.0], [False, 0.5, 1.0])  # its [enabled, scale, threshold]
+OURS_ON = ("self-attention guidance", [True, 0.5, 2.0, 1.0])
+OURS_OFF = ("self-attention guidance", [False])
+OLD_ON = ("self attention guidance", [True, 0.5, 1.0])  # its [enabled, scale, threshold]
 
 
 def payload(size, batch, title, args):
@@ -60,23 +73,30 @@ def timed(webui, body):
     return seconds, webui.get("/sag-bench/last")
 
 
-def measure(webui, extension, size, batch, warmup, repeats):
-    """(off records, on records): `repeats` alternating off/on generations after `warmup` pairs."""
-    title, on_args, off_args = extension
-    off_body, on_body = payload(size, batch, title, off_args), payload(size, batch, title, on_args)
-    for _ in range(warmup):  # kernels, allocator, and the machine's own warm-up
-        timed(webui, off_body), timed(webui, on_body)
-    off, on = [], []
-    pairs = [(off_body, off), (on_body, on)]
-    for index in range(repeats):
-        for body, runs in pairs if index % 2 == 0 else pairs[::-1]:
-            runs.append(timed(webui, body))
-    return off, on
+def measure(variants, warmup, repeats):
+    """{label: [(seconds, record)]} of `repeats` rounds over `variants` [(label, webui, body)], after
+    `warmup` rounds; each round starts one variant later than the one before. A variant whose webui
+    fails (the old extension on a model it cannot handle) is reported and dropped."""
+    runs = {label: [] for label, _, _ in variants}
+    for index in range(warmup + repeats):
+        for label, webui, body in variants[index % len(variants):] + variants[:index % len(variants)]:
+            if label not in runs:
+                continue
+            try:
+                result = timed(webui, body)
+            except WebUIError as error:
+                print(f"{label}: {str(error)[:300]}; dropped", file=sys.stderr)
+                del runs[label]
+                continue
+            if index >= warmup:
+                runs[label].append(result)
+    return runs
 
 
-def call_ms(runs, batch):
-    """The median over `runs` of each generation's median model-call time at `batch` rows."""
-    return statistics.median(record["model_call_ms_by_batch"][str(batch)] for _, record in runs)
+def call_ms(records, batch, clock="gpu"):
+    """The median over probe `records` of each generation's model call over `batch` rows (the median of
+    its calls) by `clock` ("gpu": CUDA events, "host": perf_counter)."""
+    return statistics.median(record["step_segments_ms"][f"call{batch}>end{batch}"][clock] for record in records)
 
 
 def mallocs(runs):
@@ -84,30 +104,80 @@ def mallocs(runs):
     return statistics.median(record["cuda_mallocs"] for _, record in runs)
 
 
-def row(name, gpu, ours, old):
-    (off, on), old_on = ours, old[1] if old else None
+def segments(runs):
+    """"a>b": (host ms, GPU ms), the medians over `runs` of each generation's step segment."""
+    names = dict.fromkeys(name for _, record in runs for name in record["step_segments_ms"])
+    return {name: tuple(statistics.median(record["step_segments_ms"][name][clock] for _, record in runs
+                                          if name in record["step_segments_ms"]) for clock in ("host", "gpu"))
+            for name in names}
+
+
+def print_steps(name, off, on):
+    """Where a step's time goes, SAG off against on: host and GPU ms of each stretch between probe marks."""
+    print(f"{name}: step segments, median ms (host / GPU)       SAG off           SAG on")
+    off_segments, on_segments = segments(off), segments(on)
+    for segment in dict.fromkeys([*off_segments, *on_segments]):
+        cells = [f"{s[segment][0]:7.2f} / {s[segment][1]:7.2f}" if segment in s else f"{'-':>17}"
+                 for s in (off_segments, on_segments)]
+        print(f"  {segment:<44}{cells[0]:>18}{cells[1]:>18}")
+
+
+def profiled(webui, bodies):
+    """{label: (seconds, record)}: one generation of each body in `bodies`, each under torch's profiler."""
+    records = {}
+    for label, body in bodies.items():
+        webui.post("/sag-bench/profile", {})
+        records[label] = timed(webui, body)
+    return records
+
+
+def row(name, gpu, runs):
+    """The issue's row of one configuration from `measure`'s runs."""
+    off, on, old = runs["off"], runs["on"], runs.get("old")
     batch = CONFIGS[name][2]
     t_off, t_sag = statistics.median(s for s, _ in off), statistics.median(s for s, _ in on)
-    t_unet = call_ms(on, batch)
+    on_records, off_records = [r for _, r in on], [r for _, r in off]
+    t_unet = call_ms(on_records, batch)
     paired = statistics.median(t_on / t_off for (t_off, _), (t_on, _) in zip(off, on))
-    print(f"{name}: the host's CFG call over {2 * batch} rows: {call_ms(off, 2 * batch):.1f} ms with SAG off, "
-          f"{call_ms(on, 2 * batch):.1f} ms with SAG on; SAG's pass over {batch}: {t_unet:.1f} ms; "
-          f"median of the repeats' own on/off ratios {paired:.3f}; cudaMalloc calls per generation "
+    fastest_off = min(s for s, _ in off)
+    print(f"{name}: SAG's pass over {batch} rows, GPU / host: {t_unet:.1f} / "
+          f"{call_ms(on_records, batch, 'host'):.1f} ms; "
+          f"the CFG call over {2 * batch} rows, GPU / host: {call_ms(off_records, 2 * batch):.1f} / "
+          f"{call_ms(off_records, 2 * batch, 'host'):.1f} ms with SAG off, {call_ms(on_records, 2 * batch):.1f} / "
+          f"{call_ms(on_records, 2 * batch, 'host'):.1f} ms with SAG on; median of the repeats' own on/off ratios "
+          f"{paired:.3f}; fastest on / fastest off {min(s for s, _ in on) / fastest_off:.3f} against a floor of "
+          f"{1 + STEPS * t_unet / 1000 / fastest_off:.3f} there; cudaMalloc calls per generation "
           f"{mallocs(off)} off, {mallocs(on)} on", flush=True)
     return {"config": name, "gpu": gpu, "steps": STEPS, "repeats": len(on), "t_off_s": round(t_off, 4),
-            "t_sag_s": round(t_sag, 4), "t_old_s": round(statistics.median(s for s, _ in old_on), 4) if old_on else None,
+            "t_sag_s": round(t_sag, 4), "t_old_s": round(statistics.median(s for s, _ in old), 4) if old else None,
             "t_unet_b_ms": round(t_unet, 3), "floor_ratio": round(1 + STEPS * t_unet / 1000 / t_off, 4),
-            "peak_off_mib": round(max(r["peak_mib"] for _, r in off), 1),
-            "peak_sag_mib": round(max(r["peak_mib"] for _, r in on), 1)}
+            "peak_off_mib": round(max(r["peak_mib"] for r in off_records), 1),
+            "peak_sag_mib": round(max(r["peak_mib"] for r in on_records), 1)}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--old-extension", type=Path, help="the old SAG extension's directory")
-    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--attention", help="the webui's cross-attention optimization (default: its Automatic)")
-    parser.add_argument("--json", type=Path, help="write the rows here")
-    args = parser.parse_args()
+def report(name, gpu, runs):
+    """The row of one configuration, printed with where its steps' time goes."""
+    result = row(name, gpu, runs)
+    print(json.dumps(result), flush=True)
+    print_steps(name, runs["off"], runs["on"])
+    return result
+
+
+def print_table(rows):
+    print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'old s':>8}{'SAG/off':>9}{'floor':>8}{'target':>8}{'peak off':>10}{'peak SAG':>10}")
+    for r in rows:
+        old = f"{r['t_old_s']:.3f}" if r["t_old_s"] else "-"
+        print(f"{r['config']:<14}{r['t_off_s']:>8.3f}{r['t_sag_s']:>8.3f}{old:>8}{r['t_sag_s'] / r['t_off_s']:>9.3f}"
+              f"{r['floor_ratio']:>8.3f}{1.03 * r['floor_ratio']:>8.3f}{r['peak_off_mib']:>10.0f}{r['peak_sag_mib']:>10.0f}")
+
+
+def write(path, content):
+    if path:
+        path.write_text(json.dumps(content, indent=2) + "\n")
+
+
+def run_on_gpu(args):
+    """Rows measured now (on a machine with a CUDA GPU), and the records they come from."""
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                          text=True).stdout.strip().splitlines()[0]
     common = {"device": "cuda", "checkpoint": "sd1_wide", "layouts": ("sd1_wide", "sdxl_full"), "extra_extensions": [PROBE],
@@ -116,7 +186,7 @@ def main():
     ours_webui = WebUI(**common)
     old_webui = WebUI(**{**common, "with_extension": False,
                          "extra_extensions": [PROBE, args.old_extension]}) if args.old_extension else None
-    rows = []
+    rows, records = [], {"gpu": gpu, "configs": {}}
     try:
         for server in filter(None, (ours_webui, old_webui)):
             server.start()
@@ -124,25 +194,41 @@ def main():
             print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)  # beside run.sh's nvidia-smi dmon record
             checkpoint, size, batch, warmup, repeats = CONFIGS[name]
             ours_webui.use_checkpoint(checkpoint)
-            ours = measure(ours_webui, OURS, size, batch, warmup, repeats)
-            old = None
+            bodies = {label: payload(size, batch, title, script_args)
+                      for label, (title, script_args) in (("off", OURS_OFF), ("on", OURS_ON), ("old", OLD_ON))}
+            variants = [("off", ours_webui, bodies["off"]), ("on", ours_webui, bodies["on"])]
             if old_webui is not None and checkpoint == "sd1_wide":  # the old extension fails on SDXL
-                try:
-                    old = measure(old_webui, OLD, size, batch, warmup, repeats)
-                except WebUIError as error:
-                    print(f"old extension, {name}: {str(error)[:300]}", file=sys.stderr)
-            rows.append(row(name, gpu, ours, old))
-            print(json.dumps(rows[-1]), flush=True)
-            if args.json:  # after every row: a run cut short keeps what it measured
-                args.json.write_text(json.dumps(rows, indent=2) + "\n")
+                variants.append(("old", old_webui, bodies["old"]))
+            runs = measure(variants, warmup, repeats)
+            rows.append(report(name, gpu, runs))
+            if args.profile:
+                runs["profiled"] = profiled(ours_webui, {"off": bodies["off"], "on": bodies["on"]})
+            records["configs"][name] = runs
+            write(args.json, rows)  # after every row: a run cut short keeps what it measured
+            write(args.records, records)
     finally:
         for server in filter(None, (ours_webui, old_webui)):
             server.stop()
-    print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'old s':>8}{'SAG/off':>9}{'floor':>8}{'target':>8}{'peak off':>10}{'peak SAG':>10}")
-    for r in rows:
-        old = f"{r['t_old_s']:.3f}" if r["t_old_s"] else "-"
-        print(f"{r['config']:<14}{r['t_off_s']:>8.3f}{r['t_sag_s']:>8.3f}{old:>8}{r['t_sag_s'] / r['t_off_s']:>9.3f}"
-              f"{r['floor_ratio']:>8.3f}{1.03 * r['floor_ratio']:>8.3f}{r['peak_off_mib']:>10.0f}{r['peak_sag_mib']:>10.0f}")
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old-extension", type=Path, help="the old SAG extension's directory")
+    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--attention", help="the webui's cross-attention optimization (default: its Automatic)")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    parser.add_argument("--records", type=Path, help="write every generation's probe record here")
+    parser.add_argument("--profile", action="store_true", help="profile one more generation off and one on")
+    parser.add_argument("--from-records", type=Path, help="no GPU: recompute the rows from a run's --records file")
+    args = parser.parse_args()
+    if args.from_records:
+        records = json.loads(args.from_records.read_text())
+        rows = [report(name, records["gpu"], runs) for name, runs in records["configs"].items()]
+        write(args.json, rows)
+    else:
+        rows = run_on_gpu(args)
+    print_table(rows)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The benchmark (benchmarks/bench_sag.py) runs end to end on the CPU and writes well-formed rows."""
+"""The benchmarks run end to end without a GPU where they can (bench_sag.py on the CPU); rows are well formed."""
 import json
 import math
 import subprocess
@@ -25,18 +25,69 @@ def test_tiny_benchmark_writes_finite_rows(tmp_path):
 
 
 def test_webui_gpu_rows_have_the_issue_keys_and_the_floor_of_one_pass():
-    """benchmarks/webui_gpu.py's row from probe records (it runs only on a GPU): medians, the pass over B rows."""
+    """benchmarks/webui_gpu.py's row from probe records (it runs only on a GPU): medians, and the pass over B
+    rows by the GPU's clock (its host span also holds the wait for the CFG call's GPU work)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import webui_gpu
 
-    def runs(seconds, pass_ms):
-        return [(s, {"peak_mib": 100.0 + s, "cuda_mallocs": 0, "model_call_ms_by_batch": {"4": ms, "8": 60.0}})
-                for s, ms in zip(seconds, pass_ms)]
+    def runs(seconds, pass_host_gpu):
+        return [(s, {"peak_mib": 100.0 + s, "cuda_mallocs": 0, "step_segments_ms": {
+            "call8>end8": {"host": 60.0, "gpu": 61.0}, "call4>end4": {"host": host, "gpu": gpu}}})
+            for s, (host, gpu) in zip(seconds, pass_host_gpu)]
 
-    off, on = runs([1.0, 1.2, 1.1], [0, 0, 0]), runs([2.0, 1.9, 2.3], [40.0, 50.0, 45.0])
-    row = webui_gpu.row("sd15-512-b4", "GPU", (off, on), None)
+    timed = {"off": runs([1.0, 1.2, 1.1], [(0, 0)] * 3), "on": runs([2.0, 1.9, 2.3], [(70, 40), (50, 55), (45, 60)]),
+             "old": runs([2.5, 2.4, 2.6], [(0, 0)] * 3)}
+    row = webui_gpu.row("sd15-512-b4", "GPU", timed)
     assert list(row) == ["config", "gpu", "steps", "repeats", "t_off_s", "t_sag_s", "t_old_s", "t_unet_b_ms",
                          "floor_ratio", "peak_off_mib", "peak_sag_mib"]
-    assert (row["t_off_s"], row["t_sag_s"], row["t_old_s"], row["t_unet_b_ms"]) == (1.1, 2.0, None, 45.0)
-    assert row["floor_ratio"] == round(1 + 20 * 0.045 / 1.1, 4)
+    assert (row["t_off_s"], row["t_sag_s"], row["t_old_s"], row["t_unet_b_ms"]) == (1.1, 2.0, 2.5, 55.0)
+    assert row["floor_ratio"] == round(1 + 20 * 0.055 / 1.1, 4)
     assert (row["peak_off_mib"], row["peak_sag_mib"]) == (101.2, 102.3)
+    assert webui_gpu.row("sd15-512-b4", "GPU", {**timed, "old": None})["t_old_s"] is None
+
+
+def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
+    """Each repeat runs every variant once, starting one later each round; warm-up rounds are not kept; a
+    variant whose webui fails is dropped, the others go on."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import webui_gpu
+
+    calls = []
+
+    class FakeWebUI:
+        def __init__(self, fail=False):
+            self.fail = fail
+
+        def post(self, path, body):
+            calls.append(body)
+            if self.fail:
+                raise webui_gpu.WebUIError("it cannot")
+
+        def get(self, path):
+            return {"label": calls[-1]}
+
+    variants = [("off", FakeWebUI(), "off"), ("on", FakeWebUI(), "on"), ("old", FakeWebUI(fail=True), "old")]
+    runs = webui_gpu.measure(variants, warmup=1, repeats=3)
+    assert calls == ["off", "on", "old", "on", "off", "off", "on", "off", "on"]
+    assert list(runs) == ["off", "on"] and [[r["label"] for _, r in runs[k]] for k in runs] == [["off"] * 3, ["on"] * 3]
+
+
+def test_webui_gpu_recomputes_the_rows_from_a_runs_records(tmp_path):
+    """`--from-records` (no GPU): the rows of a run come back from its records file alone."""
+    def record(seconds, peak, pass_gpu=None):
+        segments = {"call2>end2": {"host": 50.0, "gpu": 50.0}}
+        if pass_gpu is not None:
+            segments["call1>end1"] = {"host": pass_gpu + 9, "gpu": pass_gpu}
+        return [seconds, {"peak_mib": peak, "cuda_mallocs": 2, "step_segments_ms": segments}]
+
+    runs = {"off": [record(1.0, 10.0), record(1.2, 11.0)], "on": [record(2.0, 12.0, 49.0), record(2.2, 12.0, 51.0)]}
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps({"gpu": "GPU X", "configs": {"sd15-512-b1": runs}}))
+    rows_file = tmp_path / "rows.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "webui_gpu.py"), "--from-records", str(records),
+                           "--json", str(rows_file)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    [row] = json.loads(rows_file.read_text())
+    assert (row["config"], row["gpu"], row["t_off_s"], row["t_sag_s"]) == ("sd15-512-b1", "GPU X", 1.1, 2.1)
+    assert row["t_unet_b_ms"] == 50.0
+    assert row["floor_ratio"] == round(1 + 20 * 0.050 / 1.1, 4) and row["t_old_s"] is None

@@ -1,53 +1,78 @@
 """Benchmark probe for benchmarks/webui_gpu.py (a test extension, not part of SAG).
 
 Per generation it records the peak CUDA memory allocated, how many cudaMalloc and cudaFree calls the
-caching allocator made (a generation that keeps allocating fresh device memory pays for it), and the
-time of every model call, by batch size (the median of that generation's calls): CUDA events around the
-k-diffusion denoiser's forward, the call the sampler and SAG's pass make (the webui's wrappers, c_in
-scaling, sigma to t, apply_model, the UNet), so a call's time is what it costs inside the generation,
-launch gaps and Python included; the events are read once, when the generation ends. After a
-`POST /sag-bench/profile`, the next generation runs under torch's profiler and the record holds its table
-of CUDA kernels by total time. `GET /sag-bench/last` returns the last record.
+caching allocator made (a generation that keeps allocating fresh device memory pays for it), and a
+timeline of every sampling step: marks, each a host clock reading and a CUDA event, where the webui's CFG
+denoiser is entered and left and around every model call inside it (the k-diffusion denoiser's forward:
+the webui's wrappers, c_in scaling, sigma to t, apply_model, the UNet; the CFG call over 2B rows and SAG's
+pass over B). From it, for each stretch between two consecutive marks of a step (e.g. "call4>end4", a
+model call over 4 rows), the median over the generation's steps of its host and its GPU milliseconds,
+which say where a step's time goes and whether the host or the GPU sets its pace. The events are read
+once, when the generation ends. After a `POST /sag-bench/profile`, the next generation
+runs under torch's profiler and the record holds its operator tables by CUDA and by host time.
+`GET /sag-bench/last` returns the last record.
 """
 import statistics
+import time
 
 import k_diffusion.external
 import torch
 
 import modules.scripts as scripts
 from modules import script_callbacks
+from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 
 LAST = {}
 PROFILE_NEXT = []  # non-empty: profile the next generation
 DENOISERS = (k_diffusion.external.DiscreteEpsDDPMDenoiser, k_diffusion.external.DiscreteVDDPMDenoiser)
 
 
-class ModelCallTimer:
-    """CUDA events around each forward of the k-diffusion denoisers; `times_ms()` maps batch size to the
-    median of its calls."""
+class StepTimeline:
+    """Marks (name, host seconds, CUDA event) at the CFG denoiser's entry and exit and around each model
+    call, patched into the classes for one generation."""
 
     def __init__(self):
-        self.events = []
-        self.originals = {cls: cls.__dict__["forward"] for cls in DENOISERS}
-        for cls, forward in self.originals.items():
-            cls.forward = self.timed(forward)
+        self.marks = []
+        self.originals = {cls: cls.__dict__["forward"] for cls in (CFGDenoiser, *DENOISERS)}
+        CFGDenoiser.forward = self.marked(self.originals[CFGDenoiser], lambda x: ("step", "done"))
+        for cls in DENOISERS:
+            cls.forward = self.marked(self.originals[cls], lambda x: (f"call{x.shape[0]}", f"end{x.shape[0]}"))
 
-    def timed(self, forward):
-        def timed_forward(module, input, sigma, **kwargs):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            output = forward(module, input, sigma, **kwargs)
-            end.record()
-            self.events.append((input.shape[0], start, end))
+    def mark(self, name):
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self.marks.append((name, time.perf_counter(), event))
+
+    def marked(self, forward, names):
+        def marked_forward(module, x, *args, **kwargs):
+            start, end = names(x)
+            self.mark(start)
+            output = forward(module, x, *args, **kwargs)
+            self.mark(end)
             return output
-        return timed_forward
+        return marked_forward
 
-    def times_ms(self):
+    def steps(self):
+        """Each whole step's marks: from one "step" mark up to the next."""
+        starts = [i for i, (name, _, _) in enumerate(self.marks) if name == "step"]
+        return [self.marks[a:b + 1] for a, b in zip(starts, starts[1:])]
+
+    def segments_ms(self):
+        """"a>b": {"host": ms, "gpu": ms}, medians over the whole steps of the stretch from mark a to mark b
+        (the last, "done>step", is the sampler's own work between two steps)."""
+        spans = {}
+        for step in self.steps():
+            for (a, host_a, event_a), (b, host_b, event_b) in zip(step, step[1:]):
+                host, gpu = spans.setdefault(f"{a}>{b}", ([], []))
+                host.append(1000 * (host_b - host_a))
+                gpu.append(event_a.elapsed_time(event_b))
+        return {name: {"host": round(statistics.median(host), 3), "gpu": round(statistics.median(gpu), 3)}
+                for name, (host, gpu) in spans.items()}
+
+    def read(self):
+        """The generation's step segments (waits for the GPU once)."""
         torch.cuda.synchronize()
-        by_batch = {}
-        for batch, start, end in self.events:
-            by_batch.setdefault(batch, []).append(start.elapsed_time(end))
-        return {batch: statistics.median(times) for batch, times in by_batch.items()}
+        return {"step_segments_ms": self.segments_ms(), "steps_timed": len(self.steps())}
 
     def remove(self):
         for cls, forward in self.originals.items():
@@ -71,7 +96,7 @@ class SagBenchProbe(scripts.Script):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         p.sag_bench_allocator = allocator_calls()
-        p.sag_bench_timer = ModelCallTimer()
+        p.sag_bench_timeline = StepTimeline()
         p.sag_bench_profiler = None
         if PROFILE_NEXT:
             activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -80,15 +105,16 @@ class SagBenchProbe(scripts.Script):
         PROFILE_NEXT.clear()
 
     def postprocess(self, p, processed, *args):
-        timer = p.sag_bench_timer
         LAST.clear()
         mallocs, frees = (now - before for now, before in zip(allocator_calls(), p.sag_bench_allocator))
         LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20, cuda_mallocs=mallocs, cuda_frees=frees)
         if p.sag_bench_profiler is not None:
             p.sag_bench_profiler.__exit__(None, None, None)
-            LAST.update(profile=p.sag_bench_profiler.key_averages().table(sort_by="cuda_time_total", row_limit=40))
-        timer.remove()
-        LAST.update(model_call_ms_by_batch={str(batch): ms for batch, ms in timer.times_ms().items()})
+            averages = p.sag_bench_profiler.key_averages()
+            LAST.update(profile_by_cuda=averages.table(sort_by="cuda_time_total", row_limit=40),
+                        profile_by_host=averages.table(sort_by="self_cpu_time_total", row_limit=40))
+        p.sag_bench_timeline.remove()
+        LAST.update(p.sag_bench_timeline.read())
 
 
 def add_route(_demo, app):
