@@ -4,8 +4,8 @@
 #   bash tests/e2e/gpu/run.sh contract [pytest args]   # tests/e2e/gpu/test_gpu_contract.py, webuis side by side
 #   bash tests/e2e/gpu/run.sh bench [webui_gpu.py args]  # benchmarks/webui_gpu.py against .gpu/extensions/sd_webui_SAG
 # It installs the wheels, writes the SD1.5- and SDXL-size random checkpoints once per machine and runs the
-# webuis with the e2e harness on CUDA. Logs, the benchmark's JSON and, for bench, `nvidia-smi dmon`'s record go
-# to $OUT (the device tool's folder).
+# webuis with the e2e harness on CUDA. Logs, the benchmark's rows and records and, for bench, `nvidia-smi dmon`'s
+# record go to $OUT (the device tool's folder).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 eval "$(bash tests/e2e/gpu/install_device.sh)"
@@ -27,7 +27,8 @@ case "$what" in
   bench)  # with the GPU's clocks, power, temperature and load once a second beside it (the bench prints times)
     nvidia-smi dmon -s pcu -o T -d 1 > "$out/gpu-dmon.log" 2>&1 &
     dmon=$!
-    python3 benchmarks/webui_gpu.py --old-extension .gpu/extensions/sd_webui_SAG --json "$out/webui-gpu.json" "$@" \
+    python3 benchmarks/webui_gpu.py --old-extension .gpu/extensions/sd_webui_SAG --json "$out/webui-gpu.json" \
+      --records "$out/webui-gpu.records.json" "$@" \
       2>&1 | tee "$out/bench.log"
     kill "$dmon" 2>/dev/null || true ;;
   *) echo "usage: $0 contract|bench [args]" >&2; exit 2 ;;
