@@ -26,7 +26,9 @@ repeat's own on/off ratio and the ratio of the fastest generations (the lent mac
 generations about 1.4x slower than others, so a median can land in either speed), and where a step's
 time goes, SAG off against on (the probe's step segments: host and GPU milliseconds between its marks).
 `--records` writes every generation's record, from which `--from-records` recomputes the rows here
-without a GPU; `--profile` adds one more generation off and one on under torch's profiler to them.
+without a GPU; `--profile` adds one more generation off and one on under torch's profiler to them;
+`--extra-call` adds a variant to the rounds: SAG off, with the probe making one more model call over B
+rows right after each CFG call (SAG's pass without SAG), to tell what a second call alone does to a step.
 
     python benchmarks/webui_gpu.py --old-extension DIR --json benchmarks/results/webui-gpu-<commit>.json
     python benchmarks/webui_gpu.py --from-records RECORDS.json --json ROWS.json
@@ -65,8 +67,11 @@ def payload(size, batch, title, args):
             "alwayson_scripts": {title: {"args": args}}}
 
 
-def timed(webui, body):
-    """(seconds, the probe's record) of one whole txt2img request."""
+def timed(webui, body, probe_request=None):
+    """(seconds, the probe's record) of one whole txt2img request, after `probe_request` (a probe path to
+    POST first, e.g. "/sag-bench/extra-call") if given."""
+    if probe_request:
+        webui.post(probe_request, {})
     start = time.perf_counter()
     webui.post("/sdapi/v1/txt2img", body)
     seconds = time.perf_counter() - start
@@ -74,16 +79,16 @@ def timed(webui, body):
 
 
 def measure(variants, warmup, repeats):
-    """{label: [(seconds, record)]} of `repeats` rounds over `variants` [(label, webui, body)], after
-    `warmup` rounds; each round starts one variant later than the one before. A variant whose webui
-    fails (the old extension on a model it cannot handle) is reported and dropped."""
-    runs = {label: [] for label, _, _ in variants}
+    """{label: [(seconds, record)]} of `repeats` rounds over `variants` [(label, webui, body, probe
+    request or None)], after `warmup` rounds; each round starts one variant later than the one before.
+    A variant whose webui fails (the old extension on a model it cannot handle) is reported and dropped."""
+    runs = {label: [] for label, *_ in variants}
     for index in range(warmup + repeats):
-        for label, webui, body in variants[index % len(variants):] + variants[:index % len(variants)]:
+        for label, webui, body, probe_request in variants[index % len(variants):] + variants[:index % len(variants)]:
             if label not in runs:
                 continue
             try:
-                result = timed(webui, body)
+                result = timed(webui, body, probe_request)
             except WebUIError as error:
                 print(f"{label}: {str(error)[:300]}; dropped", file=sys.stderr)
                 del runs[label]
@@ -112,14 +117,14 @@ def segments(runs):
             for name in names}
 
 
-def print_steps(name, off, on):
-    """Where a step's time goes, SAG off against on: host and GPU ms of each stretch between probe marks."""
-    print(f"{name}: step segments, median ms (host / GPU)       SAG off           SAG on")
-    off_segments, on_segments = segments(off), segments(on)
-    for segment in dict.fromkeys([*off_segments, *on_segments]):
-        cells = [f"{s[segment][0]:7.2f} / {s[segment][1]:7.2f}" if segment in s else f"{'-':>17}"
-                 for s in (off_segments, on_segments)]
-        print(f"  {segment:<44}{cells[0]:>18}{cells[1]:>18}")
+def print_steps(name, runs):
+    """Where a step's time goes in each variant of `runs` ({label: runs}): host and GPU ms of each stretch
+    between probe marks."""
+    by_label = {label: segments(variant_runs) for label, variant_runs in runs.items()}
+    print(f"{name}: step segments, median ms (host / GPU)" + "".join(f"{label:>18}" for label in by_label))
+    for segment in dict.fromkeys(name for segs in by_label.values() for name in segs):
+        cells = [f"{s[segment][0]:7.2f} / {s[segment][1]:7.2f}" if segment in s else "-" for s in by_label.values()]
+        print(f"  {segment:<40}" + "".join(f"{cell:>18}" for cell in cells))
 
 
 def profiled(webui, bodies):
@@ -159,7 +164,7 @@ def report(name, gpu, runs):
     """The row of one configuration, printed with where its steps' time goes."""
     result = row(name, gpu, runs)
     print(json.dumps(result), flush=True)
-    print_steps(name, runs["off"], runs["on"])
+    print_steps(name, {label: runs[label] for label in ("off", "extra", "on", "old") if runs.get(label)})
     return result
 
 
@@ -196,9 +201,11 @@ def run_on_gpu(args):
             ours_webui.use_checkpoint(checkpoint)
             bodies = {label: payload(size, batch, title, script_args)
                       for label, (title, script_args) in (("off", OURS_OFF), ("on", OURS_ON), ("old", OLD_ON))}
-            variants = [("off", ours_webui, bodies["off"]), ("on", ours_webui, bodies["on"])]
+            variants = [("off", ours_webui, bodies["off"], None), ("on", ours_webui, bodies["on"], None)]
+            if args.extra_call:
+                variants.append(("extra", ours_webui, bodies["off"], "/sag-bench/extra-call"))
             if old_webui is not None and checkpoint == "sd1_wide":  # the old extension fails on SDXL
-                variants.append(("old", old_webui, bodies["old"]))
+                variants.append(("old", old_webui, bodies["old"], None))
             runs = measure(variants, warmup, repeats)
             rows.append(report(name, gpu, runs))
             if args.profile:
@@ -220,6 +227,8 @@ def main():
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--records", type=Path, help="write every generation's probe record here")
     parser.add_argument("--profile", action="store_true", help="profile one more generation off and one on")
+    parser.add_argument("--extra-call", action="store_true",
+                        help="one more variant: SAG off, and the probe makes a model call over B rows after each CFG call")
     parser.add_argument("--from-records", type=Path, help="no GPU: recompute the rows from a run's --records file")
     args = parser.parse_args()
     if args.from_records:

@@ -47,8 +47,9 @@ def test_webui_gpu_rows_have_the_issue_keys_and_the_floor_of_one_pass():
 
 
 def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
-    """Each repeat runs every variant once, starting one later each round; warm-up rounds are not kept; a
-    variant whose webui fails is dropped, the others go on."""
+    """Each repeat runs every variant once, starting one later each round; a variant's probe request is
+    posted right before its generation; warm-up rounds are not kept; a variant whose webui fails is
+    dropped, the others go on."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import webui_gpu
 
@@ -59,17 +60,21 @@ def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
             self.fail = fail
 
         def post(self, path, body):
-            calls.append(body)
+            calls.append(body if path == "/sdapi/v1/txt2img" else path)
             if self.fail:
                 raise webui_gpu.WebUIError("it cannot")
 
         def get(self, path):
             return {"label": calls[-1]}
 
-    variants = [("off", FakeWebUI(), "off"), ("on", FakeWebUI(), "on"), ("old", FakeWebUI(fail=True), "old")]
-    runs = webui_gpu.measure(variants, warmup=1, repeats=3)
-    assert calls == ["off", "on", "old", "on", "off", "off", "on", "off", "on"]
-    assert list(runs) == ["off", "on"] and [[r["label"] for _, r in runs[k]] for k in runs] == [["off"] * 3, ["on"] * 3]
+    variants = [("off", FakeWebUI(), "off body", None), ("extra", FakeWebUI(), "extra body", "/sag-bench/extra-call"),
+                ("old", FakeWebUI(fail=True), "old body", None)]
+    runs = webui_gpu.measure(variants, warmup=1, repeats=2)
+    assert calls == ["off body", "/sag-bench/extra-call", "extra body", "old body",  # warm-up; old fails
+                     "/sag-bench/extra-call", "extra body", "off body",  # round 1 starts at the second
+                     "off body", "/sag-bench/extra-call", "extra body"]  # round 2 at the third (dropped)
+    assert list(runs) == ["off", "extra"]
+    assert [[record["label"] for _, record in runs[label]] for label in runs] == [["off body"] * 2, ["extra body"] * 2]
 
 
 def test_webui_gpu_recomputes_the_rows_from_a_runs_records(tmp_path):

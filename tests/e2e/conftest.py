@@ -17,7 +17,7 @@ import os
 import pytest
 from e2e.harness.server import RunningWebUI, WebUI
 
-OWN_SERVERS = ("ui_webui", "neighbourhood")  # fixtures that start webuis of their own
+OWN_SERVERS = ("ui_webui", "neighbourhood", "probe_webui")  # fixtures that start webuis of their own
 
 
 def pytest_configure(config):

@@ -8,8 +8,12 @@ the webui's wrappers, c_in scaling, sigma to t, apply_model, the UNet; the CFG c
 pass over B). From it, for each stretch between two consecutive marks of a step (e.g. "call4>end4", a
 model call over 4 rows), the median over the generation's steps of its host and its GPU milliseconds,
 which say where a step's time goes and whether the host or the GPU sets its pace. The events are read
-once, when the generation ends. After a `POST /sag-bench/profile`, the next generation
-runs under torch's profiler and the record holds its operator tables by CUDA and by host time.
+once, when the generation ends. Without a GPU (the CPU webui) both clocks are the host's.
+
+For the next generation only: after a `POST /sag-bench/profile` it runs under torch's profiler and the
+record holds its operator tables by CUDA and by host time; after a `POST /sag-bench/extra-call` each step
+makes one more model call, over the last half of the CFG call's rows, right after it, and drops its
+output (the shape of SAG's pass without SAG: what a second call alone does to a step).
 `GET /sag-bench/last` returns the last record.
 """
 import statistics
@@ -22,35 +26,75 @@ import modules.scripts as scripts
 from modules import script_callbacks
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 
+CUDA = torch.cuda.is_available()
 LAST = {}
-PROFILE_NEXT = []  # non-empty: profile the next generation
+NEXT = set()  # what the next generation does besides timing: "profile", "extra-call"
 DENOISERS = (k_diffusion.external.DiscreteEpsDDPMDenoiser, k_diffusion.external.DiscreteVDDPMDenoiser)
 
 
-class StepTimeline:
-    """Marks (name, host seconds, CUDA event) at the CFG denoiser's entry and exit and around each model
-    call, patched into the classes for one generation."""
+class HostEvent:
+    """A CUDA event's stand-in without a GPU: the host clock."""
 
-    def __init__(self):
+    def record(self):
+        self.seconds = time.perf_counter()
+
+    def elapsed_time(self, end):
+        return 1000 * (end.seconds - self.seconds)
+
+
+def last_rows(value, rows):
+    """`value` (a tensor, or a dict/list/tuple of them: the denoiser's cond) cut to its last `rows` rows."""
+    if isinstance(value, torch.Tensor):
+        return value[-rows:]
+    if isinstance(value, dict):
+        return {key: last_rows(item, rows) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(last_rows(item, rows) for item in value)
+    return value
+
+
+class StepTimeline:
+    """Marks (name, host seconds, event) at the CFG denoiser's entry ("step") and exit ("done") and around
+    each model call ("callN", "endN" for N rows), patched into the classes for one generation."""
+
+    def __init__(self, extra_call=False):
         self.marks = []
+        self.extra_call = extra_call
+        self.calls_in_step = 0
         self.originals = {cls: cls.__dict__["forward"] for cls in (CFGDenoiser, *DENOISERS)}
-        CFGDenoiser.forward = self.marked(self.originals[CFGDenoiser], lambda x: ("step", "done"))
+        CFGDenoiser.forward = self.step_wrapper(self.originals[CFGDenoiser])
         for cls in DENOISERS:
-            cls.forward = self.marked(self.originals[cls], lambda x: (f"call{x.shape[0]}", f"end{x.shape[0]}"))
+            cls.forward = self.call_wrapper(self.originals[cls])
 
     def mark(self, name):
-        event = torch.cuda.Event(enable_timing=True)
+        event = torch.cuda.Event(enable_timing=True) if CUDA else HostEvent()
         event.record()
         self.marks.append((name, time.perf_counter(), event))
 
-    def marked(self, forward, names):
-        def marked_forward(module, x, *args, **kwargs):
-            start, end = names(x)
-            self.mark(start)
-            output = forward(module, x, *args, **kwargs)
-            self.mark(end)
+    def step_wrapper(self, forward):
+        def step_forward(module, *args, **kwargs):
+            self.mark("step")
+            self.calls_in_step = 0
+            output = forward(module, *args, **kwargs)
+            self.mark("done")
             return output
-        return marked_forward
+        return step_forward
+
+    def call_wrapper(self, forward):
+        def timed(module, x, sigma, **kwargs):
+            self.mark(f"call{x.shape[0]}")
+            output = forward(module, x, sigma, **kwargs)
+            self.mark(f"end{x.shape[0]}")
+            return output
+
+        def call_forward(module, x, sigma, **kwargs):
+            output = timed(module, x, sigma, **kwargs)
+            self.calls_in_step += 1
+            if self.extra_call and self.calls_in_step == 1 and x.shape[0] % 2 == 0:
+                half = x.shape[0] // 2
+                timed(module, x[half:], sigma[half:], **last_rows(kwargs, half))
+            return output
+        return call_forward
 
     def steps(self):
         """Each whole step's marks: from one "step" mark up to the next."""
@@ -71,7 +115,8 @@ class StepTimeline:
 
     def read(self):
         """The generation's step segments (waits for the GPU once)."""
-        torch.cuda.synchronize()
+        if CUDA:
+            torch.cuda.synchronize()
         return {"step_segments_ms": self.segments_ms(), "steps_timed": len(self.steps())}
 
     def remove(self):
@@ -81,7 +126,7 @@ class StepTimeline:
 
 def allocator_calls():
     """(cudaMalloc calls, cudaFree calls) of the caching allocator so far."""
-    stats = torch.cuda.memory_stats()
+    stats = torch.cuda.memory_stats() if CUDA else {}
     return stats.get("num_device_alloc", 0), stats.get("num_device_free", 0)
 
 
@@ -93,21 +138,25 @@ class SagBenchProbe(scripts.Script):
         return scripts.AlwaysVisible
 
     def process(self, p, *args):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        if CUDA:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         p.sag_bench_allocator = allocator_calls()
-        p.sag_bench_timeline = StepTimeline()
+        p.sag_bench_timeline = StepTimeline(extra_call="extra-call" in NEXT)
         p.sag_bench_profiler = None
-        if PROFILE_NEXT:
-            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        if "profile" in NEXT:
+            activities = [torch.profiler.ProfilerActivity.CPU]
+            if CUDA:
+                activities.append(torch.profiler.ProfilerActivity.CUDA)
             p.sag_bench_profiler = torch.profiler.profile(activities=activities)
             p.sag_bench_profiler.__enter__()
-        PROFILE_NEXT.clear()
+        NEXT.clear()
 
     def postprocess(self, p, processed, *args):
         LAST.clear()
         mallocs, frees = (now - before for now, before in zip(allocator_calls(), p.sag_bench_allocator))
-        LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20, cuda_mallocs=mallocs, cuda_frees=frees)
+        LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20 if CUDA else None,
+                    cuda_mallocs=mallocs, cuda_frees=frees)
         if p.sag_bench_profiler is not None:
             p.sag_bench_profiler.__exit__(None, None, None)
             averages = p.sag_bench_profiler.key_averages()
@@ -117,9 +166,16 @@ class SagBenchProbe(scripts.Script):
         LAST.update(p.sag_bench_timeline.read())
 
 
+def for_next_generation(what):
+    def request():
+        NEXT.add(what)
+    return request
+
+
 def add_route(_demo, app):
     app.add_api_route("/sag-bench/last", lambda: dict(LAST), methods=["GET"])
-    app.add_api_route("/sag-bench/profile", lambda: PROFILE_NEXT.append(True), methods=["POST"])
+    for what in ("profile", "extra-call"):
+        app.add_api_route(f"/sag-bench/{what}", for_next_generation(what), methods=["POST"])
 
 
 script_callbacks.on_app_started(add_route)

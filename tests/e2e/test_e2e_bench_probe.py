@@ -1,0 +1,63 @@
+"""The benchmark's probe extension (benchmarks/webui_probe) in the real webui, on the CPU: its timeline of
+each step, its extra model call (which must not change the image) and its profile, each for one
+generation only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from e2e.conftest import kept_data_dir
+from e2e.harness.server import WebUI
+from e2e.sag_api import BASE, OFF, ON, generate
+
+pytestmark = pytest.mark.e2e
+PROBE = Path(__file__).resolve().parents[2] / "benchmarks" / "webui_probe"
+PAYLOAD = {**BASE, "batch_size": 2}  # the CFG call holds 4 rows, SAG's pass 2
+
+
+@pytest.fixture(scope="module")
+def probe_webui(checkpoint_cache):
+    server = WebUI(checkpoint_cache=checkpoint_cache, extra_extensions=[PROBE], data_dir=kept_data_dir("probe"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def generation(webui, args, probe_request=None):
+    """(images, the probe's record) of one txt2img generation."""
+    if probe_request:
+        webui.post(probe_request, {})
+    images, _ = generate(webui, "txt2img", PAYLOAD, args)
+    return images, webui.get("/sag-bench/last")
+
+
+def test_the_timeline_has_each_steps_model_calls(probe_webui):
+    _, off = generation(probe_webui, OFF)
+    _, on = generation(probe_webui, ON)
+    assert off["steps_timed"] == on["steps_timed"] == PAYLOAD["steps"] - 1  # whole steps: up to the last
+    assert list(off["step_segments_ms"]) == ["step>call4", "call4>end4", "end4>done", "done>step"]
+    assert list(on["step_segments_ms"]) == ["step>call4", "call4>end4", "end4>call2", "call2>end2", "end2>done",
+                                            "done>step"]
+    assert all(span["host"] >= 0 and span["gpu"] >= 0 for span in on["step_segments_ms"].values())
+    assert off["peak_mib"] is None  # no CUDA here
+
+
+def test_the_extra_call_runs_once_and_changes_nothing(probe_webui):
+    plain, before = generation(probe_webui, OFF)
+    extra, with_call = generation(probe_webui, OFF, "/sag-bench/extra-call")
+    again, after = generation(probe_webui, OFF)
+    assert "call2>end2" in with_call["step_segments_ms"] and "call2>end2" not in before["step_segments_ms"]
+    assert "call2>end2" not in after["step_segments_ms"]  # for the next generation only
+    for image, other in zip(plain + again, extra + extra):
+        np.testing.assert_array_equal(image, other)
+
+
+def test_a_profiled_generation_holds_the_operator_tables(probe_webui):
+    _, record = generation(probe_webui, OFF, "/sag-bench/profile")
+    assert "aten::" in record["profile_by_host"]
+    _, next_record = generation(probe_webui, OFF)
+    assert "profile_by_host" not in next_record
