@@ -122,8 +122,9 @@ def print_steps(name, runs):
     between probe marks."""
     by_label = {label: segments(variant_runs) for label, variant_runs in runs.items()}
     print(f"{name}: step segments, median ms (host / GPU)" + "".join(f"{label:>18}" for label in by_label))
-    for segment in dict.fromkeys(name for segs in by_label.values() for name in segs):
-        cells = [f"{s[segment][0]:7.2f} / {s[segment][1]:7.2f}" if segment in s else "-" for s in by_label.values()]
+    for segment in dict.fromkeys(segment for spans in by_label.values() for segment in spans):
+        cells = [f"{spans[segment][0]:7.2f} / {spans[segment][1]:7.2f}" if segment in spans else "-"
+                 for spans in by_label.values()]
         print(f"  {segment:<40}" + "".join(f"{cell:>18}" for cell in cells))
 
 
