@@ -98,12 +98,6 @@ def measure(variants, warmup, repeats):
     return runs
 
 
-def call_ms(records, batch, clock="gpu"):
-    """The median over probe `records` of each generation's model call over `batch` rows (the median of
-    its calls) by `clock` ("gpu": CUDA events, "host": perf_counter)."""
-    return statistics.median(record["step_segments_ms"][f"call{batch}>end{batch}"][clock] for record in records)
-
-
 def mallocs(runs):
     """The median over `runs` of each generation's cudaMalloc calls."""
     return statistics.median(record["cuda_mallocs"] for _, record in runs)
@@ -115,6 +109,13 @@ def segments(runs):
     return {name: tuple(statistics.median(record["step_segments_ms"][name][clock] for _, record in runs
                                           if name in record["step_segments_ms"]) for clock in ("host", "gpu"))
             for name in names}
+
+
+def call_ms(runs, batch, clock="gpu"):
+    """The median over `runs` of each generation's model call over `batch` rows (the median of its calls)
+    by `clock` ("gpu": CUDA events, "host": perf_counter)."""
+    host, gpu = segments(runs)[f"call{batch}>end{batch}"]
+    return gpu if clock == "gpu" else host
 
 
 def print_steps(name, runs):
@@ -142,23 +143,21 @@ def row(name, gpu, runs):
     off, on, old = runs["off"], runs["on"], runs.get("old")
     batch = CONFIGS[name][2]
     t_off, t_sag = statistics.median(s for s, _ in off), statistics.median(s for s, _ in on)
-    on_records, off_records = [r for _, r in on], [r for _, r in off]
-    t_unet = call_ms(on_records, batch)
+    t_unet = call_ms(on, batch)
     paired = statistics.median(t_on / t_off for (t_off, _), (t_on, _) in zip(off, on))
     fastest_off = min(s for s, _ in off)
-    print(f"{name}: SAG's pass over {batch} rows, GPU / host: {t_unet:.1f} / "
-          f"{call_ms(on_records, batch, 'host'):.1f} ms; "
-          f"the CFG call over {2 * batch} rows, GPU / host: {call_ms(off_records, 2 * batch):.1f} / "
-          f"{call_ms(off_records, 2 * batch, 'host'):.1f} ms with SAG off, {call_ms(on_records, 2 * batch):.1f} / "
-          f"{call_ms(on_records, 2 * batch, 'host'):.1f} ms with SAG on; median of the repeats' own on/off ratios "
+    print(f"{name}: SAG's pass over {batch} rows, GPU / host: {t_unet:.1f} / {call_ms(on, batch, 'host'):.1f} ms; "
+          f"the CFG call over {2 * batch} rows, GPU / host: {call_ms(off, 2 * batch):.1f} / "
+          f"{call_ms(off, 2 * batch, 'host'):.1f} ms with SAG off, {call_ms(on, 2 * batch):.1f} / "
+          f"{call_ms(on, 2 * batch, 'host'):.1f} ms with SAG on; median of the repeats' own on/off ratios "
           f"{paired:.3f}; fastest on / fastest off {min(s for s, _ in on) / fastest_off:.3f} against a floor of "
           f"{1 + STEPS * t_unet / 1000 / fastest_off:.3f} there; cudaMalloc calls per generation "
           f"{mallocs(off)} off, {mallocs(on)} on", flush=True)
     return {"config": name, "gpu": gpu, "steps": STEPS, "repeats": len(on), "t_off_s": round(t_off, 4),
             "t_sag_s": round(t_sag, 4), "t_old_s": round(statistics.median(s for s, _ in old), 4) if old else None,
             "t_unet_b_ms": round(t_unet, 3), "floor_ratio": round(1 + STEPS * t_unet / 1000 / t_off, 4),
-            "peak_off_mib": round(max(r["peak_mib"] for r in off_records), 1),
-            "peak_sag_mib": round(max(r["peak_mib"] for r in on_records), 1)}
+            "peak_off_mib": round(max(r["peak_mib"] for _, r in off), 1),
+            "peak_sag_mib": round(max(r["peak_mib"] for _, r in on), 1)}
 
 
 def report(name, gpu, runs):
@@ -183,7 +182,7 @@ def write(path, content):
 
 
 def run_on_gpu(args):
-    """Rows measured now (on a machine with a CUDA GPU), and the records they come from."""
+    """Rows measured now, on a machine with a CUDA GPU (every generation's record goes to `--records`)."""
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                          text=True).stdout.strip().splitlines()[0]
     common = {"device": "cuda", "checkpoint": "sd1_wide", "layouts": ("sd1_wide", "sdxl_full"), "extra_extensions": [PROBE],
