@@ -8,27 +8,26 @@ CUDA memory, the allocator's cudaMalloc calls and where each sampling step's tim
 configuration (20 steps Euler a):
 
 * t_off_s, t_sag_s, t_old_s: the median wall time of a whole txt2img request: after warm-up rounds (the
-  machine's speed drifts over the first generations), each repeat runs SAG off, ours and the old extension
-  (in its own webui; SD1.5 only, `null` for SDXL, where it fails) once, in an order that rotates from
-  repeat to repeat;
+  machine's speed drifts over the first generations), each repeat runs SAG off, ours, the old extension
+  (in its own webui; SD1.5 only, `null` for SDXL, where it fails) and the plain-pass variant once, in an
+  order that rotates from repeat to repeat;
 * t_unet_b_ms: one model call over the B uncond rows at that shape, as SAG's pass makes it (the k-diffusion
-  denoiser's forward: the UNet with the webui's wrappers), in the timed SAG generations themselves: CUDA
-  events around each pass, the median over a generation's passes, then over the generations. The GPU's
-  clock, not the host's: the host starts the pass while the GPU still finishes the CFG call, and waits
-  for it inside the call where the webui reads the GPU (at SDXL 2048² the pass's host span is 100 ms
-  longer than the GPU's, which is the pass's own work); where Python sets the pace (SD1.5 512²), the
-  GPU waits for the host and its span is the host's;
+  denoiser's forward: the UNet with the webui's wrappers), but without SAG: the plain-pass variant is a
+  SAG-off generation in which the probe makes that call after each step's CFG call, isolated (the GPU
+  waited for before and after it), so its wall time is its whole cost whichever of the host and the GPU
+  sets its pace; the median over a generation's steps, then over the generations;
 * floor_ratio = 1 + steps * t_unet_b_ms / 1000 / t_off_s, the cost of exactly one extra pass per step;
+* t_off_plus_pass_s: the plain-pass variant's median wall time (SAG off plus one isolated plain pass per
+  step: the floor in whole generations, beside the formula's);
 * peak_off_mib, peak_sag_mib: the peak CUDA memory allocated during the generation.
 
-It also prints, per configuration, the pass's host span, the CFG call off and on, the median of each
-repeat's own on/off ratio and the ratio of the fastest generations (the lent machine's host runs some
-generations about 1.4x slower than others, so a median can land in either speed), and where a step's
-time goes, SAG off against on (the probe's step segments: host and GPU milliseconds between its marks).
-`--records` writes every generation's record, from which `--from-records` recomputes the rows here
-without a GPU; `--profile` adds one more generation off and one on under torch's profiler to them;
-`--extra-call` adds a variant to the rounds: SAG off, with the probe making one more model call over B
-rows right after each CFG call (SAG's pass without SAG), to tell what a second call alone does to a step.
+It also prints, per configuration, SAG's own pass by both clocks (in the SAG generations the host issues it
+while the GPU still finishes the CFG call), the CFG call off and on, the median of each repeat's own on/off
+ratio and the ratio of the fastest generations (the lent machine's host runs some generations about 1.4x
+slower than others, so a median can land in either speed), and where a step's time goes in each variant
+(the probe's step segments: host and GPU milliseconds between its marks). `--records` writes every
+generation's record, from which `--from-records` recomputes the rows here without a GPU; `--profile` adds
+one more generation off and one on under torch's profiler to them.
 
     python benchmarks/webui_gpu.py --old-extension DIR --json benchmarks/results/webui-gpu-<commit>.json
     python benchmarks/webui_gpu.py --from-records RECORDS.json --json ROWS.json
@@ -69,7 +68,7 @@ def payload(size, batch, title, args):
 
 def timed(webui, body, probe_request=None):
     """(seconds, the probe's record) of one whole txt2img request, after `probe_request` (a probe path to
-    POST first, e.g. "/sag-bench/extra-call") if given."""
+    POST first, e.g. "/sag-bench/plain-pass") if given."""
     if probe_request:
         webui.post(probe_request, {})
     start = time.perf_counter()
@@ -140,13 +139,14 @@ def profiled(webui, bodies):
 
 def row(name, gpu, runs):
     """The issue's row of one configuration from `measure`'s runs."""
-    off, on, old = runs["off"], runs["on"], runs.get("old")
+    off, on, plain, old = runs["off"], runs["on"], runs["plain"], runs.get("old")
     batch = CONFIGS[name][2]
     t_off, t_sag = statistics.median(s for s, _ in off), statistics.median(s for s, _ in on)
-    t_unet = call_ms(on, batch)
+    t_unet = call_ms(plain, batch, "host")
     paired = statistics.median(t_on / t_off for (t_off, _), (t_on, _) in zip(off, on))
     fastest_off = min(s for s, _ in off)
-    print(f"{name}: SAG's pass over {batch} rows, GPU / host: {t_unet:.1f} / {call_ms(on, batch, 'host'):.1f} ms; "
+    print(f"{name}: one isolated plain pass over {batch} rows {t_unet:.1f} ms (GPU {call_ms(plain, batch):.1f}); "
+          f"SAG's pass, GPU / host: {call_ms(on, batch):.1f} / {call_ms(on, batch, 'host'):.1f} ms; "
           f"the CFG call over {2 * batch} rows, GPU / host: {call_ms(off, 2 * batch):.1f} / "
           f"{call_ms(off, 2 * batch, 'host'):.1f} ms with SAG off, {call_ms(on, 2 * batch):.1f} / "
           f"{call_ms(on, 2 * batch, 'host'):.1f} ms with SAG on; median of the repeats' own on/off ratios "
@@ -156,6 +156,7 @@ def row(name, gpu, runs):
     return {"config": name, "gpu": gpu, "steps": STEPS, "repeats": len(on), "t_off_s": round(t_off, 4),
             "t_sag_s": round(t_sag, 4), "t_old_s": round(statistics.median(s for s, _ in old), 4) if old else None,
             "t_unet_b_ms": round(t_unet, 3), "floor_ratio": round(1 + STEPS * t_unet / 1000 / t_off, 4),
+            "t_off_plus_pass_s": round(statistics.median(s for s, _ in plain), 4),
             "peak_off_mib": round(max(r["peak_mib"] for _, r in off), 1),
             "peak_sag_mib": round(max(r["peak_mib"] for _, r in on), 1)}
 
@@ -164,16 +165,18 @@ def report(name, gpu, runs):
     """The row of one configuration, printed with where its steps' time goes."""
     result = row(name, gpu, runs)
     print(json.dumps(result), flush=True)
-    print_steps(name, {label: runs[label] for label in ("off", "extra", "on", "old") if runs.get(label)})
+    print_steps(name, {label: runs[label] for label in ("off", "plain", "on", "old") if runs.get(label)})
     return result
 
 
 def print_table(rows):
-    print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'old s':>8}{'SAG/off':>9}{'floor':>8}{'target':>8}{'peak off':>10}{'peak SAG':>10}")
+    print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'old s':>8}{'SAG/off':>9}{'floor':>8}{'target':>8}"
+          f"{'off+pass/off':>14}{'peak off':>10}{'peak SAG':>10}")
     for r in rows:
         old = f"{r['t_old_s']:.3f}" if r["t_old_s"] else "-"
         print(f"{r['config']:<14}{r['t_off_s']:>8.3f}{r['t_sag_s']:>8.3f}{old:>8}{r['t_sag_s'] / r['t_off_s']:>9.3f}"
-              f"{r['floor_ratio']:>8.3f}{1.03 * r['floor_ratio']:>8.3f}{r['peak_off_mib']:>10.0f}{r['peak_sag_mib']:>10.0f}")
+              f"{r['floor_ratio']:>8.3f}{1.03 * r['floor_ratio']:>8.3f}{r['t_off_plus_pass_s'] / r['t_off_s']:>14.3f}"
+              f"{r['peak_off_mib']:>10.0f}{r['peak_sag_mib']:>10.0f}")
 
 
 def write(path, content):
@@ -201,9 +204,8 @@ def run_on_gpu(args):
             ours_webui.use_checkpoint(checkpoint)
             bodies = {label: payload(size, batch, title, script_args)
                       for label, (title, script_args) in (("off", OURS_OFF), ("on", OURS_ON), ("old", OLD_ON))}
-            variants = [("off", ours_webui, bodies["off"], None), ("on", ours_webui, bodies["on"], None)]
-            if args.extra_call:
-                variants.append(("extra", ours_webui, bodies["off"], "/sag-bench/extra-call"))
+            variants = [("off", ours_webui, bodies["off"], None), ("on", ours_webui, bodies["on"], None),
+                        ("plain", ours_webui, bodies["off"], "/sag-bench/plain-pass")]
             if old_webui is not None and checkpoint == "sd1_wide":  # the old extension fails on SDXL
                 variants.append(("old", old_webui, bodies["old"], None))
             runs = measure(variants, warmup, repeats)
@@ -227,13 +229,12 @@ def main():
     parser.add_argument("--json", type=Path, help="write the rows here")
     parser.add_argument("--records", type=Path, help="write every generation's probe record here")
     parser.add_argument("--profile", action="store_true", help="profile one more generation off and one on")
-    parser.add_argument("--extra-call", action="store_true",
-                        help="one more variant: SAG off, and the probe makes a model call over B rows after each CFG call")
-    parser.add_argument("--from-records", type=Path, help="no GPU: recompute the rows from a run's --records file")
+    parser.add_argument("--from-records", type=Path, nargs="+",
+                        help="no GPU: recompute the rows from --records files (of runs split by --configs)")
     args = parser.parse_args()
     if args.from_records:
-        records = json.loads(args.from_records.read_text())
-        rows = [report(name, records["gpu"], runs) for name, runs in records["configs"].items()]
+        rows = [report(name, records["gpu"], runs) for records in map(json.loads, map(Path.read_text, args.from_records))
+                for name, runs in records["configs"].items()]
         write(args.json, rows)
     else:
         rows = run_on_gpu(args)

@@ -24,9 +24,10 @@ def test_tiny_benchmark_writes_finite_rows(tmp_path):
         assert row["step_sag_ms"] > 0 and row["unet_b_ms"] > 0
 
 
-def test_webui_gpu_rows_have_the_issue_keys_and_the_floor_of_one_pass():
+def test_webui_gpu_rows_have_the_issue_keys_and_the_floor_of_one_isolated_pass():
     """benchmarks/webui_gpu.py's row from probe records (it runs only on a GPU): medians, and the pass over B
-    rows by the GPU's clock (its host span also holds the wait for the CFG call's GPU work)."""
+    rows from the plain-pass variant by the host's clock (the call is isolated, so its wall time is its
+    whole cost), not SAG's own pass (whose spans overlap the CFG call's)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import webui_gpu
 
@@ -35,13 +36,13 @@ def test_webui_gpu_rows_have_the_issue_keys_and_the_floor_of_one_pass():
             "call8>end8": {"host": 60.0, "gpu": 61.0}, "call4>end4": {"host": host, "gpu": gpu}}})
             for s, (host, gpu) in zip(seconds, pass_host_gpu)]
 
-    timed = {"off": runs([1.0, 1.2, 1.1], [(0, 0)] * 3), "on": runs([2.0, 1.9, 2.3], [(70, 40), (50, 55), (45, 60)]),
-             "old": runs([2.5, 2.4, 2.6], [(0, 0)] * 3)}
+    timed = {"off": runs([1.0, 1.2, 1.1], [(0, 0)] * 3), "on": runs([2.0, 1.9, 2.3], [(70, 40)] * 3),
+             "plain": runs([2.1, 2.2, 2.05], [(52, 40), (50, 38), (56, 30)]), "old": runs([2.5, 2.4, 2.6], [(0, 0)] * 3)}
     row = webui_gpu.row("sd15-512-b4", "GPU", timed)
     assert list(row) == ["config", "gpu", "steps", "repeats", "t_off_s", "t_sag_s", "t_old_s", "t_unet_b_ms",
-                         "floor_ratio", "peak_off_mib", "peak_sag_mib"]
-    assert (row["t_off_s"], row["t_sag_s"], row["t_old_s"], row["t_unet_b_ms"]) == (1.1, 2.0, 2.5, 55.0)
-    assert row["floor_ratio"] == round(1 + 20 * 0.055 / 1.1, 4)
+                         "floor_ratio", "t_off_plus_pass_s", "peak_off_mib", "peak_sag_mib"]
+    assert (row["t_off_s"], row["t_sag_s"], row["t_old_s"], row["t_unet_b_ms"]) == (1.1, 2.0, 2.5, 52.0)
+    assert row["floor_ratio"] == round(1 + 20 * 0.052 / 1.1, 4) and row["t_off_plus_pass_s"] == 2.1
     assert (row["peak_off_mib"], row["peak_sag_mib"]) == (101.2, 102.3)
     assert webui_gpu.row("sd15-512-b4", "GPU", {**timed, "old": None})["t_old_s"] is None
 
@@ -67,32 +68,36 @@ def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
         def get(self, path):
             return {"label": calls[-1]}
 
-    variants = [("off", FakeWebUI(), "off body", None), ("extra", FakeWebUI(), "extra body", "/sag-bench/extra-call"),
+    variants = [("off", FakeWebUI(), "off body", None), ("plain", FakeWebUI(), "plain body", "/sag-bench/plain-pass"),
                 ("old", FakeWebUI(fail=True), "old body", None)]
     runs = webui_gpu.measure(variants, warmup=1, repeats=2)
-    assert calls == ["off body", "/sag-bench/extra-call", "extra body", "old body",  # warm-up; old fails
-                     "/sag-bench/extra-call", "extra body", "off body",  # round 1 starts at the second
-                     "off body", "/sag-bench/extra-call", "extra body"]  # round 2 at the third (dropped)
-    assert list(runs) == ["off", "extra"]
-    assert [[record["label"] for _, record in runs[label]] for label in runs] == [["off body"] * 2, ["extra body"] * 2]
+    assert calls == ["off body", "/sag-bench/plain-pass", "plain body", "old body",  # warm-up; old fails
+                     "/sag-bench/plain-pass", "plain body", "off body",  # round 1 starts at the second
+                     "off body", "/sag-bench/plain-pass", "plain body"]  # round 2 at the third (dropped)
+    assert list(runs) == ["off", "plain"]
+    assert [[record["label"] for _, record in runs[label]] for label in runs] == [["off body"] * 2, ["plain body"] * 2]
 
 
-def test_webui_gpu_recomputes_the_rows_from_a_runs_records(tmp_path):
-    """`--from-records` (no GPU): the rows of a run come back from its records file alone."""
-    def record(seconds, peak, pass_gpu=None):
+def test_webui_gpu_recomputes_the_rows_from_runs_records(tmp_path):
+    """`--from-records` (no GPU): the rows of runs split by configuration come back from their records files."""
+    def record(seconds, peak, pass_host=None):
         segments = {"call2>end2": {"host": 50.0, "gpu": 50.0}}
-        if pass_gpu is not None:
-            segments["call1>end1"] = {"host": pass_gpu + 9, "gpu": pass_gpu}
+        if pass_host is not None:
+            segments["call1>end1"] = {"host": pass_host, "gpu": pass_host - 9}
         return [seconds, {"peak_mib": peak, "cuda_mallocs": 2, "step_segments_ms": segments}]
 
-    runs = {"off": [record(1.0, 10.0), record(1.2, 11.0)], "on": [record(2.0, 12.0, 49.0), record(2.2, 12.0, 51.0)]}
-    records = tmp_path / "records.json"
-    records.write_text(json.dumps({"gpu": "GPU X", "configs": {"sd15-512-b1": runs}}))
+    def runs(pass_ms):
+        return {"off": [record(1.0, 10.0), record(1.2, 11.0)], "on": [record(2.0, 12.0, 60.0), record(2.2, 12.0, 60.0)],
+                "plain": [record(2.1, 10.0, pass_ms - 1), record(2.1, 10.0, pass_ms + 1)]}
+
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, (name, pass_ms) in zip(files, (("sd15-512-b1", 50.0), ("sdxl-1024-b1", 140.0))):
+        path.write_text(json.dumps({"gpu": "GPU X", "configs": {name: runs(pass_ms)}}))
     rows_file = tmp_path / "rows.json"
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "webui_gpu.py"), "--from-records", str(records),
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "webui_gpu.py"), "--from-records", *map(str, files),
                            "--json", str(rows_file)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    [row] = json.loads(rows_file.read_text())
-    assert (row["config"], row["gpu"], row["t_off_s"], row["t_sag_s"]) == ("sd15-512-b1", "GPU X", 1.1, 2.1)
-    assert row["t_unet_b_ms"] == 50.0
-    assert row["floor_ratio"] == round(1 + 20 * 0.050 / 1.1, 4) and row["t_old_s"] is None
+    b1, sdxl = json.loads(rows_file.read_text())
+    assert (b1["config"], b1["gpu"], b1["t_off_s"], b1["t_sag_s"]) == ("sd15-512-b1", "GPU X", 1.1, 2.1)
+    assert (b1["t_unet_b_ms"], sdxl["config"], sdxl["t_unet_b_ms"]) == (50.0, "sdxl-1024-b1", 140.0)
+    assert b1["floor_ratio"] == round(1 + 20 * 0.050 / 1.1, 4) and b1["t_old_s"] is None

@@ -1,6 +1,6 @@
 """The benchmark's probe extension (benchmarks/webui_probe) in the real webui, on the CPU: its timeline of
-each step, its extra model call (which must not change the image) and its profile, each for one
-generation only."""
+each step, its plain pass (an extra model call, which must not change the image) and its profile, each
+for one generation only."""
 
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ def test_the_timeline_has_each_steps_model_calls(probe_webui):
     assert off["peak_mib"] is None  # no CUDA here
 
 
-def test_the_extra_call_runs_once_and_changes_nothing(probe_webui):
+def test_the_plain_pass_runs_once_and_changes_nothing(probe_webui):
     plain, before = generation(probe_webui, OFF)
-    extra, with_call = generation(probe_webui, OFF, "/sag-bench/extra-call")
+    extra, with_call = generation(probe_webui, OFF, "/sag-bench/plain-pass")
     again, after = generation(probe_webui, OFF)
     assert "call2>end2" in with_call["step_segments_ms"] and "call2>end2" not in before["step_segments_ms"]
     assert "call2>end2" not in after["step_segments_ms"]  # for the next generation only

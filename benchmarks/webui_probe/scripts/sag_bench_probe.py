@@ -11,9 +11,10 @@ which say where a step's time goes and whether the host or the GPU sets its pace
 once, when the generation ends. Without a GPU (the CPU webui) both clocks are the host's.
 
 For the next generation only: after a `POST /sag-bench/profile` it runs under torch's profiler and the
-record holds its operator tables by CUDA and by host time; after a `POST /sag-bench/extra-call` each step
-makes one more model call, over the last half of the CFG call's rows, right after it, and drops its
-output (the shape of SAG's pass without SAG: what a second call alone does to a step).
+record holds its operator tables by CUDA and by host time; after a `POST /sag-bench/plain-pass` each step
+makes one more model call, over the last half of the CFG call's rows (the uncond rows, SAG's pass
+without SAG), right after it, and drops its output: isolated, with the GPU waited for before and after
+it, so its host span ("callB>endB") is its whole cost, whether the host or the GPU sets its pace.
 `GET /sag-bench/last` returns the last record.
 """
 import statistics
@@ -28,7 +29,7 @@ from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 
 CUDA = torch.cuda.is_available()
 LAST = {}
-NEXT = set()  # what the next generation does besides timing: "profile", "extra-call"
+NEXT = set()  # what the next generation does besides timing: "profile", "plain-pass"
 DENOISERS = (k_diffusion.external.DiscreteEpsDDPMDenoiser, k_diffusion.external.DiscreteVDDPMDenoiser)
 
 
@@ -57,9 +58,9 @@ class StepTimeline:
     """Marks (name, host seconds, event) at the CFG denoiser's entry ("step") and exit ("done") and around
     each model call ("callN", "endN" for N rows), patched into the classes for one generation."""
 
-    def __init__(self, extra_call=False):
+    def __init__(self, plain_pass=False):
         self.marks = []
-        self.extra_call = extra_call
+        self.plain_pass = plain_pass
         self.calls_in_step = 0
         self.originals = {cls: cls.__dict__["forward"] for cls in (CFGDenoiser, *DENOISERS)}
         CFGDenoiser.forward = self.step_wrapper(self.originals[CFGDenoiser])
@@ -81,18 +82,22 @@ class StepTimeline:
         return step_forward
 
     def call_wrapper(self, forward):
-        def timed(module, x, sigma, **kwargs):
+        def timed(module, x, sigma, isolated=False, **kwargs):
+            if isolated:
+                synchronize()
             self.mark(f"call{x.shape[0]}")
             output = forward(module, x, sigma, **kwargs)
+            if isolated:
+                synchronize()
             self.mark(f"end{x.shape[0]}")
             return output
 
         def call_forward(module, x, sigma, **kwargs):
             output = timed(module, x, sigma, **kwargs)
             self.calls_in_step += 1
-            if self.extra_call and self.calls_in_step == 1 and x.shape[0] % 2 == 0:
+            if self.plain_pass and self.calls_in_step == 1 and x.shape[0] % 2 == 0:
                 half = x.shape[0] // 2
-                timed(module, x[half:], sigma[half:], **last_rows(kwargs, half))
+                timed(module, x[half:], sigma[half:], isolated=True, **last_rows(kwargs, half))
             return output
         return call_forward
 
@@ -115,13 +120,17 @@ class StepTimeline:
 
     def read(self):
         """The generation's step segments (waits for the GPU once)."""
-        if CUDA:
-            torch.cuda.synchronize()
+        synchronize()
         return {"step_segments_ms": self.segments_ms(), "steps_timed": len(self.steps())}
 
     def remove(self):
         for cls, forward in self.originals.items():
             cls.forward = forward
+
+
+def synchronize():
+    if CUDA:
+        torch.cuda.synchronize()
 
 
 def allocator_calls():
@@ -138,11 +147,11 @@ class SagBenchProbe(scripts.Script):
         return scripts.AlwaysVisible
 
     def process(self, p, *args):
+        synchronize()
         if CUDA:
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         p.sag_bench_allocator = allocator_calls()
-        p.sag_bench_timeline = StepTimeline(extra_call="extra-call" in NEXT)
+        p.sag_bench_timeline = StepTimeline(plain_pass="plain-pass" in NEXT)
         p.sag_bench_profiler = None
         if "profile" in NEXT:
             activities = [torch.profiler.ProfilerActivity.CPU]
@@ -174,7 +183,7 @@ def for_next_generation(what):
 
 def add_route(_demo, app):
     app.add_api_route("/sag-bench/last", lambda: dict(LAST), methods=["GET"])
-    for what in ("profile", "extra-call"):
+    for what in ("profile", "plain-pass"):
         app.add_api_route(f"/sag-bench/{what}", for_next_generation(what), methods=["POST"])
 
 
