@@ -30,7 +30,10 @@ generation's record, from which `--from-records` recomputes the rows here withou
 one more generation off and one on under torch's profiler to them.
 
     python benchmarks/webui_gpu.py --old-extension DIR --json benchmarks/results/webui-gpu-<commit>.json
-    python benchmarks/webui_gpu.py --from-records RECORDS.json --json ROWS.json
+    python benchmarks/webui_gpu.py --from-records RECORDS.json [MORE.json ...] --json ROWS.json
+
+All four configurations take over 10 minutes on an H200 (the lent machine's limit for one command): run
+the SD1.5 and the SDXL ones as two commands (`--configs`) and join their records with `--from-records`.
 """
 from __future__ import annotations
 

@@ -48,11 +48,11 @@ def test_the_timeline_has_each_steps_model_calls(probe_webui):
 
 def test_the_plain_pass_runs_once_and_changes_nothing(probe_webui):
     plain, before = generation(probe_webui, OFF)
-    extra, with_call = generation(probe_webui, OFF, "/sag-bench/plain-pass")
+    with_pass, with_call = generation(probe_webui, OFF, "/sag-bench/plain-pass")
     again, after = generation(probe_webui, OFF)
     assert "call2>end2" in with_call["step_segments_ms"] and "call2>end2" not in before["step_segments_ms"]
     assert "call2>end2" not in after["step_segments_ms"]  # for the next generation only
-    for image, other in zip(plain + again, extra + extra):
+    for image, other in zip(plain + again, with_pass + with_pass):
         np.testing.assert_array_equal(image, other)
 
 
