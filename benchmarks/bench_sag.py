@@ -2,7 +2,7 @@
 
 For each configuration it runs an Euler sampling loop with batched CFG the way the webui's CFG
 denoiser does it (cond rows first, the B uncond rows last, one UNet call over 2B rows), once plain
-and once with SAG driven through `SagSession` exactly as `sag_ext.webui` drives it, and times the
+and once with SAG driven through `SagSession` exactly as the A1111 host adapter drives it, and times the
 bare UNet over B and 2B rows. The overhead r = (step SAG - step CFG) / T(B) is 1 for a SAG that
 costs exactly one extra UNet pass over the uncond rows.
 
@@ -21,7 +21,6 @@ overhead as much as GPU work, and its spread between runs is of the order of a f
 import argparse
 import contextlib
 import json
-import math
 import statistics
 import sys
 import time
@@ -39,10 +38,13 @@ from ldm.modules import attention as ldm_attention  # noqa: E402
 from ldm.modules.attention import SpatialTransformer  # noqa: E402
 from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
-from sag_ext import capture as sag_capture, session as sag_session  # noqa: E402
-from sag_ext.guidance import X0Space  # noqa: E402
-from sag_ext.params import SagParams  # noqa: E402
-from sag_ext.session import SagSession  # noqa: E402
+from harness.diffusion import CompVisDenoiser, sd_alphas_cumprod  # noqa: E402
+from harness.unets import randomise_zero_layers  # noqa: E402
+from sag_ext.core import capture as sag_capture, session as sag_session  # noqa: E402
+from sag_ext.core.capture import middle_block_attention  # noqa: E402
+from sag_ext.core.guidance import X0Space  # noqa: E402
+from sag_ext.core.params import SagParams  # noqa: E402
+from sag_ext.core.session import SagSession  # noqa: E402
 
 CFG_SCALE = 7.0
 MIB = 1 << 20
@@ -116,7 +118,7 @@ def use_sdpa_attention() -> None:
 
 
 def build_unet(arch: Arch, device: torch.device, dtype: torch.dtype, seed: int = 0) -> UNetModel:
-    """Random-weight UNet; ldm's zero-initialised output layers get small random weights."""
+    """Random-weight UNet; ldm's zero-initialised output layers get random weights too."""
     torch.manual_seed(seed)
     with device:
         unet = UNetModel(image_size=32, in_channels=4, out_channels=4, model_channels=arch.channels,
@@ -126,40 +128,18 @@ def build_unet(arch: Arch, device: torch.device, dtype: torch.dtype, seed: int =
                          transformer_depth=1, context_dim=arch.context_dim,
                          use_linear_in_transformer=arch.use_linear, legacy=False)
         _deepen(unet, arch)
-    with torch.no_grad():
-        for parameter in unet.parameters():
-            if parameter.dim() > 1 and not parameter.any():
-                parameter.normal_(0, 0.1 / math.sqrt(parameter[0].numel()))
+        randomise_zero_layers(unet)
     return unet.to(dtype).eval().requires_grad_(False)
-
-
-def middle_attention(unet: UNetModel):
-    """(middle transformer, its first attn1): what sag_ext.webui.middle_attention finds in the webui."""
-    transformer = unet.middle_block[1]
-    return transformer, transformer.transformer_blocks[0].attn1
 
 
 # ---- the webui's sampling path ---------------------------------------------------------------------
 
-class Denoiser:
-    """k-diffusion's CompVisDenoiser for an eps UNet: x0 = x - sigma * eps(x * c_in, t(sigma)), SD's schedule."""
-
-    def __init__(self, unet: UNetModel, device: torch.device):
-        self.unet = unet
-        betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-        alphas = torch.cumprod(1 - betas, 0)
-        self.sigmas = ((1 - alphas) / alphas).sqrt().float().to(device)
-
-    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        return (sigma.log()[:, None] - self.sigmas.log()[None]).abs().argmin(dim=1)
-
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
-        c_in = (sigma ** 2 + 1).rsqrt()[:, None, None, None]
-        eps = self.unet(x * c_in, self.sigma_to_t(sigma), context=cond["c_crossattn"][0])
-        return x - sigma[:, None, None, None] * eps
+def denoiser(unet: UNetModel, device: torch.device) -> CompVisDenoiser:
+    """k-diffusion's CompVisDenoiser around the eps UNet, with SD's schedule."""
+    return CompVisDenoiser(lambda x, t, cond: unet(x, t, context=cond["c_crossattn"][0]), sd_alphas_cumprod().to(device))
 
 
-def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None, progress=0.0):
+def cfg_denoise(model: CompVisDenoiser, unet: UNetModel, x, sigma, text_cond, text_uncond, session=None, progress=0.0):
     """One call of the webui's CFGDenoiser (k-diffusion) with SAG's three callbacks where the webui fires them.
 
     `progress` is the step's place in the schedule (the webui's denoiser.step / total_steps).
@@ -168,7 +148,7 @@ def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None,
     x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
     image_cond_in = x.new_zeros(2 * rows, 5, 1, 1)  # txt2img's image conditioning
     if session is not None:  # on_cfg_denoiser
-        transformer, attn = middle_attention(model.unet)
+        transformer, attn = middle_block_attention(unet)
         with session.guard():
             session.begin_step(transformer, attn, x_in, sigma_in, image_cond_in, text_cond, text_uncond,
                                uncond_rows=text_uncond.shape[0], space=X0Space(), progress=progress,
@@ -192,7 +172,7 @@ def cfg_denoise(model: Denoiser, x, sigma, text_cond, text_uncond, session=None,
     return denoised
 
 
-def sampling_sigmas(model: Denoiser, steps: int) -> torch.Tensor:
+def sampling_sigmas(model: CompVisDenoiser, steps: int) -> torch.Tensor:
     """Geometric from SD's largest to its smallest sigma, then 0 (step times do not depend on it)."""
     high, low = model.sigmas[-1].log().item(), model.sigmas[0].log().item()
     sigmas = torch.linspace(high, low, steps, device=model.sigmas.device).exp()
@@ -250,7 +230,7 @@ class Bench:
 
     def __init__(self, config: Config, unet: UNetModel, device: torch.device, warmup: int, steps: int):
         self.config, self.device, self.warmup, self.steps = config, device, warmup, steps
-        self.model = Denoiser(unet, device)
+        self.unet, self.model = unet, denoiser(unet, device)
         generator = torch.Generator(device).manual_seed(1)
         size, rows, context = config.pixels // 8, config.batch, config.arch.context_dim
         self.noise = torch.randn(rows, 4, size, size, generator=generator, device=device)
@@ -266,7 +246,7 @@ class Bench:
         """Euler step `index` of the webui's k-diffusion sampler."""
         sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
         progress = index / (len(self.sigmas) - 1)
-        denoised = cfg_denoise(self.model, x, sigma.expand(x.shape[0]), self.text_cond, self.text_uncond, session,
+        denoised = cfg_denoise(self.model, self.unet, x, sigma.expand(x.shape[0]), self.text_cond, self.text_uncond, session,
                                progress)
         return x + (x - denoised) / sigma * (sigma_next - sigma)
 
@@ -301,8 +281,8 @@ class Bench:
                     latents[mode] = timers[mode](self._step, latents[mode], index, step_session)
                     if cuda:
                         peaks[mode] = max(peaks[mode], torch.cuda.max_memory_allocated() / MIB)
-                timers["unet_b"](self.model.unet, *unet_b)
-                timers["unet_2b"](self.model.unet, *unet_2b)
+                timers["unet_b"](self.unet, *unet_b)
+                timers["unet_2b"](self.unet, *unet_2b)
         if not session.active or session.degraded_passes != len(self.sigmas) - 1:
             raise RuntimeError(f"SAG did not run on every step ({session.degraded_passes} passes)")
         session.close()

@@ -47,8 +47,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from e2e.harness.server import WebUI, WebUIError  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from harness.server import WebUI, WebUIError  # noqa: E402
 
 PROBE = ROOT / "benchmarks" / "webui_probe"
 STEPS = 20

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from e2e.harness.server import WebUI  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from harness.server import WebUI  # noqa: E402
 
 PAYLOAD = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 20, "sampler_name": "Euler a",
            "width": 256, "height": 256, "seed": 1, "cfg_scale": 5}

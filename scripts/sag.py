@@ -1,26 +1,29 @@
-"""Self-Attention Guidance: the webui Script. The logic lives in sag_ext; this file only wires it."""
+"""Self-Attention Guidance: the webui Script. It only declares the Script; the work is in sag_ext."""
 import modules.scripts as scripts
 
-from sag_ext import webui
+from sag_ext import generation, ui
+from sag_ext.hosts import a1111 as host
+from sag_ext.ui.panel import build_ui
 
-webui.register_callbacks()
+ui.register_callbacks()
+host.register_callbacks()
 
 
 class SelfAttentionGuidanceScript(scripts.Script):
     def title(self):
-        return webui.TITLE
+        return ui.TITLE
 
     def show(self, is_img2img):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        return webui.build_ui(self)
+        return build_ui(self)
 
     def process(self, p, *args):
-        webui.start_generation(p, args)
+        generation.start(p, args, host)
 
     def postprocess_batch(self, p, *args, images=None, **kwargs):
-        webui.finish_batch(p, images)
+        generation.finish_batch(p, images)
 
     def postprocess(self, p, processed, *args):
-        webui.end_generation(p, processed)
+        generation.end(p, processed)

@@ -12,9 +12,10 @@ sys.path.insert(0, str(STANDIN))
 def host():
     """The stand-in host with a fresh SD1-layout model, default options, and SAG's callbacks registered."""
     from modules import script_callbacks, sd_unet, shared
-    from sag_ext import webui
+    from sag_ext import ui
+    from sag_ext.hosts import a1111
     from standin_model import StandInSDModel
-    from unet_models import CONTEXT_DIM, sd1_unet
+    from harness.unets import CONTEXT_DIM, sd1_unet
 
     script_callbacks.clear_callbacks()
     shared.opts = shared.default_opts()
@@ -22,6 +23,7 @@ def host():
     sd_unet.current_unet = None
     shared.sd_model = StandInSDModel(sd1_unet(), CONTEXT_DIM)
     shared.loaded_hypernetworks = []
-    webui.register_callbacks()
+    ui.register_callbacks()
+    a1111.register_callbacks()
     yield shared
     script_callbacks.clear_callbacks()

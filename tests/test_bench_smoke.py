@@ -24,12 +24,11 @@ def test_tiny_benchmark_writes_finite_rows(tmp_path):
         assert row["step_sag_ms"] > 0 and row["unet_b_ms"] > 0
 
 
-def test_webui_gpu_rows_have_the_issue_keys_and_the_floor_of_one_isolated_pass():
+def test_webui_gpu_rows_have_their_keys_and_the_floor_of_one_isolated_pass():
     """benchmarks/webui_gpu.py's row from probe records (it runs only on a GPU): medians, and the pass over B
     rows from the plain-pass variant by the host's clock (the call is isolated, so its wall time is its
     whole cost), not SAG's own pass (whose spans overlap the CFG call's)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import webui_gpu
+    from benchmarks import webui_gpu
 
     def runs(seconds, pass_host_gpu):
         return [(s, {"peak_mib": 100.0 + s, "cuda_mallocs": 0, "step_segments_ms": {
@@ -51,8 +50,7 @@ def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
     """Each repeat runs every variant once, starting one later each round; a variant's probe request is
     posted right before its generation; warm-up rounds are not kept; a variant whose webui fails is
     dropped, the others go on."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import webui_gpu
+    from benchmarks import webui_gpu
 
     calls = []
 

@@ -4,8 +4,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import float64_reference as ref
-from sag_ext.capture import MiddleBlockCapture, UnsupportedAttention, per_key_attention_mass
-from unet_models import CONTEXT_DIM, middle_attention, sd1_unet, sdxl_like_unet
+from sag_ext.core.capture import MiddleBlockCapture, UnsupportedAttention, middle_block_attention, per_key_attention_mass
+from harness.unets import CONTEXT_DIM, sd1_unet, sdxl_like_unet
 
 LAYOUTS = {"sd1": (sd1_unet, 8, 8), "sdxl_like": (sdxl_like_unet, 20, 4)}  # builder, middle heads, downscale
 
@@ -27,7 +27,7 @@ def run_unet(unet, x, rows=slice(None)):
 def attn_inputs(unet, x):
     """The middle attn1's input, recorded by an independent hook."""
     seen = []
-    _, attn = middle_attention(unet)
+    _, attn = middle_block_attention(unet)
     handle = attn.register_forward_hook(lambda module, args, output: seen.append(args[0]))
     run_unet(unet, x)
     handle.remove()
@@ -36,14 +36,14 @@ def attn_inputs(unet, x):
 
 def test_middle_block_has_the_layout_heads(layout):
     unet, heads, _ = layout
-    assert middle_attention(unet)[1].heads == heads
+    assert middle_block_attention(unet)[1].heads == heads
 
 
 @pytest.mark.parametrize("latent", [(32, 32), (48, 24)])
 def test_captured_mass_equals_full_softmax_reference(layout, latent):
     unet, heads, downscale = layout
     x = torch.randn(4, 4, *latent)
-    transformer, attn = middle_attention(unet)
+    transformer, attn = middle_block_attention(unet)
     capture = MiddleBlockCapture(transformer, attn)
     capture.arm(total_rows=4, target_rows=2)  # the last two rows, as the uncond rows of a 2-image batch
     run_unet(unet, x)
@@ -61,7 +61,7 @@ def test_key_input_feeds_to_k(layout):
     """The webui's attention forwards feed `to_k` the context through the loaded hypernetworks (for attn1
     the context is x): with `key_input` the capture matches the full softmax over those keys."""
     unet, heads, _ = layout
-    transformer, attn = middle_attention(unet)
+    transformer, attn = middle_block_attention(unet)
     width = attn.to_k.in_features
     torch.manual_seed(3)
     hypernetwork_k = torch.nn.Linear(width, width)
@@ -84,7 +84,7 @@ def test_hooks_leave_the_unet_output_bit_identical(layout):
     unet, _, _ = layout
     x = torch.randn(2, 4, 32, 32)
     plain = run_unet(unet, x)
-    capture = MiddleBlockCapture(*middle_attention(unet))
+    capture = MiddleBlockCapture(*middle_block_attention(unet))
     capture.arm(total_rows=2, target_rows=1)
     hooked = run_unet(unet, x)
     assert capture.take() is not None
@@ -94,7 +94,7 @@ def test_hooks_leave_the_unet_output_bit_identical(layout):
 
 def test_remove_leaves_no_hooks(layout):
     unet, _, _ = layout
-    transformer, attn = middle_attention(unet)
+    transformer, attn = middle_block_attention(unet)
     before = (len(transformer._forward_pre_hooks), len(attn._forward_hooks))
     capture = MiddleBlockCapture(transformer, attn)
     assert MiddleBlockCapture.attached(attn) is capture
@@ -109,7 +109,7 @@ def test_rows_are_counted_across_chunked_calls(layout):
     """Rows split over several UNet calls (batch_cond_uncond off) give the same mass as one call."""
     unet, _, _ = layout
     x = torch.randn(6, 4, 32, 32)
-    capture = MiddleBlockCapture(*middle_attention(unet))
+    capture = MiddleBlockCapture(*middle_block_attention(unet))
     capture.arm(total_rows=6, target_rows=3)
     run_unet(unet, x)
     whole, _ = capture.take()
@@ -123,7 +123,7 @@ def test_rows_are_counted_across_chunked_calls(layout):
 
 def test_missing_uncond_rows_give_nothing(layout):
     unet, _, _ = layout
-    capture = MiddleBlockCapture(*middle_attention(unet))
+    capture = MiddleBlockCapture(*middle_block_attention(unet))
     capture.arm(total_rows=4, target_rows=2)
     run_unet(unet, torch.randn(2, 4, 32, 32))  # the host cut the uncond rows (skip early CFG, NGMS)
     assert capture.take() is None
@@ -132,7 +132,7 @@ def test_missing_uncond_rows_give_nothing(layout):
 
 def test_extra_context_is_reported_not_raised():
     unet = sd1_unet()
-    transformer, attn = middle_attention(unet)
+    transformer, attn = middle_block_attention(unet)
     capture = MiddleBlockCapture(transformer, attn)
     capture.arm(total_rows=1, target_rows=1)
     x = torch.randn(1, 16, attn.to_q.in_features)
@@ -160,7 +160,7 @@ class LargestTensor(TorchDispatchMode):
 
 @pytest.mark.parametrize("tokens", [1024, 2048])
 def test_capture_allocates_no_full_attention_matrix(tokens):
-    _, attn = middle_attention(sdxl_like_unet())
+    _, attn = middle_block_attention(sdxl_like_unet())
     batch, heads, chunk = 1, attn.heads, 1 << 18
     x = torch.randn(batch, tokens, attn.to_q.in_features)
     with torch.no_grad(), LargestTensor() as probe:

@@ -9,7 +9,8 @@ from script_loader import load_script_module
 from modules import processing, script_callbacks, sd_unet
 from modules.sd_samplers_kdiffusion import CFGDenoiserKDiffusion
 from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
-from unet_models import CONTEXT_DIM, middle_attention
+from sag_ext.core.capture import middle_block_attention
+from harness.unets import CONTEXT_DIM
 
 ON = [True, 0.8, 2.0, 1.0]
 OFF = [False, 0.8, 2.0, 1.0]
@@ -37,7 +38,7 @@ def make_p(batch=2, and_prompt=False, cond_tokens=77, **kwargs):
 
 
 def hooks_on(host):
-    transformer, attn = middle_attention(host.sd_model.model.diffusion_model)
+    transformer, attn = middle_block_attention(host.sd_model.model.diffusion_model)
     return len(transformer._forward_pre_hooks) + len(attn._forward_hooks)
 
 
@@ -55,7 +56,7 @@ def one_step(script, p, args, denoiser_class=CFGDenoiserKDiffusion, x=None, sigm
 
 
 def kd_inputs(batch, t=600):
-    from standin_model import sd_alphas_cumprod
+    from harness.diffusion import sd_alphas_cumprod
 
     a = sd_alphas_cumprod()[t]
     sigma = ((1 - a) / a).sqrt()
@@ -103,7 +104,7 @@ def test_one_degraded_pass_of_uncond_rows_per_step(host, script):
 def test_keys_go_through_the_loaded_hypernetworks(host, script):
     """A hypernetwork with a layer of the middle attention's width changes what its `to_k` sees in the
     host; SAG's capture takes the host's own `apply_hypernetworks` for the same keys."""
-    width = middle_attention(host.sd_model.model.diffusion_model)[1].to_k.in_features
+    width = middle_block_attention(host.sd_model.model.diffusion_model)[1].to_k.in_features
     seen = []
 
     def hypernetwork_k(x):
@@ -133,7 +134,9 @@ def test_every_host_layout_gives_the_single_call_correction(host, script):
     and_prompt = correction(script, lambda: make_p(batch=3, and_prompt=True), x=x, sigma=sigma)
     long_prompt = correction(script, lambda: make_p(batch=3, cond_tokens=154), x=x, sigma=sigma)  # separate uncond call
     for name, got in dict(chunked=chunked, chunked_and=chunked_and, and_prompt=and_prompt, long_prompt=long_prompt).items():
-        torch.testing.assert_close(got, reference, atol=2e-5, rtol=0, msg=name)
+        # float32 sums over other batch splits differ by up to ~2e-5 here (5e-6 of the correction's size, seen on
+        # x86 CPUs); a row taken from the wrong place is off by the correction's size itself
+        torch.testing.assert_close(got, reference, atol=1e-4, rtol=0, msg=name)
 
 
 def test_padded_uncond_is_used_for_the_degraded_pass(host, script):
@@ -153,7 +156,7 @@ def test_padded_uncond_is_used_for_the_degraded_pass(host, script):
 
 def test_both_sampler_families_agree(host, script):
     """The same state as x0 (k-diffusion) and as eps (timesteps) gives the same guided x0."""
-    from standin_model import sd_alphas_cumprod
+    from harness.diffusion import sd_alphas_cumprod
 
     t = 600
     a = sd_alphas_cumprod()[t]
@@ -171,7 +174,7 @@ def test_both_sampler_families_agree(host, script):
 
 def test_sdxl_style_dict_conds(host, script):
     from standin_model import StandInSDModel
-    from unet_models import sdxl_like_unet
+    from harness.unets import sdxl_like_unet
 
     host.sd_model = StandInSDModel(sdxl_like_unet(), CONTEXT_DIM)
 
@@ -228,7 +231,7 @@ def test_zero_blur_or_zero_scale_is_the_off_image(host, script, args, caplog):
 
 def test_tiny_latent_is_skipped(host, script):
     from standin_model import StandInSDModel
-    from unet_models import sdxl_like_unet
+    from harness.unets import sdxl_like_unet
 
     host.sd_model = StandInSDModel(sdxl_like_unet(), CONTEXT_DIM)
     off = processing.process_images(make_p(latent_size=(4, 8)), script, OFF)
@@ -265,8 +268,8 @@ def test_a_threshold_above_every_position_changes_nothing_and_claims_nothing(hos
 @pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
 def test_sampling_steps_read_nothing_back_from_the_device(host, script, sampler, monkeypatch):
     """A read (bool, item, ...) inside a step would make the host wait for the GPU's queue every step."""
-    from sag_ext.capture import MiddleBlockCapture
-    from sag_ext.session import SagSession
+    from sag_ext.core.capture import MiddleBlockCapture
+    from sag_ext.core.session import SagSession
 
     inside, reads = [], []
     for owner, name in ((SagSession, "begin_step"), (SagSession, "end_step"), (SagSession, "apply"),

@@ -174,7 +174,7 @@ def test_infotext_only_when_enabled(host, script):
 
 
 def test_short_api_argument_list_takes_the_defaults(host, script):
-    from sag_ext.params import DEFAULTS
+    from sag_ext.core.params import DEFAULTS
 
     p = make_p()
     script.process(p, True)

@@ -8,9 +8,10 @@ from PIL import Image
 
 import xyz_grid
 from modules import infotext_utils, scripts, ui_loadsave
-from sag_ext import api, webui
-from sag_ext.params import SagParams, parse_script_args
-from sag_ext.preview import overlay
+from sag_ext import generation, ui
+from sag_ext.ui import api, settings, xyz
+from sag_ext.core.params import SagParams, parse_script_args
+from sag_ext.core.preview import overlay
 from script_loader import load_script_module
 from test_host_standin import make_p
 
@@ -108,7 +109,7 @@ def test_settings_defaults_reach_the_panel_over_ui_config(host, script):
 
 
 def test_settings_are_with_the_sampler_parameters(host):
-    webui.on_ui_settings()
+    settings.on_ui_settings()
     ours = {key: info for key, info in host.opts.data_labels.items() if key.startswith("sag_")}
     assert len(ours) == 6
     assert all(info.section == ("sag", "Self-Attention Guidance") and info.category_id == "sd" for info in ours.values())
@@ -125,8 +126,8 @@ def xyz_module(host):
 
 
 def test_axes_are_added_once(xyz_module):
-    webui.add_xyz_axes()
-    webui.register_callbacks()
+    xyz.add_axes_to_script()
+    ui.register_callbacks()
     load_script_module()
     labels = [option.label for option in xyz_module.axis_options]
     assert labels[1:] == ["[SAG] Enabled", "[SAG] Scale", "[SAG] Blur sigma", "[SAG] Threshold", "[SAG] Start", "[SAG] End"]
@@ -134,15 +135,15 @@ def test_axes_are_added_once(xyz_module):
 
 
 def test_axis_values_override_the_panel_and_imply_enabled(xyz_module):
-    webui.add_xyz_axes()
+    xyz.add_axes_to_script()
     options = {option.label: option for option in xyz_module.axis_options}
     p = make_p()
     options["[SAG] Scale"].apply(p, 1.5, [1.5])
     options["[SAG] Start"].apply(p, 0.25, [0.25])
-    params, _ = webui.generation_params(p, [False, 0.5, 2.0, 1.0])
+    params, _ = generation.generation_params(p, [False, 0.5, 2.0, 1.0])
     assert (params.enabled, params.scale, params.start) == (True, 1.5, 0.25)
     options["[SAG] Enabled"].apply(p, "False", ["True", "False"])
-    assert webui.generation_params(p, [True])[0].enabled is False
+    assert generation.generation_params(p, [True])[0].enabled is False
 
 
 # ---- API -----------------------------------------------------------------------------------------
@@ -165,7 +166,7 @@ BAD_ARGUMENTS = [
 @pytest.mark.parametrize("args,message", BAD_ARGUMENTS)
 def test_bad_api_arguments_are_named(args, message):
     body = json.dumps({"prompt": "x", "alwayson_scripts": {"Self-Attention Guidance": {"args": args}}}, allow_nan=True)
-    error = api.request_error(body.encode(), webui.TITLE)
+    error = api.request_error(body.encode(), ui.TITLE)
     assert error is not None and message in error and error.startswith("alwayson_scripts['Self-Attention Guidance']")
 
 
@@ -176,7 +177,7 @@ def test_bad_api_arguments_are_named(args, message):
     {"alwayson_scripts": {"other script": {"args": [{"anything": 1}]}}},
 ])
 def test_good_api_requests_pass(body):
-    assert api.request_error(json.dumps(body).encode(), webui.TITLE) is None
+    assert api.request_error(json.dumps(body).encode(), ui.TITLE) is None
 
 
 def run_middleware(body: bytes):
@@ -196,7 +197,7 @@ def run_middleware(body: bytes):
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/sdapi/v1/txt2img"}
-    asyncio.run(api.ArgumentValidation(app, webui.TITLE)(scope, receive, send))
+    asyncio.run(api.ArgumentValidation(app, ui.TITLE)(scope, receive, send))
     return received, sent
 
 
@@ -264,13 +265,13 @@ def test_hires_own_scale_is_used_on_the_hires_pass_only():
 # ---- mask preview ----------------------------------------------------------------------------------
 
 def test_preview_accumulates_the_mask_over_the_steps(host, script):
-    from sag_ext.session import SagSession
+    from sag_ext.core.session import SagSession
 
     p = make_p(latent_size=(32, 24))
     script.process(p, True)
     session = p._sag_session = SagSession(SagParams(enabled=True), collect_preview=True)
     p.sample()
-    share = session.preview()
+    share = session.take_blurred_share()
     assert share.shape == (2, 32, 24)
     assert 0 <= share.min() and share.max() <= 1 and share.max() > 0
     steps = torch.tensor([1, 2, 3, 4]) / 4

@@ -2,7 +2,7 @@
 
 They are skipped unless ``SD_WEBUI_PATH`` names a webui checkout (``SD_WEBUI_PYTHON``
 its interpreter, default ``$SD_WEBUI_PATH/venv/bin/python``), or ``SD_WEBUI_URL`` names a running
-webui with this extension and the tiny checkpoints (``python tests/e2e/harness/checkpoints.py``)
+webui with this extension and the tiny checkpoints (``python harness/checkpoints.py``)
 installed; tests that start webuis of their own (UI, neighbours) need ``SD_WEBUI_PATH``, and checks
 that read the server's log or memory are left out against a running webui. ``SD_WEBUI_TEST_CACHE``
 may name a dir in which the test checkpoints are kept between runs, ``SD_WEBUI_DATA_DIR``
@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from e2e.harness.server import RunningWebUI, WebUI
+from harness.server import RunningWebUI, WebUI
 
 OWN_SERVERS = ("ui_webui", "neighbourhood", "probe_webui")  # fixtures that start webuis of their own
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from e2e.harness.hypernetwork import NAME as HYPERNETWORK
+from harness.hypernetwork import NAME as HYPERNETWORK
 from e2e.sag_api import BASE, OFF, ON, SIZE, LogWatch, check_sag_case, encode, generate, options
 
 pytestmark = pytest.mark.e2e
@@ -79,7 +79,7 @@ def test_sd1_hypernetwork(sd1):
     and middle-block width 128): the webui's attention forwards feed every attention's `to_k`/`to_v`
     through it, the middle block's self-attention too, and so does SAG's capture."""
     if HYPERNETWORK not in [item["name"] for item in sd1.get("/sdapi/v1/hypernetworks")]:
-        pytest.skip(f"{HYPERNETWORK} is not installed (python tests/e2e/harness/hypernetwork.py <models/hypernetworks>)")
+        pytest.skip(f"{HYPERNETWORK} is not installed (python harness/hypernetwork.py <models/hypernetworks>)")
     watch = LogWatch(sd1)
     plain, _ = generate(sd1, "txt2img", BASE, OFF)
     _, off = check_sag_case(sd1, "txt2img", {**BASE, "prompt": f"{BASE['prompt']} <hypernet:{HYPERNETWORK}:1>"})

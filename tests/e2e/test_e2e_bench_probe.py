@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from e2e.conftest import kept_data_dir
-from e2e.harness.server import WebUI
+from harness.server import WebUI
 from e2e.sag_api import BASE, OFF, ON, generate
 
 pytestmark = pytest.mark.e2e

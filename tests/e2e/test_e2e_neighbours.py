@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from e2e.harness.checkpoints import LAYOUTS
-from e2e.harness.server import WebUI, WebUIError
+from harness.checkpoints import LAYOUTS
+from harness.server import WebUI, WebUIError
 from e2e.sag_api import (BASE, OFF, ON, SIZE, STEP_ASIDE, TITLE, LogWatch, check_sag_case,
                          check_works_or_steps_aside, encode, generate, options)
 

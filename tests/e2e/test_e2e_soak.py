@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e2e.harness.server import WebUIError
+from harness.server import WebUIError
 from e2e import sag_api
 from e2e.sag_api import OFF, LogWatch, generate
 

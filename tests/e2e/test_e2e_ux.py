@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from e2e.harness.server import WebUI, WebUIError
+from harness.server import WebUI, WebUIError
 from e2e.sag_api import BASE, OFF, ON, TITLE, LogWatch, decode, generate, with_sag
 
 pytestmark = pytest.mark.e2e

@@ -3,11 +3,7 @@ from types import SimpleNamespace
 
 import torch
 
-
-def sd_alphas_cumprod():
-    """Stable Diffusion's scaled-linear schedule."""
-    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
-    return torch.cumprod(1 - betas, dim=0).float()
+from harness.diffusion import sd_alphas_cumprod
 
 
 class StandInSDModel:

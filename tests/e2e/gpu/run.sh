@@ -14,9 +14,8 @@ export SD_WEBUI_TEST_CACHE=/tmp/sag-checkpoints PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/sag-gpu-out}"
 mkdir -p "$out"
 python3 - <<'PY'
-import os, sys
-sys.path.insert(0, "tests")
-from e2e.harness import checkpoints
+import os
+from harness import checkpoints
 print(checkpoints.make_checkpoints(os.environ["SD_WEBUI_TEST_CACHE"], "python3", os.environ["SD_WEBUI_PATH"],
                                    layouts=("sd1_wide", "sdxl_full")))
 PY

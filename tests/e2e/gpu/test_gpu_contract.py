@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from e2e.harness.server import WebUI
+from harness.server import WebUI
 from e2e.sag_api import BASE, OFF, LogWatch, check_sag_case, generate
 from e2e.test_e2e_api_matrix import init_image, mask_image
 

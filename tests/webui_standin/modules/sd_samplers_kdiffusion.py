@@ -1,32 +1,17 @@
 """Stand-in of the k-diffusion family: the inner model returns x0, takes sigmas; Euler sampling."""
 import torch
 
+from harness.diffusion import CompVisDenoiser
 from modules import shared
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 from modules.sd_samplers_common import launch_sampling
-
-
-class CompVisDenoiser:
-    """k-diffusion's CompVisDenoiser: x0 = x - sigma * eps(x * c_in, t(sigma)), c_in = 1 / sqrt(sigma^2 + 1)."""
-
-    def __init__(self, sd_model):
-        self.sd_model = sd_model
-        self.sigmas = ((1 - sd_model.alphas_cumprod) / sd_model.alphas_cumprod).sqrt()
-
-    def sigma_to_t(self, sigma):
-        return (self.sigmas.log()[None, :] - sigma.log()[:, None]).abs().argmin(dim=1)
-
-    def __call__(self, x, sigma, cond):
-        c_in = (sigma ** 2 + 1).rsqrt().view(-1, 1, 1, 1)
-        eps = self.sd_model.apply_model(x * c_in, self.sigma_to_t(sigma), cond)
-        return x - sigma.view(-1, 1, 1, 1) * eps
 
 
 class CFGDenoiserKDiffusion(CFGDenoiser):
     @property
     def inner_model(self):
         if self.model_wrap is None:
-            self.model_wrap = CompVisDenoiser(shared.sd_model)
+            self.model_wrap = CompVisDenoiser(shared.sd_model.apply_model, shared.sd_model.alphas_cumprod)
         return self.model_wrap
 
 

@@ -1,7 +1,28 @@
-"""The SAG math on plain tensors: attention mask, blur, re-noising and the correction.
+"""The SAG equation on plain tensors: attention mask, blur, re-noising and the correction.
 
-Two output spaces exist in the webui: k-diffusion samplers get the denoised x0 from the model
-(`X0Space`), the timestep samplers (DDIM, PLMS, UniPC, DDIM CFG++) get eps (`EpsSpace`).
+Self-Attention Guidance (Hong et al., "Improving Sample Quality of Diffusion Models Using
+Self-Attention Guidance", ICCV 2023), in the form of ComfyUI's `SelfAttentionGuidance` node
+(`comfy_extras/nodes_sag.py`). Per sampling step, for the B negative-prompt ("uncond") rows x at noise
+level sigma, with D the model's prediction:
+
+    x0_u  = D(x; sigma, c_uncond)                    the host's own uncond prediction
+    A     = mean_heads sum_queries softmax(q k^T)    attention each middle-block key receives (capture.py)
+    M     = upsample(A > threshold)                  attention_mask
+    x0_d  = M * blur(x0_u) + (1 - M) * x0_u          degrade: 9-tap gaussian where M is set
+    x_d   = renoise(x0_d)                            the degraded x0 with the uncond's own noise
+    out  += scale * correction(x0_d, D(x_d; sigma, c_uncond))
+
+In the two spaces the webui's samplers work in:
+
+    k-diffusion (X0Space), x = x0 + sigma * eps:   x_d = x0_d + (x - x0_u)
+                                                   denoised += scale * (x0_d - D_x0(x_d))
+    timestep samplers (EpsSpace), a = alphas_cumprod[t], x = sqrt(a) * x0 + sqrt(1 - a) * eps:
+                                                   x_d = x + sqrt(a) * (x0_d - x0_u)
+                                                   eps += scale * (eps_u - D_eps(x_d))
+
+The two corrections are the same update: x0 = (x - sqrt(1 - a) * eps) / sqrt(a) turns either into the
+other. `degraded_input` computes the lines up to x_d, the host runs D once more, and the space's
+`correction` and `guided` finish the equation.
 """
 import contextlib
 from dataclasses import dataclass
@@ -72,8 +93,25 @@ class GaussianBlur:
 
 
 def degrade(x0: torch.Tensor, mask: torch.Tensor, blur: GaussianBlur) -> torch.Tensor:
-    """`x0` blurred where the boolean `mask` is True and kept where it is False."""
+    """x0_d: `x0` blurred where the boolean `mask` is True and kept where it is False."""
     return torch.where(mask, blur(x0), x0)
+
+
+def degraded_input(space, x: torch.Tensor, out_uncond: torch.Tensor, noise_level: torch.Tensor, mask: torch.Tensor,
+                   blur: GaussianBlur) -> tuple:
+    """(x0_d, x_d): the degraded uncond prediction and the input of the model's second pass over it.
+
+    `out_uncond` is the model's output for the uncond rows `x` in `space`; `noise_level` is sigma
+    (X0Space) or the timestep (EpsSpace).
+    """
+    x0_uncond = space.pred_x0(x, out_uncond, noise_level)
+    x0_degraded = degrade(x0_uncond, mask, blur)
+    return x0_degraded, space.renoise(x, x0_uncond, x0_degraded, noise_level)
+
+
+def guided(combined: torch.Tensor, correction: torch.Tensor, scale: float) -> torch.Tensor:
+    """The last line of the equation: the CFG result plus `scale` times the correction."""
+    return torch.add(combined, correction.to(combined.dtype), alpha=scale)
 
 
 @dataclass(frozen=True)
@@ -87,9 +125,8 @@ class X0Space:
         """The degraded x0 with the uncond's own noise: degraded + (x - x0)."""
         return x + (degraded - x0)
 
-    def correction(self, x0_degraded: torch.Tensor, out_uncond: torch.Tensor, out_pass: torch.Tensor, x: torch.Tensor,
-                   sigma: torch.Tensor) -> torch.Tensor:
-        """(degraded - prediction of the degraded pass), unscaled, in x0 space."""
+    def correction(self, x0_degraded: torch.Tensor, out_uncond: torch.Tensor, out_pass: torch.Tensor) -> torch.Tensor:
+        """x0_d - D_x0(x_d), unscaled."""
         return x0_degraded - out_pass
 
 
@@ -111,9 +148,8 @@ class EpsSpace:
         """sqrt(a) * degraded + sqrt(1 - a) * eps_uncond, written as a shift of x."""
         return x + self._alpha(t, x).sqrt() * (degraded - x0)
 
-    def correction(self, x0_degraded: torch.Tensor, out_uncond: torch.Tensor, out_pass: torch.Tensor, x: torch.Tensor,
-                   t: torch.Tensor) -> torch.Tensor:
-        """eps_uncond - eps of the degraded pass: the same update as X0Space's, expressed in eps."""
+    def correction(self, x0_degraded: torch.Tensor, out_uncond: torch.Tensor, out_pass: torch.Tensor) -> torch.Tensor:
+        """eps_u - D_eps(x_d), unscaled: the same update as X0Space's, expressed in eps."""
         return out_uncond - out_pass
 
 

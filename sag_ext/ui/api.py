@@ -6,7 +6,7 @@ and either answers 422 naming the field or hands the unchanged body on.
 """
 import json
 
-from .params import InvalidParams, parse_script_args
+from ..core.params import InvalidParams, parse_script_args
 
 GENERATION_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 
@@ -32,6 +32,15 @@ def request_error(body: bytes, title: str):
         except InvalidParams as error:
             return f"{where}: {error}"
     return None
+
+
+def on_app_started(_demo, app) -> None:
+    """Adds the argument check (HTTP 422) in front of the generation endpoints."""
+    from . import TITLE
+
+    app.middleware_stack = None
+    app.add_middleware(ArgumentValidation, title=TITLE)
+    app.build_middleware_stack()
 
 
 class ArgumentValidation:

@@ -160,14 +160,6 @@ def _is_current(path: Path, name: str, seed: int) -> bool:
 # --------------------------------------------------------------------------------------------
 # Everything below runs under the webui's interpreter (torch, ldm, sgm, open_clip, transformers).
 
-def _reinit_zero_layers(model) -> None:
-    """Give every all-zero Conv/Linear weight (ldm/sgm ``zero_module``) a default random init."""
-    import torch
-    for module in model.modules():
-        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)) and not module.weight.any():
-            module.reset_parameters()
-
-
 def _rescale_output(layer, run, target_std: float) -> None:
     """Scale ``layer`` (the last conv) so that ``run()`` returns values of std ``target_std``."""
     import torch
@@ -197,13 +189,14 @@ def _unet_and_vae(unet_cfg, vae_cfg, context_dim, *, adm=None, scale_factor=1.0)
     """Instantiate UNet and VAE from their configs; return ``{"model.diffusion_model.": sd, ...}``."""
     import torch
     from ldm.util import instantiate_from_config
+    from unets import randomise_zero_layers  # run as a script: this folder is on sys.path
 
     unet = instantiate_from_config(unet_cfg).eval()
     vae_cfg = copy.deepcopy(vae_cfg)
     vae_cfg["params"]["ddconfig"].pop("attn_type", None)  # no xformers here; the webui does the same
     vae = instantiate_from_config(vae_cfg).eval()
-    _reinit_zero_layers(unet)
-    _reinit_zero_layers(vae)
+    randomise_zero_layers(unet)
+    randomise_zero_layers(vae)
 
     x = torch.randn(2, 4, 16, 16)
     t = torch.tensor([999, 500])

@@ -42,7 +42,7 @@ except ImportError:  # imported as a top-level module
     import hypernetwork
     import tokenizer_cache
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 EXTENSION_NAME = "sd-webui-sag"
 
 #: Options written to ``config.json``: no live previews (SDXL would want vaeapprox

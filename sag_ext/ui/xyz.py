@@ -1,9 +1,9 @@
 """X/Y/Z plot axes. Each axis sets a `sag_<field>` attribute on the cell's processing object, which
 the generation start reads over the panel's values (the same path for panel, X/Y/Z and API)."""
-from .params import ARG_NAMES
+from ..core.params import ARG_NAMES
 
-LABELS = {"enabled": "Enabled", "scale": "Scale", "blur_sigma": "Blur sigma", "threshold": "Threshold",
-          "start": "Start", "end": "End"}
+AXIS_LABELS = {"enabled": "Enabled", "scale": "Scale", "blur_sigma": "Blur sigma", "threshold": "Threshold",
+               "start": "Start", "end": "End"}
 PREFIX = "[SAG] "
 
 
@@ -27,7 +27,7 @@ def _apply(name):
 def add_axes(xyz_grid) -> None:
     """Adds the [SAG] axes to the X/Y/Z plot script's module once (idempotent)."""
     present = {option.label for option in xyz_grid.axis_options}
-    for name, label in LABELS.items():
+    for name, label in AXIS_LABELS.items():
         if PREFIX + label in present:
             continue
         if name == "enabled":
@@ -35,3 +35,12 @@ def add_axes(xyz_grid) -> None:
         else:
             option = xyz_grid.AxisOption(PREFIX + label, float, _apply(name))
         xyz_grid.axis_options.append(option)
+
+
+def add_axes_to_script() -> None:
+    """Adds the axes to the loaded X/Y/Z plot script, if there is one."""
+    from modules import scripts
+
+    for data in scripts.scripts_data:
+        if data.script_class.__module__ in ("xyz_grid.py", "scripts.xyz_grid"):
+            add_axes(data.module)

@@ -1,7 +1,7 @@
 """One generation's SAG: the capture hooks it owns, the step in progress and its correction.
 
-The host adapter drives it once per denoiser call: `begin_step` before the UNet calls of a step,
-`end_step` after them (runs the degraded pass), `apply` on the CFG result, and `settle` when a batch
+A host adapter drives it once per denoiser call: `begin_step` before the UNet calls of a step,
+`end_step` after them (runs the degraded pass), `apply` on the CFG result, and `end_batch` when a batch
 ends. Any exception inside is caught: SAG stops for the rest of the generation with one log line and
 the hooks are removed. A step where SAG has nothing to do changes nothing, and the session remembers
 why for `report_unchanged`. While sampling, nothing is read back from the device: where that is known
@@ -16,8 +16,8 @@ from typing import Any, Callable, Optional
 import torch
 
 from .capture import MiddleBlockCapture
-from .guidance import (MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degrade, latent_too_small,
-                       mask_empty_by_construction)
+from .guidance import (MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degraded_input, guided,
+                       latent_too_small, mask_empty_by_construction)
 from .params import SagParams
 
 log = logging.getLogger("sd_webui_sag")
@@ -76,14 +76,14 @@ class SagSession:
         self.step: Optional[StepInputs] = None
         self.blur = GaussianBlur(params.blur_sigma)
         self.correction: Optional[tuple] = None  # (unscaled correction, scale) of the step in progress
-        self.sound: Optional[torch.Tensor] = None  # device bool: was every pass so far finite?
-        self.acted: Optional[torch.Tensor] = None  # device int: steps whose correction reached the image
+        self.passes_finite: Optional[torch.Tensor] = None  # device bool: was every pass so far finite?
+        self.corrected_steps: Optional[torch.Tensor] = None  # device int: steps whose correction reached the image
         self.degraded_passes = 0
         self.stopped = False  # turned off by an error or an unsupported input, not by its parameters
         self.collect_preview = collect_preview
-        self.preview_mask: Optional[torch.Tensor] = None  # mask summed over the steps of the last pass
+        self.preview_mask: Optional[torch.Tensor] = None  # mask summed over the steps of the current pass
         self.preview_steps = 0
-        self.previews = []  # finished preview pictures, for the host to show
+        self.previews = []  # finished preview pictures, for the host to show (add_preview)
 
     @contextlib.contextmanager
     def guard(self):
@@ -110,6 +110,11 @@ class SagSession:
 
     def owns(self, attn: torch.nn.Module) -> bool:
         return self.capture is not None and self.capture.is_attached_to(attn)
+
+    @staticmethod
+    def owning(attn: torch.nn.Module) -> Optional["SagSession"]:
+        """The session whose capture is attached to `attn` (the one whose step is in progress), if any."""
+        return getattr(MiddleBlockCapture.attached(attn), "owner", None)
 
     def begin_step(self, transformer: torch.nn.Module, attn: torch.nn.Module, x_in: torch.Tensor,
                    sigma_in: torch.Tensor, image_cond_in: torch.Tensor, text_cond: Any, text_uncond: Any,
@@ -156,13 +161,10 @@ class SagSession:
         if mask_empty_by_construction(grid, self.params.threshold):
             self.idle_reasons.add(EMPTY_MASK)
             return
-        space = step.space
         out_uncond = x_out[-step.x.shape[0]:]
         with autocast_off(step.x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
             mask = attention_mask(mass, grid, tuple(out_uncond.shape[-2:]), self.params.threshold)
-            x0 = space.pred_x0(step.x, out_uncond, step.sigma)
-            degraded = degrade(x0, mask, self.blur)
-            x_degraded = space.renoise(step.x, x0, degraded, step.sigma)
+            x0_degraded, x_degraded = degraded_input(step.space, step.x, out_uncond, step.sigma, mask, self.blur)
         out_pass = degraded_pass(x_degraded, step)
         if out_pass.shape != x_degraded.shape:
             raise UnexpectedPassOutput(
@@ -172,7 +174,7 @@ class SagSession:
         if self.collect_preview:
             self._accumulate_preview(mask)
         with autocast_off(step.x.device):
-            correction = space.correction(degraded, out_uncond, out_pass.to(out_uncond.dtype), step.x, step.sigma)
+            correction = step.space.correction(x0_degraded, out_uncond, out_pass.to(out_uncond.dtype))
             if step.repaint_mask is not None:
                 correction = correction * step.repaint_mask
             self.correction = (self._gate(correction, mask), step.scale)
@@ -182,10 +184,11 @@ class SagSession:
         would stall the GPU): after a non-finite pass (an fp16 overflow) no correction reaches it any more,
         and a step whose mask is empty for every row has nothing to correct (its pass is the uncond itself)."""
         finite = torch.isfinite(correction).all()
-        self.sound = finite if self.sound is None else self.sound & finite
-        acts = self.sound & mask.any()
-        self.acted = acts.int() if self.acted is None else self.acted + acts
-        return torch.where(acts, correction, 0.0)
+        self.passes_finite = finite if self.passes_finite is None else self.passes_finite & finite
+        reaches_image = self.passes_finite & mask.any()
+        self.corrected_steps = (reaches_image.int() if self.corrected_steps is None
+                                else self.corrected_steps + reaches_image)
+        return torch.where(reaches_image, correction, 0.0)
 
     def _accumulate_preview(self, mask: torch.Tensor) -> None:
         if self.preview_mask is None or self.preview_mask.shape != mask.shape:  # a new pass (hires fix)
@@ -193,11 +196,18 @@ class SagSession:
         self.preview_mask += mask
         self.preview_steps += 1
 
-    def preview(self) -> Optional[torch.Tensor]:
-        """(B, H, W) in [0, 1]: the share of the last pass's SAG steps in which each latent pixel was blurred."""
-        if self.preview_mask is None:
+    def take_blurred_share(self) -> Optional[torch.Tensor]:
+        """(B, H, W) in [0, 1]: the share of the last pass's SAG steps in which each latent pixel was
+        blurred, or None without a preview; the next batch starts its own."""
+        if not self.collect_preview or self.preview_mask is None:
             return None
-        return (self.preview_mask[:, 0] / self.preview_steps).float().cpu()
+        share = (self.preview_mask[:, 0] / self.preview_steps).float().cpu()
+        self.preview_mask = None
+        return share
+
+    def add_preview(self, picture) -> None:
+        """Keep a finished preview picture for the host to show when the generation ends."""
+        self.previews.append(picture)
 
     def apply(self, combined: torch.Tensor) -> torch.Tensor:
         """The CFG result plus this step's correction (nothing if the step had none)."""
@@ -205,18 +215,18 @@ class SagSession:
         if step_correction is None:
             return combined
         correction, scale = step_correction
-        return torch.add(combined, correction.to(combined.dtype), alpha=scale)
+        return guided(combined, correction, scale)
 
-    def settle(self) -> None:
+    def end_batch(self) -> None:
         """When a batch ends (one host sync): raise NonFiniteCorrection if a pass was not finite; its step and
         all later ones were left uncorrected, so SAG steps aside."""
-        if self.sound is not None and not bool(self.sound):
+        if self.passes_finite is not None and not bool(self.passes_finite):
             raise NonFiniteCorrection("SAG's pass gave inf or NaN (a float16 overflow in the model?); "
                                       "that step and the later ones were left uncorrected")
 
     def changed_nothing(self) -> bool:
         """Whether no step got a correction: the images are exactly the SAG-off ones (one host sync)."""
-        return self.acted is None or int(self.acted) == 0
+        return self.corrected_steps is None or int(self.corrected_steps) == 0
 
     def report_unchanged(self) -> None:
         """The one console line saying why SAG changed nothing (an error that stopped it has said so already)."""

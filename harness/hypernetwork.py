@@ -6,7 +6,7 @@ It is written in torch's legacy (non-zip) format: webui 1.10's safe unpickler re
 that newer torch versions add (``.format_version``), so a hypernetwork the webui itself creates under
 torch 2.14 cannot be loaded back.
 
-    python tests/e2e/harness/hypernetwork.py <webui data dir>/models/hypernetworks
+    python harness/hypernetwork.py <webui data dir>/models/hypernetworks
 """
 from __future__ import annotations
 

@@ -50,6 +50,15 @@ def _float32_copy(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(t.shape, dtype=torch.float32, device=t.device).copy_(t)
 
 
+def middle_block_attention(unet: torch.nn.Module):
+    """(the middle block's transformer, its first attn1) of an LDM-layout UNet (ldm's, sgm's, and the
+    UNets that copy their layout), or None where the middle block has no transformer (SSD-1B)."""
+    middle = getattr(unet, "middle_block", None)
+    if middle is None or len(middle) < 2 or not hasattr(middle[1], "transformer_blocks"):
+        return None
+    return middle[1], middle[1].transformer_blocks[0].attn1
+
+
 class MiddleBlockCapture:
     """Hooks on one middle-block transformer and its first attn1; one capture per attn1 instance.
 

@@ -1,0 +1,1 @@
+"""Benchmarks: SAG at the UNet level (`bench_sag`) and in real webuis (`webui_walltime`, `webui_gpu`)."""
