@@ -17,7 +17,7 @@ import os
 import pytest
 from harness.server import RunningWebUI, WebUI
 
-OWN_SERVERS = ("ui_webui", "neighbourhood", "probe_webui")  # fixtures that start webuis of their own
+OWN_SERVERS = ("ui_webui", "neighbourhood", "controlnet_webui", "probe_webui")  # fixtures that start webuis of their own
 
 
 def pytest_configure(config):
@@ -57,20 +57,12 @@ def webui(checkpoint_cache):
     if not os.environ.get("SD_WEBUI_PATH"):
         yield RunningWebUI(os.environ["SD_WEBUI_URL"])
         return
-    server = WebUI(checkpoint_cache=checkpoint_cache, data_dir=kept_data_dir())
-    server.start()
-    try:
+    with WebUI(checkpoint_cache=checkpoint_cache, data_dir=kept_data_dir()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def ui_webui(checkpoint_cache):
     """A webui with the UI as well (the API's `infotext` field and the browser need the UI's paste fields)."""
-    server = WebUI(checkpoint_cache=checkpoint_cache, nowebui=False, data_dir=kept_data_dir("ui"))
-    server.start()
-    try:
+    with WebUI(checkpoint_cache=checkpoint_cache, nowebui=False, data_dir=kept_data_dir("ui")) as server:
         yield server
-    finally:
-        server.stop()

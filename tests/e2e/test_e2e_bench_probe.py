@@ -19,12 +19,8 @@ PAYLOAD = {**BASE, "batch_size": 2}  # the CFG call holds 4 rows, SAG's pass 2
 
 @pytest.fixture(scope="module")
 def probe_webui(checkpoint_cache):
-    server = WebUI(checkpoint_cache=checkpoint_cache, extra_extensions=[PROBE], data_dir=kept_data_dir("probe"))
-    server.start()
-    try:
+    with WebUI(checkpoint_cache=checkpoint_cache, extra_extensions=[PROBE], data_dir=kept_data_dir("probe")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def generation(webui, args, probe_request=None):

@@ -1,0 +1,32 @@
+"""Perturbed-Attention Guidance from Incantations (v0xie/sd-webui-incantations)."""
+from __future__ import annotations
+
+import pytest
+
+from e2e.neighbours.neighbourhood import BOTH_ORDERS, assert_load_order, check_alongside, needs, with_script
+from e2e.sag_api import BASE
+
+
+pytestmark = pytest.mark.e2e
+
+INCANTATIONS_TITLE = "Incantations"
+# Incantations is one always-on script whose arguments are those of its submodules, in order: Smoothed
+# Energy Guidance [active, blur_sigma, start_step, end_step], Self-guided CFG [active, scale, rate_min,
+# rate_max, rate_clamp, start_step, end_step, r], then PAG [active, scale, start_step, end_step,
+# cfg_interval_enable, cfg_schedule, cfg_interval_low, cfg_interval_high, sanf]; the rest (T2I-Zero,
+# Incantations itself) keep their UI defaults. PAG at scale 3 on every step.
+PAG_ARGS = [False, 11.0, 0, 150,
+            False, 1.0, 0.8, 3.0, 0.0, 0, 150, 4,
+            True, 3.0, 0, 150, False, "Constant", 0.0, 100.0, False]
+
+
+@BOTH_ORDERS
+@needs("incantations")
+def test_incantations_pag(neighbourhood):
+    """Perturbed-Attention Guidance (Incantations): PAG adds a third, perturbed pass of the cond batch in
+    cfg_denoiser and replaces, with forward hooks, the output of the very middle-block `attn1` SAG hooks
+    (self-attention swapped for identity, i.e. its `to_v`) while that pass runs."""
+    webui = neighbourhood
+    assert_load_order(webui, INCANTATIONS_TITLE)
+    check_alongside(webui, "PAG", BASE, with_script(BASE, INCANTATIONS_TITLE, PAG_ARGS),
+                    infotext_has=["PAG Active: True", "PAG Scale: 3"])
