@@ -1,16 +1,16 @@
 """Whole generations in a real webui on a CUDA GPU: SAG off, this extension, and the old extension, side by side.
 
-Runs on the lent GPU machine through `tests/e2e/gpu/run.sh bench` (which sets up the webui there). Two webuis
+Runs on a GPU machine through `tests/e2e/gpu/run.sh bench` (which sets up the webui there). Two webuis
 are started with the e2e harness on the GPU in the webui's default half precision: one with this extension,
 one with the old extension (ashen-sensored/sd_webui_SAG, a directory you give; never part of this
 repository), each with the probe extension `benchmarks/webui_probe`, which records per generation the peak
 CUDA memory, the allocator's cudaMalloc calls and where each sampling step's time goes. For each
 configuration (20 steps Euler a):
 
-* t_off_s, t_sag_s, t_old_s: the median wall time of a whole txt2img request: after warm-up rounds (the
-  machine's speed drifts over the first generations), each repeat runs SAG off, ours, the old extension
-  (in its own webui; SD1.5 only, `null` for SDXL, where it fails) and the plain-pass variant once, in an
-  order that rotates from repeat to repeat;
+* t_off_s, t_sag_s, t_old_s, t_old_off_s: the median wall time of a whole txt2img request: after warm-up
+  rounds (the machine's speed drifts over the first generations), each repeat runs SAG off, ours, the old
+  extension on and off (in its own webui, whose SAG-off time is its own baseline; SD1.5 only, `null` for
+  SDXL, where it fails) and the plain-pass variant once, in an order that rotates from repeat to repeat;
 * t_unet_b_ms: one model call over the B uncond rows at that shape, as SAG's pass makes it (the k-diffusion
   denoiser's forward: the UNet with the webui's wrappers), but without SAG: the plain-pass variant is a
   SAG-off generation in which the probe makes that call after each step's CFG call, isolated (the GPU
@@ -23,8 +23,8 @@ configuration (20 steps Euler a):
 
 It also prints, per configuration, SAG's own pass by both clocks (in the SAG generations the host issues it
 while the GPU still finishes the CFG call), the CFG call off and on, the median of each repeat's own on/off
-ratio and the ratio of the fastest generations (the lent machine's host runs some generations about 1.4x
-slower than others, so a median can land in either speed), and where a step's time goes in each variant
+ratio and the ratio of the fastest generations (a busy host runs some generations about 1.4x slower than
+others, so a median can land in either speed), and where a step's time goes in each variant
 (the probe's step segments: host and GPU milliseconds between its marks). `--records` writes every
 generation's record, from which `--from-records` recomputes the rows here without a GPU; `--profile` adds
 one more generation off and one on under torch's profiler to them.
@@ -32,7 +32,7 @@ one more generation off and one on under torch's profiler to them.
     python benchmarks/webui_gpu.py --old-extension DIR --json benchmarks/results/webui-gpu-<commit>.json
     python benchmarks/webui_gpu.py --from-records RECORDS.json [MORE.json ...] --json ROWS.json
 
-All four configurations take over 10 minutes on an H200 (the lent machine's limit for one command): run
+All four configurations take over 10 minutes on an H200: where one command may run 10 minutes at most, run
 the SD1.5 and the SDXL ones as two commands (`--configs`) and join their records with `--from-records`.
 """
 from __future__ import annotations
@@ -61,6 +61,7 @@ CONFIGS = {  # name: (checkpoint, size, batch, warm-up rounds, repeats)
 OURS_ON = ("self-attention guidance", [True, 0.5, 2.0, 1.0])
 OURS_OFF = ("self-attention guidance", [False])
 OLD_ON = ("self attention guidance", [True, 0.5, 1.0])  # its [enabled, scale, threshold]
+OLD_OFF = ("self attention guidance", [False, 0.5, 1.0])
 
 
 def payload(size, batch, title, args):
@@ -141,8 +142,8 @@ def profiled(webui, bodies):
 
 
 def row(name, gpu, runs):
-    """The issue's row of one configuration from `measure`'s runs."""
-    off, on, plain, old = runs["off"], runs["on"], runs["plain"], runs.get("old")
+    """The row of one configuration from `measure`'s runs."""
+    off, on, plain, old, old_off = runs["off"], runs["on"], runs["plain"], runs.get("old"), runs.get("old_off")
     batch = CONFIGS[name][2]
     t_off, t_sag = statistics.median(s for s, _ in off), statistics.median(s for s, _ in on)
     t_unet = call_ms(plain, batch, "host")
@@ -158,6 +159,7 @@ def row(name, gpu, runs):
           f"{mallocs(off)} off, {mallocs(on)} on", flush=True)
     return {"config": name, "gpu": gpu, "steps": STEPS, "repeats": len(on), "t_off_s": round(t_off, 4),
             "t_sag_s": round(t_sag, 4), "t_old_s": round(statistics.median(s for s, _ in old), 4) if old else None,
+            "t_old_off_s": round(statistics.median(s for s, _ in old_off), 4) if old_off else None,
             "t_unet_b_ms": round(t_unet, 3), "floor_ratio": round(1 + STEPS * t_unet / 1000 / t_off, 4),
             "t_off_plus_pass_s": round(statistics.median(s for s, _ in plain), 4),
             "peak_off_mib": round(max(r["peak_mib"] for _, r in off), 1),
@@ -168,16 +170,16 @@ def report(name, gpu, runs):
     """The row of one configuration, printed with where its steps' time goes."""
     result = row(name, gpu, runs)
     print(json.dumps(result), flush=True)
-    print_steps(name, {label: runs[label] for label in ("off", "plain", "on", "old") if runs.get(label)})
+    print_steps(name, {label: runs[label] for label in ("off", "plain", "on", "old", "old_off") if runs.get(label)})
     return result
 
 
 def print_table(rows):
-    print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'old s':>8}{'SAG/off':>9}{'floor':>8}{'target':>8}"
+    print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'SAG/off':>9}{'old/its off':>12}{'floor':>8}{'target':>8}"
           f"{'off+pass/off':>14}{'peak off':>10}{'peak SAG':>10}")
     for r in rows:
-        old = f"{r['t_old_s']:.3f}" if r["t_old_s"] else "-"
-        print(f"{r['config']:<14}{r['t_off_s']:>8.3f}{r['t_sag_s']:>8.3f}{old:>8}{r['t_sag_s'] / r['t_off_s']:>9.3f}"
+        old = f"{r['t_old_s'] / r['t_old_off_s']:.3f}" if r["t_old_s"] and r.get("t_old_off_s") else "-"
+        print(f"{r['config']:<14}{r['t_off_s']:>8.3f}{r['t_sag_s']:>8.3f}{r['t_sag_s'] / r['t_off_s']:>9.3f}{old:>12}"
               f"{r['floor_ratio']:>8.3f}{1.03 * r['floor_ratio']:>8.3f}{r['t_off_plus_pass_s'] / r['t_off_s']:>14.3f}"
               f"{r['peak_off_mib']:>10.0f}{r['peak_sag_mib']:>10.0f}")
 
@@ -206,11 +208,12 @@ def run_on_gpu(args):
             checkpoint, size, batch, warmup, repeats = CONFIGS[name]
             ours_webui.use_checkpoint(checkpoint)
             bodies = {label: payload(size, batch, title, script_args)
-                      for label, (title, script_args) in (("off", OURS_OFF), ("on", OURS_ON), ("old", OLD_ON))}
+                      for label, (title, script_args) in (("off", OURS_OFF), ("on", OURS_ON), ("old", OLD_ON),
+                                                          ("old_off", OLD_OFF))}
             variants = [("off", ours_webui, bodies["off"], None), ("on", ours_webui, bodies["on"], None),
                         ("plain", ours_webui, bodies["off"], "/sag-bench/plain-pass")]
             if old_webui is not None and checkpoint == "sd1_wide":  # the old extension fails on SDXL
-                variants.append(("old", old_webui, bodies["old"], None))
+                variants += [("old", old_webui, bodies["old"], None), ("old_off", old_webui, bodies["old_off"], None)]
             runs = measure(variants, warmup, repeats)
             rows.append(report(name, gpu, runs))
             if args.profile:

@@ -36,14 +36,17 @@ def test_webui_gpu_rows_have_their_keys_and_the_floor_of_one_isolated_pass():
             for s, (host, gpu) in zip(seconds, pass_host_gpu)]
 
     timed = {"off": runs([1.0, 1.2, 1.1], [(0, 0)] * 3), "on": runs([2.0, 1.9, 2.3], [(70, 40)] * 3),
-             "plain": runs([2.1, 2.2, 2.05], [(52, 40), (50, 38), (56, 30)]), "old": runs([2.5, 2.4, 2.6], [(0, 0)] * 3)}
+             "plain": runs([2.1, 2.2, 2.05], [(52, 40), (50, 38), (56, 30)]), "old": runs([2.5, 2.4, 2.6], [(0, 0)] * 3),
+             "old_off": runs([1.3, 1.4, 1.2], [(0, 0)] * 3)}
     row = webui_gpu.row("sd15-512-b4", "GPU", timed)
-    assert list(row) == ["config", "gpu", "steps", "repeats", "t_off_s", "t_sag_s", "t_old_s", "t_unet_b_ms",
+    assert list(row) == ["config", "gpu", "steps", "repeats", "t_off_s", "t_sag_s", "t_old_s", "t_old_off_s", "t_unet_b_ms",
                          "floor_ratio", "t_off_plus_pass_s", "peak_off_mib", "peak_sag_mib"]
     assert (row["t_off_s"], row["t_sag_s"], row["t_old_s"], row["t_unet_b_ms"]) == (1.1, 2.0, 2.5, 52.0)
+    assert row["t_old_off_s"] == 1.3  # the old extension's own SAG-off baseline, from its own webui
     assert row["floor_ratio"] == round(1 + 20 * 0.052 / 1.1, 4) and row["t_off_plus_pass_s"] == 2.1
     assert (row["peak_off_mib"], row["peak_sag_mib"]) == (101.2, 102.3)
-    assert webui_gpu.row("sd15-512-b4", "GPU", {**timed, "old": None})["t_old_s"] is None
+    without_old = webui_gpu.row("sd15-512-b4", "GPU", {**timed, "old": None, "old_off": None})
+    assert without_old["t_old_s"] is None and without_old["t_old_off_s"] is None
 
 
 def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
