@@ -1,9 +1,9 @@
-"""Pack what the real webui v1.10.1 needs on the lent GPU machine into ``.gpu/``.
+"""Pack what the real webui v1.10.1 needs on a GPU machine without network into ``.gpu/``.
 
-The GPU machine has Python 3.12, torch, numpy, pillow, transformers 5.x (too new) and
-many other packages, but no gradio/fastapi/pydantic and no network. Only this
-repository's working tree (at most 64 MiB, ignored paths only when carried) reaches it.
-This script, run here (stdlib only, any Python 3.9+), builds::
+The GPU machine is assumed to have Python 3.12, torch, numpy, pillow and transformers 5.x (too new for
+the webui), but no gradio/fastapi/pydantic and no network; only this repository's working tree, with
+``.gpu/`` beside it, reaches it (``TRAVEL_LIMIT_MIB``, 64 by default, is what the transfer allows).
+This script, run on a machine with network (stdlib only, any Python 3.9+), builds::
 
     .gpu/webui/             the webui's code (no .git, images, models, tests, venv),
                             plus repositories/<each>/ with only their runtime files
@@ -11,25 +11,23 @@ This script, run here (stdlib only, any Python 3.9+), builds::
     .gpu/site/clip/         openai CLIP's package folder (its wheel does not build offline)
     .gpu/extensions/<name>/ a code-only copy of each --extension DIR
 
-Wheels are cached in ~/.cache/sd-webui-sag-gpu-wheels, so re-packing downloads nothing
-new; pins marked ``# build`` in device_wheels.txt (sdist only) are built here with
-``pip wheel --no-deps``. The script prints the sizes and exits 1 if the travelling tree
-(tracked + untracked-not-ignored files + .gpu) is over 64 MiB.
+Wheels are cached in ``$SAG_GPU_WHEEL_CACHE`` (default ~/.cache/sd-webui-sag-gpu-wheels), so re-packing
+downloads nothing new; pins marked ``# build`` in device_wheels.txt (sdist only) are built here with
+``pip wheel --no-deps``. The script prints the sizes and exits 1 if the travelling tree (tracked +
+untracked-not-ignored files + .gpu) is over the limit.
 
-Usage (here)::
+Usage, with the webui checkout (its ``repositories/`` in place) and openai CLIP's source at the webui's
+pin (d50d76daa670286dd6cacf3bcd80b5e4823fc8e1) extracted to a folder::
 
-    git --git-dir /work/.mirror/openai+CLIP/repo archive d50d76daa670286dd6cacf3bcd80b5e4823fc8e1 \\
-        | (mkdir -p /tmp/CLIP && tar -x -C /tmp/CLIP)
-    python3 tests/e2e/gpu/pack.py --webui /work/webui --clip /tmp/CLIP \\
-        --extension /work/neighbours/sd_webui_SAG
+    python3 tests/e2e/gpu/pack.py --webui ~/stable-diffusion-webui --clip ~/CLIP \
+        [--extension ~/sd_webui_SAG]
 
-On the device (``.gpu`` is git-ignored, so the run must carry it: ``carry: [".gpu"]``),
-from the repository root::
+On the GPU machine, from the repository root::
 
-    eval "$(bash tests/e2e/gpu/install_device.sh)"   # wheels -> /tmp/sag-site, sets PYTHONPATH
+    eval "$(bash tests/e2e/gpu/install_device.sh)"   # wheels -> $SAG_GPU_SITE, sets PYTHONPATH
 
-then start the webui from ``.gpu/webui`` with that PYTHONPATH (``/tmp/sag-site`` first,
-so its pins shadow the device's own transformers, huggingface_hub, tokenizers, ...).
+then start the webui from ``.gpu/webui`` with that PYTHONPATH (the wheels first, so its pins shadow the
+machine's own transformers, huggingface_hub, tokenizers, ...); ``run.sh`` does all of it.
 """
 
 from __future__ import annotations
@@ -45,9 +43,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
 PINS_FILE = HERE / "device_wheels.txt"
-WHEEL_CACHE = Path.home() / ".cache" / "sd-webui-sag-gpu-wheels"
-LIMIT_MIB = 64
-TARGET_MIB = 60
+WHEEL_CACHE = Path(os.environ.get("SAG_GPU_WHEEL_CACHE", Path.home() / ".cache" / "sd-webui-sag-gpu-wheels"))
+LIMIT_MIB = int(os.environ.get("TRAVEL_LIMIT_MIB", "64"))
+TARGET_MIB = LIMIT_MIB - 4
 
 PLATFORM_ARGS = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp"] + [
     arg for platform in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",

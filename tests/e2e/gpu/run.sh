@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# The real webui v1.10.1 on the lent GPU machine. Here, first: python3 tests/e2e/gpu/pack.py ... (see its
-# docstring); then on the device, from the repository root, with ".gpu" carried, one command:
+# The real webui v1.10.1 on a GPU machine without network. First, on a machine with network:
+# python3 tests/e2e/gpu/pack.py ... (see its docstring); then on the GPU machine, from the repository root
+# with ".gpu" beside it, one command:
 #   bash tests/e2e/gpu/run.sh contract [pytest args]   # tests/e2e/gpu/test_gpu_contract.py, webuis side by side
 #   bash tests/e2e/gpu/run.sh bench [webui_gpu.py args]  # benchmarks/webui_gpu.py against .gpu/extensions/sd_webui_SAG
 # It installs the wheels, writes the SD1.5- and SDXL-size random checkpoints once per machine and runs the
 # webuis with the e2e harness on CUDA. Logs, the benchmark's rows and records and, for bench, `nvidia-smi dmon`'s
-# record go to $OUT (the device tool's folder).
+# record go to $OUT (default /tmp/sag-gpu-out).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 eval "$(bash tests/e2e/gpu/install_device.sh)"
 export SD_WEBUI_PATH="$PWD/.gpu/webui" SD_WEBUI_PYTHON=python3 SD_WEBUI_PYTHONPATH="$PYTHONPATH"
-export SD_WEBUI_TEST_CACHE=/tmp/sag-checkpoints PYTHONUNBUFFERED=1
+export SD_WEBUI_TEST_CACHE="${SD_WEBUI_TEST_CACHE:-/tmp/sag-checkpoints}" PYTHONUNBUFFERED=1
 out="${OUT:-/tmp/sag-gpu-out}"
 mkdir -p "$out"
 python3 - <<'PY'

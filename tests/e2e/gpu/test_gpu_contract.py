@@ -1,6 +1,6 @@
 """The e2e contract in a real webui on a CUDA GPU, in the webui's half precision, at SD1.5 and SDXL UNet sizes.
 
-Runs only with ``SAG_E2E_DEVICE=cuda`` (``tests/e2e/gpu/run.sh`` sets it up on the lent GPU machine). Each
+Runs only with ``SAG_E2E_DEVICE=cuda`` (``tests/e2e/gpu/run.sh`` sets it up on a GPU machine). Each
 test group (``xdist_group``) is one webui with its own command-line flags, so ``pytest -n N --dist loadgroup``
 runs them side by side. The webui's NaN check stays on: a NaN image fails the request. The checkpoints are ``sd1_wide`` (SD1.5's
 UNet) and ``sdxl_full`` (SDXL's UNet), with random weights and small text models and VAE.
