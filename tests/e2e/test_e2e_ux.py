@@ -30,9 +30,11 @@ def test_script_info_lists_the_arguments(webui, img2img):
 
 def test_xyz_plot_with_a_sag_scale_axis(webui):
     webui.use_checkpoint("sd1_tiny")
-    choices = script_info(webui, "x/y/z plot")["args"][0]["choices"]
+    xyz_args = script_info(webui, "x/y/z plot")["args"]
+    choices = xyz_args[0]["choices"]
     assert {"[SAG] Enabled", "[SAG] Scale", "[SAG] Blur sigma", "[SAG] Threshold", "[SAG] Start", "[SAG] End"} <= set(choices)
     args = [choices.index("[SAG] Scale"), "0, 0.4, 0.8", [], 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]
+    args += [arg["value"] for arg in xyz_args[len(args):]]  # arguments later webuis added (the dev branch's draw_grid)
     result = webui.post("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot", "script_args": args})
     grid, *cells = [decode(image) for image in result["images"]]
     infotexts = json.loads(result["info"])["infotexts"][1:]
