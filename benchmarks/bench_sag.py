@@ -2,7 +2,7 @@
 
 For each configuration it runs an Euler sampling loop with batched CFG the way the webui's CFG
 denoiser does it (cond rows first, the B uncond rows last, one UNet call over 2B rows), once plain
-and once with SAG driven through `SagSession` exactly as the A1111 host adapter drives it, and times the
+and once with SAG, firing the webui's three CFG callbacks into SAG's own A1111 adapter, and times the
 bare UNet over B and 2B rows. The overhead r = (step SAG - step CFG) / T(B) is 1 for a SAG that
 costs exactly one extra UNet pass over the uncond rows.
 
@@ -28,6 +28,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +42,9 @@ from ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 from harness.diffusion import CompVisDenoiser, sd_alphas_cumprod  # noqa: E402
 from harness.unets import randomise_zero_layers  # noqa: E402
 from sag_ext.core import capture as sag_capture, session as sag_session  # noqa: E402
-from sag_ext.core.capture import middle_block_attention  # noqa: E402
-from sag_ext.core.guidance import X0Space  # noqa: E402
 from sag_ext.core.params import SagParams  # noqa: E402
 from sag_ext.core.session import SagSession  # noqa: E402
+from sag_ext.hosts.a1111 import A1111Adapter  # noqa: E402
 
 CFG_SCALE = 7.0
 MIB = 1 << 20
@@ -139,37 +139,52 @@ def denoiser(unet: UNetModel, device: torch.device) -> CompVisDenoiser:
     return CompVisDenoiser(lambda x, t, cond: unet(x, t, context=cond["c_crossattn"][0]), sd_alphas_cumprod().to(device))
 
 
-def cfg_denoise(model: CompVisDenoiser, unet: UNetModel, x, sigma, text_cond, text_uncond, session=None, progress=0.0):
-    """One call of the webui's CFGDenoiser (k-diffusion) with SAG's three callbacks where the webui fires them.
+class KDiffusionOnly:
+    """The bench samples with k-diffusion only: no denoiser is of the webui's timestep family."""
 
-    `progress` is the step's place in the schedule (the webui's denoiser.step / total_steps).
-    """
+
+def webui_adapter(unet: UNetModel) -> A1111Adapter:
+    """SAG's A1111 adapter over what it reads of a webui that runs `unet`: the model in use, no alternative
+    UNet, no hypernetworks."""
+    sd_model = SimpleNamespace(model=SimpleNamespace(diffusion_model=unet, conditioning_key="crossattn"),
+                               cond_stage_key="txt")
+    return A1111Adapter(SimpleNamespace(shared=SimpleNamespace(sd_model=sd_model, loaded_hypernetworks=[]),
+                                        sd_unet=SimpleNamespace(current_unet=None), script_callbacks=None,
+                                        CFGDenoiserTimesteps=KDiffusionOnly,
+                                        apply_hypernetworks=lambda hypernetworks, x: (x, x)))
+
+
+def labelled(fn, label):
+    """`fn` inside a profiler range named `label`."""
+    def wrapper(*args, **kwargs):
+        with torch.profiler.record_function(label):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def cfg_denoise(model: CompVisDenoiser, x, sigma, text_cond, text_uncond, sag=None, step=0, total_steps=1):
+    """One call of the webui's CFGDenoiser (k-diffusion), firing its three CFG callbacks into SAG's A1111
+    adapter where the webui fires them when `sag` = (adapter, p) is given; `p` carries the session."""
     rows = x.shape[0]
     x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
     image_cond_in = x.new_zeros(2 * rows, 5, 1, 1)  # txt2img's image conditioning
-    if session is not None:  # on_cfg_denoiser
-        transformer, attn = middle_block_attention(unet)
-        with session.guard():
-            session.begin_step(transformer, attn, x_in, sigma_in, image_cond_in, text_cond, text_uncond,
-                               uncond_rows=text_uncond.shape[0], space=X0Space(), progress=progress,
-                               hires_pass=False)
+    if sag is not None:
+        adapter, p = sag
+        denoiser = SimpleNamespace(p=p, step=step, total_steps=total_steps, mask=None, nmask=None)
+        adapter.on_cfg_denoiser(SimpleNamespace(x=x_in, image_cond=image_cond_in, sigma=sigma_in, text_cond=text_cond,
+                                                text_uncond=text_uncond, denoiser=denoiser))
     with torch.profiler.record_function("cfg: unet over 2B rows"):
         x_out = model(x_in, sigma_in, cond={"c_crossattn": [torch.cat([text_cond, text_uncond])],
                                             "c_concat": [image_cond_in]})
-    if session is not None:  # on_cfg_denoised
-        def degraded_pass(x_pass, step):
-            with torch.profiler.record_function("sag: degraded pass (unet over B rows)"):
-                return model(x_pass, step.sigma, cond={"c_crossattn": [step.text_uncond],
-                                                       "c_concat": [step.image_cond]})
-
-        with session.guard(), torch.profiler.record_function("sag: end_step"):
-            session.end_step(x_out, degraded_pass)
+    if sag is not None:
+        with torch.profiler.record_function("sag: end_step"):
+            adapter.on_cfg_denoised(SimpleNamespace(
+                x=x_out, inner_model=labelled(model, "sag: degraded pass (unet over B rows)")))
     uncond = x_out[-rows:]
-    denoised = uncond + CFG_SCALE * (x_out[:rows] - uncond)
-    if session is not None:  # on_cfg_after_cfg
-        with session.guard():
-            denoised = session.apply(denoised)
-    return denoised
+    after_cfg = SimpleNamespace(x=uncond + CFG_SCALE * (x_out[:rows] - uncond))
+    if sag is not None:
+        adapter.on_cfg_after_cfg(after_cfg)
+    return after_cfg.x
 
 
 def sampling_sigmas(model: CompVisDenoiser, steps: int) -> torch.Tensor:
@@ -230,7 +245,7 @@ class Bench:
 
     def __init__(self, config: Config, unet: UNetModel, device: torch.device, warmup: int, steps: int):
         self.config, self.device, self.warmup, self.steps = config, device, warmup, steps
-        self.unet, self.model = unet, denoiser(unet, device)
+        self.unet, self.model, self.adapter = unet, denoiser(unet, device), webui_adapter(unet)
         generator = torch.Generator(device).manual_seed(1)
         size, rows, context = config.pixels // 8, config.batch, config.arch.context_dim
         self.noise = torch.randn(rows, 4, size, size, generator=generator, device=device)
@@ -242,12 +257,17 @@ class Bench:
         cuda = self.device.type == "cuda"
         return torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
 
-    def _step(self, x, index, session):
-        """Euler step `index` of the webui's k-diffusion sampler."""
+    def generation(self, session: SagSession):
+        """The webui's processing object of a generation with SAG's `session` attached."""
+        p = SimpleNamespace(is_hr_pass=False)
+        session.attach_to(p)
+        return p
+
+    def _step(self, x, index, p):
+        """Euler step `index` of the webui's k-diffusion sampler; SAG's callbacks fire when `p` is given."""
         sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
-        progress = index / (len(self.sigmas) - 1)
-        denoised = cfg_denoise(self.model, self.unet, x, sigma.expand(x.shape[0]), self.text_cond, self.text_uncond, session,
-                               progress)
+        denoised = cfg_denoise(self.model, x, sigma.expand(x.shape[0]), self.text_cond, self.text_uncond,
+                               None if p is None else (self.adapter, p), index, len(self.sigmas) - 1)
         return x + (x - denoised) / sigma * (sigma_next - sigma)
 
     def _unet_inputs(self, rows: int):
@@ -267,18 +287,19 @@ class Bench:
         Peak memory is the allocator's high-water mark within each timed call (host-side bookkeeping, no sync).
         """
         cuda = self.device.type == "cuda"
-        session = SagSession(SagParams(enabled=True))
+        session = SagSession(SagParams(enabled=True), key_input=self.adapter.self_attention_keys)
+        p = self.generation(session)
         timers = {name: Timer(self.device) for name in ("cfg", "sag", "unet_b", "unet_2b")}
         peaks = {"cfg": 0.0, "sag": 0.0}
         latents = {"cfg": self.noise * self.sigmas[0], "sag": self.noise * self.sigmas[0]}
         unet_b, unet_2b = self._unet_inputs(self.config.batch), self._unet_inputs(2 * self.config.batch)
         with torch.no_grad(), self.autocast():
             for index in range(len(self.sigmas) - 1):
-                modes = (("cfg", None), ("sag", session))
-                for mode, step_session in modes if index % 2 == 0 else modes[::-1]:
+                modes = (("cfg", None), ("sag", p))
+                for mode, step_p in modes if index % 2 == 0 else modes[::-1]:
                     if cuda:
                         torch.cuda.reset_peak_memory_stats()
-                    latents[mode] = timers[mode](self._step, latents[mode], index, step_session)
+                    latents[mode] = timers[mode](self._step, latents[mode], index, step_p)
                     if cuda:
                         peaks[mode] = max(peaks[mode], torch.cuda.max_memory_allocated() / MIB)
                 timers["unet_b"](self.unet, *unet_b)
@@ -339,15 +360,9 @@ def print_table(rows) -> None:
 def labelled_sag_internals():
     """Profiler ranges around SAG's internals, by wrapping the functions sag_ext's modules call by name."""
     targets = [(sag_capture, "per_key_attention_mass", "sag: attention mass (hook)"),
-               (sag_session, "attention_mask", "sag: mask"), (sag_session, "degrade", "sag: blur + select")]
+               (sag_session, "attention_mask", "sag: mask"),
+               (sag_session, "degraded_input", "sag: blur + select + re-noise")]
     originals = [(module, name, getattr(module, name)) for module, name, _ in targets]
-
-    def labelled(fn, label):
-        def wrapper(*args, **kwargs):
-            with torch.profiler.record_function(label):
-                return fn(*args, **kwargs)
-        return wrapper
-
     for (module, name, label), (_, _, fn) in zip(targets, originals):
         setattr(module, name, labelled(fn, label))
     try:
@@ -375,16 +390,17 @@ def host_syncs(fn, device: torch.device):
 def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: int, rows: int = 40) -> None:
     """Print a profiler table of one SAG step (after `warmup` SAG steps) and the host syncs of a CFG and a SAG step."""
     bench = Bench(config, build_unet(config.arch, device, dtype), device, warmup, 1)
-    session = SagSession(SagParams(enabled=True))
+    session = SagSession(SagParams(enabled=True), key_input=bench.adapter.self_attention_keys)
+    p = bench.generation(session)
     cuda = device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     x = bench.noise * bench.sigmas[0]
     with torch.no_grad(), bench.autocast():
         for index in range(warmup):
-            x = bench._step(x, index, session)
+            x = bench._step(x, index, p)
         _, cfg_syncs = host_syncs(lambda: bench._step(x, warmup, None), device)
         with labelled_sag_internals(), torch.profiler.profile(activities=activities) as prof:
-            _, sag_syncs = host_syncs(lambda: bench._step(x, warmup, session), device)
+            _, sag_syncs = host_syncs(lambda: bench._step(x, warmup, p), device)
             if cuda:
                 torch.cuda.synchronize()
     if not session.active or session.degraded_passes != warmup + 1:

@@ -1,7 +1,7 @@
 """A generation as the webui's Script sees it: its arguments (panel or API, with an X/Y/Z cell's values
 on top) become a `SagSession` on the processing object `p`; each batch's end checks it and makes the
 mask previews; the generation's end removes the hooks and reports. The host adapter supplies what
-depends on the host (whether its model can be hooked, the keys of its self-attention, stale hooks)."""
+depends on the host (see `sag_ext.hosts`)."""
 import dataclasses
 import logging
 
@@ -13,13 +13,7 @@ from .core.session import SagSession, report_off
 from .ui import xyz
 from .ui.settings import option, panel_defaults
 
-SESSION_ATTRIBUTE = "_sag_session"
 log = logging.getLogger("sd_webui_sag")
-
-
-def session_of(p):
-    """The SAG session of the generation `p`, if SAG is on for it."""
-    return getattr(p, SESSION_ATTRIBUTE, None)
 
 
 def generation_params(p, args):
@@ -53,13 +47,13 @@ def start(p, args, host) -> None:
         return
     p.extra_generation_params.update(params.infotext(has_hires_pass=bool(getattr(p, "enable_hr", False))))
     preview = options.get("preview", False) if getattr(p, "is_api", False) else option("mask_preview", False)
-    setattr(p, SESSION_ATTRIBUTE, SagSession(params, collect_preview=preview, key_input=host.self_attention_keys))
+    SagSession(params, collect_preview=preview, key_input=host.self_attention_keys).attach_to(p)
 
 
 def finish_batch(p, images) -> None:
     """Script.postprocess_batch, before the batch's infotexts are written: drop SAG's keys if it changed
     nothing, and make the mask previews over the decoded images (B, 3, H, W in 0..1)."""
-    session = session_of(p)
+    session = SagSession.of(p)
     if session is None:
         return
     with session.guard():
@@ -85,13 +79,13 @@ def finish_batch(p, images) -> None:
 def end(p, processed=None) -> None:
     """Script.postprocess (and before a new start): remove the hooks, say if SAG changed nothing, show
     previews, forget the session."""
-    session = session_of(p)
+    session = SagSession.of(p)
     if session is None:
         return
     session.close()
     if processed is not None:
         session.report_unchanged()
-    setattr(p, SESSION_ATTRIBUTE, None)
+    SagSession.detach_from(p)
     if processed is not None and session.previews:
         processed.images.extend(session.previews)
         processed.infotexts.extend([processed.infotexts[0]] * len(session.previews))

@@ -2,9 +2,10 @@
 import modules.scripts as scripts
 
 from sag_ext import generation, ui
-from sag_ext.hosts import a1111 as host
+from sag_ext.hosts import a1111
 from sag_ext.ui.panel import build_ui
 
+host = a1111.adapter()
 ui.register_callbacks()
 host.register_callbacks()
 

@@ -24,6 +24,6 @@ def host():
     shared.sd_model = StandInSDModel(sd1_unet(), CONTEXT_DIM)
     shared.loaded_hypernetworks = []
     ui.register_callbacks()
-    a1111.register_callbacks()
+    a1111.adapter().register_callbacks()
     yield shared
     script_callbacks.clear_callbacks()

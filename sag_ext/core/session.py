@@ -21,6 +21,7 @@ from .guidance import (MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_o
 from .params import SagParams
 
 log = logging.getLogger("sd_webui_sag")
+ATTRIBUTE = "_sag_session"  # where a host's per-generation object (the webui's `p`) holds its session
 
 
 def report_off(reason: str) -> None:
@@ -84,6 +85,18 @@ class SagSession:
         self.preview_mask: Optional[torch.Tensor] = None  # mask summed over the steps of the current pass
         self.preview_steps = 0
         self.previews = []  # finished preview pictures, for the host to show (add_preview)
+
+    @staticmethod
+    def of(generation) -> Optional["SagSession"]:
+        """The session attached to a host's per-generation object (the webui's `p`), if SAG is on for it."""
+        return getattr(generation, ATTRIBUTE, None)
+
+    def attach_to(self, generation) -> None:
+        setattr(generation, ATTRIBUTE, self)
+
+    @staticmethod
+    def detach_from(generation) -> None:
+        setattr(generation, ATTRIBUTE, None)
 
     @contextlib.contextmanager
     def guard(self):

@@ -2,12 +2,11 @@
 (`settings`), infotext paste (`paste`), the X/Y/Z axes (`xyz`) and the API's argument check (`api`).
 They speak to the host through `modules.scripts`, `script_callbacks`, `shared` and gradio, which these
 webuis share."""
-from modules import script_callbacks
 
 TITLE = "Self-Attention Guidance"
 
 
-def register_once(pairs) -> None:
+def register_once(script_callbacks, pairs) -> None:
     """Register each (registrar, callback) of `script_callbacks` exactly once, whatever reloads the script."""
     for register, callback in pairs:
         script_callbacks.remove_callbacks_for_function(callback)
@@ -16,10 +15,12 @@ def register_once(pairs) -> None:
 
 def register_callbacks() -> None:
     """The UI's callbacks: Settings, paste, the API check and the X/Y/Z axes."""
+    from modules import script_callbacks
+
     from . import api, paste, settings, xyz
 
-    register_once(((script_callbacks.on_infotext_pasted, paste.on_infotext_pasted),
-                   (script_callbacks.on_ui_settings, settings.on_ui_settings),
-                   (script_callbacks.on_app_started, api.on_app_started),
-                   (script_callbacks.on_before_ui, xyz.add_axes_to_script)))
+    register_once(script_callbacks, ((script_callbacks.on_infotext_pasted, paste.on_infotext_pasted),
+                                     (script_callbacks.on_ui_settings, settings.on_ui_settings),
+                                     (script_callbacks.on_app_started, api.on_app_started),
+                                     (script_callbacks.on_before_ui, xyz.add_axes_to_script)))
     xyz.add_axes_to_script()  # also now: with --nowebui the X/Y/Z script builds its UI before on_before_ui runs
