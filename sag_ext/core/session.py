@@ -19,6 +19,7 @@ from .capture import MiddleBlockCapture
 from .guidance import (MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degraded_input, guided,
                        latent_too_small, mask_empty_by_construction)
 from .params import SagParams
+from .preview import BlurredShare
 
 log = logging.getLogger("sd_webui_sag")
 ATTRIBUTE = "_sag_session"  # where a host's per-generation object (the webui's `p`) holds its session
@@ -82,8 +83,7 @@ class SagSession:
         self.degraded_passes = 0
         self.stopped = False  # turned off by an error or an unsupported input, not by its parameters
         self.collect_preview = collect_preview
-        self.preview_mask: Optional[torch.Tensor] = None  # mask summed over the steps of the current pass
-        self.preview_steps = 0
+        self.blurred_share = BlurredShare() if collect_preview else None
         self.previews = []  # finished preview pictures, for the host to show (add_preview)
 
     @staticmethod
@@ -184,8 +184,8 @@ class SagSession:
                 f"the model answered SAG's pass over {tuple(x_degraded.shape)} with {tuple(out_pass.shape)} "
                 "(another extension changes the model's output to fit a batch it cached)")
         self.degraded_passes += 1
-        if self.collect_preview:
-            self._accumulate_preview(mask)
+        if self.blurred_share is not None:
+            self.blurred_share.add(mask)
         with autocast_off(step.x.device):
             correction = step.space.correction(x0_degraded, out_uncond, out_pass.to(out_uncond.dtype))
             if step.repaint_mask is not None:
@@ -203,20 +203,10 @@ class SagSession:
                                 else self.corrected_steps + reaches_image)
         return torch.where(reaches_image, correction, 0.0)
 
-    def _accumulate_preview(self, mask: torch.Tensor) -> None:
-        if self.preview_mask is None or self.preview_mask.shape != mask.shape:  # a new pass (hires fix)
-            self.preview_mask, self.preview_steps = torch.zeros(mask.shape, device=mask.device), 0
-        self.preview_mask += mask
-        self.preview_steps += 1
-
     def take_blurred_share(self) -> Optional[torch.Tensor]:
         """(B, H, W) in [0, 1]: the share of the last pass's SAG steps in which each latent pixel was
         blurred, or None without a preview; the next batch starts its own."""
-        if not self.collect_preview or self.preview_mask is None:
-            return None
-        share = (self.preview_mask[:, 0] / self.preview_steps).float().cpu()
-        self.preview_mask = None
-        return share
+        return None if self.blurred_share is None else self.blurred_share.take()
 
     def add_preview(self, picture) -> None:
         """Keep a finished preview picture for the host to show when the generation ends."""
