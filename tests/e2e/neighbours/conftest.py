@@ -1,5 +1,5 @@
-"""SAG next to its neighbours in a real webui, one file a neighbour: the built-in Hypertile, an ADetailer-style nested pass,
-and third-party extensions that share a generation with SAG.
+"""SAG next to its neighbours in a real webui, one file a neighbour: the built-in Hypertile, an
+ADetailer-style nested pass, and third-party extensions that share a generation with SAG.
 
 Every case follows `check_sag_case` (on differs from off, on is reproducible, off after on equals off
 before, SAG's infotext keys exactly when on, no traceback and no `[SAG]` line in the log) with the
@@ -11,12 +11,12 @@ neighbour enabled.
 * The nested pass is our own test-only extension, `tests/e2e/fixtures/nested_pass`: its
   `postprocess_image` runs an img2img `process_images` on the outer image as ADetailer does.
 * Third-party neighbours are never part of this repository. Check them out at the commits pinned in
-  `neighbourhood.NEIGHBOURS` into `$SAG_NEIGHBOURS_DIR/<folder>` (e.g. `git clone <url> <folder> && git -C <folder>
-  checkout <commit>`); a neighbour whose folder is missing is skipped with the reason. They are linked
-  into the webui's `extensions/` under names that sort before ("0-<folder>") and after
-  ("zz-<folder>") `sd-webui-sag`, since the webui loads extensions in folder-name order; each order
-  gets its own webui process. A neighbour that disturbs the others (ControlNet, see `neighbourhood.NEIGHBOURS`) gets
-  webuis of its own.
+  `neighbourhood.NEIGHBOURS` into `$SAG_NEIGHBOURS_DIR/<folder>` (e.g. `git clone <url> <folder> &&
+  git -C <folder> checkout <commit>`); a neighbour whose folder is missing is skipped with the reason.
+  They are linked into the webui's `extensions/` under names that sort before ("0-<folder>") and after
+  ("zz-<folder>") `sd-webui-sag`, since the webui loads extensions in folder-name order; each order gets
+  its own webui process, shared by the whole folder. A neighbour that disturbs the others (ControlNet,
+  see `neighbourhood.NEIGHBOURS`) gets webuis of its own.
 """
 from __future__ import annotations
 
