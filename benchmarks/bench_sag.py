@@ -145,13 +145,12 @@ class KDiffusionOnly:
 
 def webui_adapter(unet: UNetModel) -> A1111Adapter:
     """SAG's A1111 adapter over what it reads of a webui that runs `unet`: the model in use, no alternative
-    UNet, no hypernetworks."""
+    UNet."""
     sd_model = SimpleNamespace(model=SimpleNamespace(diffusion_model=unet, conditioning_key="crossattn"),
                                cond_stage_key="txt")
-    return A1111Adapter(SimpleNamespace(shared=SimpleNamespace(sd_model=sd_model, loaded_hypernetworks=[]),
+    return A1111Adapter(SimpleNamespace(shared=SimpleNamespace(sd_model=sd_model),
                                         sd_unet=SimpleNamespace(current_unet=None), script_callbacks=None,
-                                        CFGDenoiserTimesteps=KDiffusionOnly,
-                                        apply_hypernetworks=lambda hypernetworks, x: (x, x)))
+                                        CFGDenoiserTimesteps=KDiffusionOnly))
 
 
 def labelled(fn, label):
@@ -287,7 +286,7 @@ class Bench:
         Peak memory is the allocator's high-water mark within each timed call (host-side bookkeeping, no sync).
         """
         cuda = self.device.type == "cuda"
-        session = SagSession(SagParams(enabled=True), key_input=self.adapter.self_attention_keys)
+        session = SagSession(SagParams(enabled=True))
         p = self.generation(session)
         timers = {name: Timer(self.device) for name in ("cfg", "sag", "unet_b", "unet_2b")}
         peaks = {"cfg": 0.0, "sag": 0.0}
@@ -390,7 +389,7 @@ def host_syncs(fn, device: torch.device):
 def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: int, rows: int = 40) -> None:
     """Print a profiler table of one SAG step (after `warmup` SAG steps) and the host syncs of a CFG and a SAG step."""
     bench = Bench(config, build_unet(config.arch, device, dtype), device, warmup, 1)
-    session = SagSession(SagParams(enabled=True), key_input=bench.adapter.self_attention_keys)
+    session = SagSession(SagParams(enabled=True))
     p = bench.generation(session)
     cuda = device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])

@@ -47,7 +47,7 @@ def start(p, args, host) -> None:
         return
     p.extra_generation_params.update(params.infotext(has_hires_pass=bool(getattr(p, "enable_hr", False))))
     preview = options.get("preview", False) if getattr(p, "is_api", False) else option("mask_preview", False)
-    SagSession(params, collect_preview=preview, key_input=host.self_attention_keys).attach_to(p)
+    SagSession(params, collect_preview=preview).attach_to(p)
 
 
 def finish_batch(p, images) -> None:

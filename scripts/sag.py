@@ -1,12 +1,11 @@
 """Self-Attention Guidance: the webui Script. It only declares the Script; the work is in sag_ext."""
 import modules.scripts as scripts
 
-from sag_ext import generation, ui
-from sag_ext.hosts import a1111
+from sag_ext import generation, hosts, ui
 from sag_ext.ui.panel import build_ui
 
-host = a1111.adapter()
-ui.register_callbacks()
+host = hosts.detect()
+ui.register_callbacks(forge_keys=host.reads_forge_infotext)
 host.register_callbacks()
 
 
@@ -18,10 +17,13 @@ class SelfAttentionGuidanceScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        return build_ui(self)
+        return build_ui(self, forge_keys=host.reads_forge_infotext)
 
     def process(self, p, *args):
         generation.start(p, args, host)
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        host.before_sampling(p)
 
     def postprocess_batch(self, p, *args, images=None, **kwargs):
         generation.finish_batch(p, images)

@@ -22,7 +22,6 @@ def host():
     shared.state.interrupted = False
     sd_unet.current_unet = None
     shared.sd_model = StandInSDModel(sd1_unet(), CONTEXT_DIM)
-    shared.loaded_hypernetworks = []
     ui.register_callbacks()
     a1111.adapter().register_callbacks()
     yield shared

@@ -4,7 +4,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import float64_reference as ref
-from sag_ext.core.capture import MiddleBlockCapture, UnsupportedAttention, middle_block_attention, per_key_attention_mass
+from sag_ext.core.capture import (LastRowsOfStep, MiddleBlockCapture, UncondChunk, UnsupportedAttention,
+                                  middle_block_attention, per_key_attention_mass)
 from harness.unets import CONTEXT_DIM, sd1_unet, sdxl_like_unet
 
 LAYOUTS = {"sd1": (sd1_unet, 8, 8), "sdxl_like": (sdxl_like_unet, 20, 4)}  # builder, middle heads, downscale
@@ -16,12 +17,17 @@ def layout(request):
     return build(), heads, downscale
 
 
-def run_unet(unet, x, rows=slice(None)):
-    """One UNet call; row i always gets the same text context, whatever the call's batch."""
+def run_unet(unet, x, rows=slice(None), **kwargs):
+    """One UNet call; row i always gets the same text context, whatever the call's batch. `kwargs` go to
+    the UNet's forward (the Forge hosts pass `transformer_options`; ldm's UNet takes and ignores them)."""
     context = torch.randn(16, 7, CONTEXT_DIM, generator=torch.Generator().manual_seed(1))[rows][:x.shape[0]]
     timesteps = torch.full((x.shape[0],), 500)
     with torch.no_grad():
-        return unet(x, timesteps, context=context)
+        return unet(x, timesteps, context=context, **kwargs)
+
+
+def capture_on(unet):
+    return MiddleBlockCapture(unet, *middle_block_attention(unet))
 
 
 def attn_inputs(unet, x):
@@ -43,9 +49,9 @@ def test_middle_block_has_the_layout_heads(layout):
 def test_captured_mass_equals_full_softmax_reference(layout, latent):
     unet, heads, downscale = layout
     x = torch.randn(4, 4, *latent)
-    transformer, attn = middle_block_attention(unet)
-    capture = MiddleBlockCapture(transformer, attn)
-    capture.arm(total_rows=4, target_rows=2)  # the last two rows, as the uncond rows of a 2-image batch
+    _, attn = middle_block_attention(unet)
+    capture = capture_on(unet)
+    capture.arm(LastRowsOfStep(total=4, target=2))  # the last two rows, as the uncond rows of a 2-image batch
     run_unet(unet, x)
     mass, grid = capture.take()
     capture.remove()
@@ -57,22 +63,37 @@ def test_captured_mass_equals_full_softmax_reference(layout, latent):
     torch.testing.assert_close(mass.double(), want, atol=1e-5, rtol=0)
 
 
-def test_key_input_feeds_to_k(layout):
-    """The webui's attention forwards feed `to_k` the context through the loaded hypernetworks (for attn1
-    the context is x): with `key_input` the capture matches the full softmax over those keys."""
+def keys_through(attn, key_input):
+    """Make `attn` compute as the webui's attention forwards do with a hypernetwork loaded: `to_k` gets
+    the context through `key_input` (for attn1 the context is x). Undone with `del attn.forward`."""
+    def forward(x, context=None, mask=None, **kwargs):
+        q, k, v = attn.to_q(x), attn.to_k(key_input(x)), attn.to_v(x)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            *(t.reshape(t.shape[0], -1, attn.heads, t.shape[-1] // attn.heads).transpose(1, 2) for t in (q, k, v)))
+        return attn.to_out(out.transpose(1, 2).reshape(q.shape))
+    attn.forward = forward
+
+
+def test_capture_reads_the_keys_the_host_computed(layout):
+    """A webui whose attention feeds `to_k` something other than x (its hypernetworks): the mass is the
+    softmax over the keys the host used."""
     unet, heads, _ = layout
-    transformer, attn = middle_block_attention(unet)
+    _, attn = middle_block_attention(unet)
     width = attn.to_k.in_features
     torch.manual_seed(3)
     hypernetwork_k = torch.nn.Linear(width, width)
     x = torch.randn(2, 4, 32, 32)
-    capture = MiddleBlockCapture(transformer, attn, key_input=hypernetwork_k)
-    capture.arm(total_rows=2, target_rows=1)
-    run_unet(unet, x)
-    mass, _ = capture.take()
-    capture.remove()
-
     rows = attn_inputs(unet, x)[1:]
+    keys_through(attn, hypernetwork_k)
+    try:
+        capture = capture_on(unet)
+        capture.arm(LastRowsOfStep(total=2, target=1))
+        run_unet(unet, x)
+        mass, _ = capture.take()
+        capture.remove()
+    finally:
+        del attn.forward
+
     with torch.no_grad():
         want = ref.full_softmax_mass(attn.to_q(rows), attn.to_k(hypernetwork_k(rows)), heads)
         without = ref.full_softmax_mass(attn.to_q(rows), attn.to_k(rows), heads)
@@ -84,24 +105,30 @@ def test_hooks_leave_the_unet_output_bit_identical(layout):
     unet, _, _ = layout
     x = torch.randn(2, 4, 32, 32)
     plain = run_unet(unet, x)
-    capture = MiddleBlockCapture(*middle_block_attention(unet))
-    capture.arm(total_rows=2, target_rows=1)
+    capture = capture_on(unet)
+    capture.arm(LastRowsOfStep(total=2, target=1))
     hooked = run_unet(unet, x)
     assert capture.take() is not None
     capture.remove()
     assert torch.equal(plain, hooked)
 
 
+def hook_counts(unet):
+    transformer, attn = middle_block_attention(unet)
+    return (len(unet._forward_pre_hooks), len(transformer._forward_pre_hooks), len(attn.to_q._forward_hooks),
+            len(attn.to_k._forward_hooks), len(attn._forward_hooks))
+
+
 def test_remove_leaves_no_hooks(layout):
     unet, _, _ = layout
-    transformer, attn = middle_block_attention(unet)
-    before = (len(transformer._forward_pre_hooks), len(attn._forward_hooks))
-    capture = MiddleBlockCapture(transformer, attn)
+    _, attn = middle_block_attention(unet)
+    before = hook_counts(unet)
+    capture = capture_on(unet)
     assert MiddleBlockCapture.attached(attn) is capture
-    MiddleBlockCapture(transformer, attn)  # a new capture replaces the old one, never stacks
-    assert (len(transformer._forward_pre_hooks), len(attn._forward_hooks)) == (before[0] + 1, before[1] + 1)
+    capture_on(unet)  # a new capture replaces the old one, never stacks
+    assert hook_counts(unet) == tuple(count + 1 for count in before[:4]) + before[4:]
     MiddleBlockCapture.release(attn)
-    assert (len(transformer._forward_pre_hooks), len(attn._forward_hooks)) == before
+    assert hook_counts(unet) == before
     assert MiddleBlockCapture.attached(attn) is None
 
 
@@ -109,11 +136,11 @@ def test_rows_are_counted_across_chunked_calls(layout):
     """Rows split over several UNet calls (batch_cond_uncond off) give the same mass as one call."""
     unet, _, _ = layout
     x = torch.randn(6, 4, 32, 32)
-    capture = MiddleBlockCapture(*middle_block_attention(unet))
-    capture.arm(total_rows=6, target_rows=3)
+    capture = capture_on(unet)
+    capture.arm(LastRowsOfStep(total=6, target=3))
     run_unet(unet, x)
     whole, _ = capture.take()
-    capture.arm(total_rows=6, target_rows=3)
+    capture.arm(LastRowsOfStep(total=6, target=3))
     for start in range(0, 6, 2):  # chunks of 2 rows: the uncond block starts inside the second chunk
         run_unet(unet, x[start:start + 2], rows=slice(start, start + 2))
     chunked, _ = capture.take()
@@ -123,23 +150,82 @@ def test_rows_are_counted_across_chunked_calls(layout):
 
 def test_missing_uncond_rows_give_nothing(layout):
     unet, _, _ = layout
-    capture = MiddleBlockCapture(*middle_block_attention(unet))
-    capture.arm(total_rows=4, target_rows=2)
+    capture = capture_on(unet)
+    capture.arm(LastRowsOfStep(total=4, target=2))
     run_unet(unet, torch.randn(2, 4, 32, 32))  # the host cut the uncond rows (skip early CFG, NGMS)
     assert capture.take() is None
     capture.remove()
 
 
-def test_extra_context_is_reported_not_raised():
+def test_concatenated_keys_are_reported_not_raised():
+    """A neighbour that feeds the self-attention extra keys (ControlNet's reference-only concatenates a
+    reference's tokens): SAG reports it and the UNet call completes."""
     unet = sd1_unet()
-    transformer, attn = middle_block_attention(unet)
-    capture = MiddleBlockCapture(transformer, attn)
-    capture.arm(total_rows=1, target_rows=1)
-    x = torch.randn(1, 16, attn.to_q.in_features)
-    capture._before_transformer(transformer, (torch.randn(1, 1, 4, 4),))  # the block announces a 4x4 grid
-    attn(x, context=torch.randn(1, 32, attn.to_q.in_features))  # a key-concatenating neighbour
+    _, attn = middle_block_attention(unet)
+    keys_through(attn, lambda x: torch.cat([x, x], dim=1))
+    try:
+        capture = capture_on(unet)
+        capture.arm(LastRowsOfStep(total=1, target=1))
+        run_unet(unet, torch.randn(1, 4, 32, 32))
+    finally:
+        del attn.forward
     assert isinstance(capture.error, UnsupportedAttention)
     assert capture.take() is None
+    capture.remove()
+
+
+# ---- the Forge family's layout: chunks named per call in transformer_options["cond_or_uncond"] ------
+
+COND, UNCOND = 0, 1
+
+
+def forge_call(unet, x, chunks, rows=slice(None)):
+    return run_unet(unet, x, rows, transformer_options={"cond_or_uncond": chunks})
+
+
+@pytest.mark.parametrize("chunks", [[UNCOND, COND], [COND, UNCOND]])
+def test_uncond_chunk_is_found_by_its_marker(layout, chunks):
+    """Whatever the chunk order of a call, the rows marked uncond are recorded."""
+    unet, heads, _ = layout
+    _, attn = middle_block_attention(unet)
+    x = torch.randn(4, 4, 32, 32)
+    capture = capture_on(unet)
+    capture.arm(UncondChunk(target=2))
+    forge_call(unet, x, chunks)
+    mass, _ = capture.take()
+    capture.remove()
+    start = 2 * chunks.index(UNCOND)
+    rows = attn_inputs(unet, x)[start:start + 2]
+    with torch.no_grad():
+        want = ref.full_softmax_mass(attn.to_q(rows), attn.to_k(rows), heads)
+    torch.testing.assert_close(mass.double(), want, atol=1e-5, rtol=0)
+
+
+def test_uncond_in_a_call_of_its_own(layout):
+    """Cond and uncond as separate calls (the host splits by free memory): the uncond call is recorded,
+    and a later uncond chunk in the same step (another guidance's pass) is not."""
+    unet, _, _ = layout
+    x = torch.randn(4, 4, 32, 32)
+    capture = capture_on(unet)
+    capture.arm(UncondChunk(target=2))
+    forge_call(unet, x, [UNCOND, COND])
+    together, _ = capture.take()
+    capture.arm(UncondChunk(target=2))
+    forge_call(unet, x[2:], [COND], rows=slice(2, 4))
+    forge_call(unet, x[:2], [UNCOND], rows=slice(0, 2))
+    forge_call(unet, torch.randn(2, 4, 32, 32), [UNCOND])
+    apart, _ = capture.take()
+    capture.remove()
+    torch.testing.assert_close(apart, together, atol=1e-5, rtol=0)
+
+
+def test_a_step_without_uncond_chunk_gives_nothing(layout):
+    """CFG 1 or a skipped uncond: the calls name only cond chunks, and nothing is recorded."""
+    unet, _, _ = layout
+    capture = capture_on(unet)
+    capture.arm(UncondChunk(target=2))
+    forge_call(unet, torch.randn(2, 4, 32, 32), [COND])
+    assert capture.take() is None and capture.error is None
     capture.remove()
 
 
@@ -163,11 +249,13 @@ def test_capture_allocates_no_full_attention_matrix(tokens):
     _, attn = middle_block_attention(sdxl_like_unet())
     batch, heads, chunk = 1, attn.heads, 1 << 18
     x = torch.randn(batch, tokens, attn.to_q.in_features)
+    with torch.no_grad():
+        q, k = attn.to_q(x), attn.to_k(x)
     with torch.no_grad(), LargestTensor() as probe:
-        mass = per_key_attention_mass(attn, x, chunk_elements=chunk)
+        mass = per_key_attention_mass(q, k, heads, chunk_elements=chunk)
     full_matrix = batch * heads * tokens * tokens
     bound = max(chunk, batch * tokens * attn.to_q.out_features)  # one chunk of scores, or q/k themselves
     assert probe.largest <= bound < full_matrix // 8
     with torch.no_grad():
-        want = ref.full_softmax_mass(attn.to_q(x), attn.to_k(x), heads)
+        want = ref.full_softmax_mass(q, k, heads)
     torch.testing.assert_close(mass.double(), want, atol=1e-4, rtol=0)

@@ -1,11 +1,14 @@
 """Per-key self-attention mass of the middle block, captured with torch module hooks.
 
-Two hooks on one UNet: a forward pre-hook on the middle block's transformer records the real grid
-(h, w) and counts batch rows, and a forward hook on its first `attn1` recomputes q and k for the rows
-SAG needs with the module's own `to_q`/`to_k`. The attention output stays the host's own. The mass is
-reduced in query chunks, so no (heads, N, N) matrix is ever held.
+Four hooks on one UNet: a forward pre-hook on the UNet picks which rows of each call SAG needs (a
+`RowSelection`, given by the host adapter: the hosts lay out cond and uncond rows differently), a
+forward pre-hook on the middle block's transformer records the real grid (h, w), and forward hooks on
+its first `attn1`'s `to_q` and `to_k` keep the host's own q and k of those rows. The projections run
+whichever way the host's attention calls them (its own forward, an attention optimisation, a replace
+patch of another guidance), and the attention output stays the host's own. The mass is reduced in query
+chunks, so no (heads, N, N) matrix is ever held.
 """
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
@@ -16,23 +19,20 @@ OWNER_ATTRIBUTE = "_sag_capture"
 
 
 class UnsupportedAttention(RuntimeError):
-    """attn1 was called in a way SAG cannot read (another extension changed its inputs)."""
+    """The middle block's self-attention ran in a way SAG cannot read (another extension changed its inputs)."""
 
 
-def per_key_attention_mass(attn: torch.nn.Module, x: torch.Tensor, chunk_elements: int = CHUNK_ELEMENTS,
-                           key_input: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+def per_key_attention_mass(q: torch.Tensor, k: torch.Tensor, heads: int, scale: Optional[float] = None,
+                           chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
     """(B, N): for every key token, the softmax attention it receives summed over queries, mean over heads.
 
-    q and k come from the module's own projections (LoRA, FP8 and low-VRAM placement keep working);
-    `key_input(x)`, if given, is what the host's attention feeds `to_k` instead of x (the webui's
-    hypernetworks). The scores and softmax are float32 with autocast off.
+    `q` and `k` are the projections (B, N, heads * dim_head). The scores and softmax are float32 with
+    autocast off.
     """
-    q, k = attn.to_q(x), attn.to_k(x if key_input is None else key_input(x))
-    heads = attn.heads
     batch, tokens, inner = q.shape
     dim_head = inner // heads
-    scale = getattr(attn, "scale", dim_head ** -0.5)
-    with autocast_off(x.device):
+    scale = dim_head ** -0.5 if scale is None else scale
+    with autocast_off(q.device):
         # (B*heads, N, dim_head) and (B*heads, dim_head, N), each made by one float32 copy
         q = _float32_copy(q.reshape(batch, tokens, heads, dim_head).transpose(1, 2)).view(-1, tokens, dim_head)
         k_t = _float32_copy(k.reshape(batch, tokens, heads, dim_head).permute(0, 2, 3, 1)).view(-1, dim_head, tokens)
@@ -51,32 +51,72 @@ def _float32_copy(t: torch.Tensor) -> torch.Tensor:
 
 
 def middle_block_attention(unet: torch.nn.Module):
-    """(the middle block's transformer, its first attn1) of an LDM-layout UNet (ldm's, sgm's, and the
-    UNets that copy their layout), or None where the middle block has no transformer (SSD-1B)."""
+    """(the middle block's transformer, its first attn1) of an LDM-layout UNet (ldm's, sgm's, Forge's and
+    ComfyUI's, which keep its layout), or None where the middle block has no transformer (SSD-1B)."""
     middle = getattr(unet, "middle_block", None)
     if middle is None or len(middle) < 2 or not hasattr(middle[1], "transformer_blocks"):
         return None
     return middle[1], middle[1].transformer_blocks[0].attn1
 
 
-class MiddleBlockCapture:
-    """Hooks on one middle-block transformer and its first attn1; one capture per attn1 instance.
+class LastRowsOfStep:
+    """A1111's layout: the rows of all UNet calls of a step, concatenated in call order, are numbered
+    0..total-1, and the uncond rows are the last `target` of them (one call, chunks, or a call of their own)."""
 
-    Use: `arm(total_rows, target_rows)` before the UNet calls of a step, `take()` after them. The rows
-    of all UNet calls of a step, concatenated in call order, are numbered 0..total_rows-1; the last
-    `target_rows` of them are recorded (the uncond rows in the webui's batch layout).
+    def __init__(self, total: int, target: int):
+        self.target, self._start, self._end = target, total - target, total
+        self._seen = 0
+
+    def select(self, batch: int, call_kwargs: dict):
+        """(first row, end row) of this call to record and where they go in the target, or None."""
+        offset, self._seen = self._seen, self._seen + batch
+        low, high = max(offset, self._start), min(offset + batch, self._end)
+        return None if low >= high else (low - offset, high - offset, low - self._start)
+
+
+class UncondChunk:
+    """The Forge family's layout: every UNet call names its chunks in `transformer_options["cond_or_uncond"]`
+    (0 cond, 1 uncond), chunks of equal size in any order; the first uncond chunk of the step is recorded.
+    A step whose calls name no uncond chunk (CFG 1, skipped uncond) records nothing."""
+
+    UNCOND = 1
+
+    def __init__(self, target: int):
+        self.target = target
+        self._done = False
+
+    def select(self, batch: int, call_kwargs: dict):
+        chunks = (call_kwargs.get("transformer_options") or {}).get("cond_or_uncond") or []
+        if self._done or self.UNCOND not in chunks:
+            return None
+        size, index = batch // len(chunks), chunks.index(self.UNCOND)
+        if size != self.target:
+            raise UnsupportedAttention(f"an uncond chunk of {size} rows in a step of {self.target} images")
+        self._done = True
+        return index * size, (index + 1) * size, 0
+
+
+class MiddleBlockCapture:
+    """Hooks on one UNet, its middle-block transformer and that transformer's first attn1; one capture per
+    attn1 instance.
+
+    Use: `arm(rows)` with a row selection before the UNet calls of a step, `take()` after them.
     """
 
-    def __init__(self, transformer: torch.nn.Module, attn: torch.nn.Module, owner=None,
-                 chunk_elements: int = CHUNK_ELEMENTS, key_input=None):
+    def __init__(self, unet: torch.nn.Module, transformer: torch.nn.Module, attn: torch.nn.Module, owner=None,
+                 chunk_elements: int = CHUNK_ELEMENTS):
         MiddleBlockCapture.release(attn)
-        self.transformer, self.attn, self.owner = transformer, attn, owner
-        self.chunk_elements, self.key_input = chunk_elements, key_input
+        self.attn, self.owner, self.chunk_elements = attn, owner, chunk_elements
         self.error = None
-        self._armed = False
+        self._rows = None
+        self._call = None  # (first row, end row, target offset, batch) of the UNet call in progress
+        self._grid = None  # (h, w) of that call, once its middle transformer runs
+        self._q = None
         self._handles = [
+            unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
             transformer.register_forward_pre_hook(self._before_transformer),
-            attn.register_forward_hook(self._after_attn, with_kwargs=True),
+            attn.to_q.register_forward_hook(self._after_to_q),
+            attn.to_k.register_forward_hook(self._after_to_k),
         ]
         setattr(attn, OWNER_ATTRIBUTE, self)
 
@@ -99,61 +139,85 @@ class MiddleBlockCapture:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self._armed = False
+        self._disarm()
         if getattr(self.attn, OWNER_ATTRIBUTE, None) is self:
             delattr(self.attn, OWNER_ATTRIBUTE)
 
-    def arm(self, total_rows: int, target_rows: int) -> None:
-        self._armed = True
-        self._rows_seen = 0
-        self._target = (total_rows - target_rows, total_rows)
-        self._pending = None
+    def arm(self, rows) -> None:
+        """Record the rows `rows` (LastRowsOfStep, UncondChunk) selects from the UNet calls that follow."""
+        self._rows = rows
         self._mass = None
         self._filled = 0
         self.grid = None
 
     def take(self):
-        """(mass (target_rows, h*w), grid (h, w)) when every target row was seen, else None. Disarms."""
-        complete = self._armed and self._mass is not None and self._filled == self._mass.shape[0]
-        self._armed = False
+        """(mass (target rows, h*w), grid (h, w)) when every target row was seen, else None. Disarms."""
+        complete = self._rows is not None and self._mass is not None and self._filled == self._rows.target
+        self._disarm()
         return (self._mass, self.grid) if complete else None
 
-    def _before_transformer(self, module, args):
-        if not self._armed:
-            return
-        batch, _, height, width = args[0].shape
-        self._pending = (self._rows_seen, batch, height, width)
-        self._rows_seen += batch
+    def _disarm(self):
+        self._rows, self._call, self._grid, self._q = None, None, None, None
 
-    def _after_attn(self, module, args, kwargs, output):
-        pending, self._pending = self._pending, None
-        if not self._armed or pending is None:
+    def _guarded(self, work, *args):
+        """Run hook work; an error disarms the capture and is kept for the session (a hook must never
+        abort the host's UNet call)."""
+        if self._rows is None:
             return
         try:
-            self._record(module, args, kwargs, *pending)
-        except Exception as error:  # a hook must never abort the host's UNet call
+            work(*args)
+        except Exception as error:
             self.error = error
-            self._armed = False
+            self._disarm()
 
-    def _record(self, module, args, kwargs, offset, batch, height, width):
-        start, end = self._target
-        low, high = max(offset, start), min(offset + batch, end)
-        if low >= high:
-            return
-        x = args[0]
-        context = kwargs.get("context", args[1] if len(args) > 1 else None)
-        if context is not None or x.shape[0] != batch or x.shape[1] != height * width:
+    def _before_unet(self, module, args, kwargs):
+        self._guarded(self._select, args, kwargs)
+
+    def _select(self, args, kwargs):
+        x = args[0] if args else kwargs["x"]
+        selected = self._rows.select(x.shape[0], kwargs)
+        self._call = None if selected is None else (*selected, x.shape[0])
+        self._grid, self._q = None, None
+
+    def _before_transformer(self, module, args):
+        if self._call is not None and self._grid is None:
+            self._grid = tuple(args[0].shape[-2:])
+
+    def _after_to_q(self, module, args, output):
+        if self._call is not None and self._grid is not None and self._q is None:
+            self._guarded(self._keep_q, output)
+
+    def _keep_q(self, q):
+        low, high, _, batch = self._call
+        self._check(q, "queries")
+        self._q = q[low:high]
+
+    def _after_to_k(self, module, args, output):
+        if self._q is not None:
+            self._guarded(self._record, output)
+
+    def _check(self, projection: torch.Tensor, what: str):
+        height, width = self._grid
+        batch = self._call[3]
+        if projection.shape[0] != batch or projection.shape[1] != height * width:
             raise UnsupportedAttention(
-                f"the middle block's self-attention got input {tuple(x.shape)} for a {height}x{width} grid "
-                f"of {batch} rows{' with an extra context' if context is not None else ''}")
-        if self.grid is not None and self.grid != (height, width):
-            raise UnsupportedAttention(f"middle-block grid changed within a step: {self.grid} -> {(height, width)}")
-        self.grid = (height, width)
-        mass = per_key_attention_mass(module, x[low - offset:high - offset], self.chunk_elements, self.key_input)
-        if high - low == end - start:  # the usual case: all target rows in one call, kept as they are
+                f"the middle block's self-attention got {what} {tuple(projection.shape)} for a {height}x{width} "
+                f"grid of {batch} rows (another extension changed its input)")
+
+    def _record(self, k):
+        self._check(k, "keys")
+        low, high, at, _ = self._call
+        grid, q = self._grid, self._q
+        self._call, self._q = None, None
+        if self.grid is not None and self.grid != grid:
+            raise UnsupportedAttention(f"middle-block grid changed within a step: {self.grid} -> {grid}")
+        self.grid = grid
+        mass = per_key_attention_mass(q, k[low:high], self.attn.heads, getattr(self.attn, "scale", None),
+                                      self.chunk_elements)
+        if high - low == self._rows.target:  # the usual case: all target rows in one call, kept as they are
             self._mass = mass
         else:
             if self._mass is None:
-                self._mass = mass.new_empty(end - start, height * width)
-            self._mass[low - start:high - start] = mass
+                self._mass = mass.new_empty(self._rows.target, grid[0] * grid[1])
+            self._mass[at:at + high - low] = mass
         self._filled += high - low

@@ -118,18 +118,20 @@ def parse_script_args(args, strict: bool = False, defaults: SagParams = DEFAULTS
     return params, {}, messages
 
 
-LEGACY_INFOTEXT_KEYS = {  # keys other SAG implementations wrote: the old webui extension, then Forge
-    "SAG Guidance Scale": "scale", "SAG Mask Threshold": "threshold",
-    "sag_scale": "scale", "sag_blur_sigma": "blur_sigma", "sag_threshold": "threshold",
-}
+OLD_EXTENSION_INFOTEXT_KEYS = {"SAG Guidance Scale": "scale", "SAG Mask Threshold": "threshold"}
+FORGE_INFOTEXT_KEYS = {"sag_scale": "scale", "sag_blur_sigma": "blur_sigma", "sag_threshold": "threshold"}
+FORGE_ENABLED_KEY = "sag_enabled"  # the Forge hosts' built-in SAG writes these
 
 
-def from_infotext(infotext: dict):
-    """SagParams from a parsed infotext (ours, the old extension's or Forge's keys), or None without SAG."""
+def from_infotext(infotext: dict, forge_keys: bool = True):
+    """SagParams from a parsed infotext (ours, the old extension's, and with `forge_keys` Forge's built-in
+    SAG's keys), or None without SAG."""
     names = {key: name for name, key in INFOTEXT_KEYS.items()}
-    names.update(LEGACY_INFOTEXT_KEYS)
+    names.update(OLD_EXTENSION_INFOTEXT_KEYS)
+    if forge_keys:
+        names.update(FORGE_INFOTEXT_KEYS)
     values = {names[key]: value for key, value in infotext.items() if key in names}
-    forge_enabled = str(infotext.get("sag_enabled", "")).lower() == "true"
+    forge_enabled = forge_keys and str(infotext.get(FORGE_ENABLED_KEY, "")).lower() == "true"
     if "scale" not in values and not forge_enabled:
         return None
     values.pop("enabled", None)

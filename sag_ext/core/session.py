@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .capture import MiddleBlockCapture
+from .capture import MiddleBlockCapture, middle_block_attention
 from .guidance import (MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degraded_input, guided,
                        latent_too_small, mask_empty_by_construction)
 from .params import SagParams
@@ -44,38 +44,28 @@ BLUR_ZERO = "blur sigma is 0"
 SCALE_ZERO = "the scale is 0 (in a hires pass: SAG hires pass \"off\", or a hires scale of 0)"
 OUTSIDE_RANGE = "steps outside SAG start..end"
 LATENT_TOO_SMALL = f"the latent is smaller than {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}"
-NO_UNCOND = "steps without a negative-prompt pass (Skip early CFG or NGMS)"
+NO_UNCOND = "steps without a negative-prompt pass (CFG 1, Skip early CFG or NGMS)"
 EMPTY_MASK = ("no latent position received more attention than the threshold (a 1x1 middle-block grid, "
               "e.g. SD1 at 64 px, never does; nor does a threshold above every position's attention)")
 
 
 @dataclass
-class StepInputs:
-    """The uncond rows of one step, as the host laid them out, plus the host's own conditioning objects."""
+class Step:
+    """A step whose capture is armed: its scale, and what the adapter keeps of it for its pass."""
 
-    x: torch.Tensor
-    sigma: torch.Tensor
-    image_cond: torch.Tensor
-    text_cond: Any
-    text_uncond: Any
-    space: Any
     scale: float
-    repaint_mask: Optional[torch.Tensor]
-    host: Any  # the adapter's handle for this step (the webui's CFG denoiser)
+    host: Any
 
 
 class SagSession:
     """SAG state of one generation. Never shared between generations or tabs."""
 
-    def __init__(self, params: SagParams, collect_preview: bool = False,
-                 key_input: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
-        """`key_input`: what the host's attention feeds `to_k` for an input x, if not x (see capture)."""
+    def __init__(self, params: SagParams, collect_preview: bool = False):
         self.params = params
-        self.key_input = key_input
         self.active = params.enabled and params.blur_sigma > 0
         self.idle_reasons = set() if params.blur_sigma > 0 else {BLUR_ZERO}  # why steps changed nothing
         self.capture: Optional[MiddleBlockCapture] = None
-        self.step: Optional[StepInputs] = None
+        self.step: Optional[Step] = None
         self.blur = GaussianBlur(params.blur_sigma)
         self.correction: Optional[tuple] = None  # (unscaled correction, scale) of the step in progress
         self.passes_finite: Optional[torch.Tensor] = None  # device bool: was every pass so far finite?
@@ -129,37 +119,39 @@ class SagSession:
         """The session whose capture is attached to `attn` (the one whose step is in progress), if any."""
         return getattr(MiddleBlockCapture.attached(attn), "owner", None)
 
-    def begin_step(self, transformer: torch.nn.Module, attn: torch.nn.Module, x_in: torch.Tensor,
-                   sigma_in: torch.Tensor, image_cond_in: torch.Tensor, text_cond: Any, text_uncond: Any,
-                   uncond_rows: int, space, progress: float = 0.0, hires_pass: bool = False,
-                   repaint_mask: Optional[torch.Tensor] = None, host: Any = None) -> None:
-        """Before the UNet calls of a step: keep the uncond rows (the last `uncond_rows` of the layout).
+    def begin_step(self, unet: torch.nn.Module, rows, latent_size: tuple, progress: float = 0.0,
+                   hires_pass: bool = False, host: Any = None) -> None:
+        """Before the UNet calls of a step: arm the capture on `unet` for the rows `rows` selects
+        (capture.LastRowsOfStep, capture.UncondChunk).
 
-        `space` is the model output's space (X0Space or EpsSpace); `progress` is the step's place in its
-        pass's schedule (0 first, towards 1 last); `repaint_mask` (img2img) limits the correction to the
-        repainted area. Steps outside the parameters' range, or with scale 0, do no work at all.
+        `progress` is the step's place in its pass's schedule (0 first, towards 1 last); `host` is what
+        the adapter keeps for its pass (`self.step.host`). Steps outside the parameters' range, or with
+        scale 0, do no work at all.
         """
         self.step, self.correction = None, None
         if not self.active:
             return
         scale = self.params.scale_for(hires_pass)
         idle_reason = (SCALE_ZERO if scale == 0 else OUTSIDE_RANGE if not self.params.in_range(progress)
-                       else LATENT_TOO_SMALL if latent_too_small(tuple(x_in.shape[-2:])) else None)
+                       else LATENT_TOO_SMALL if latent_too_small(tuple(latent_size)) else None)
         if idle_reason:
             self.idle_reasons.add(idle_reason)
             return
+        transformer, attn = middle_block_attention(unet)
         if not self.owns(attn):
             self.close()
-            self.capture = MiddleBlockCapture(transformer, attn, owner=self, key_input=self.key_input)
-        self.step = StepInputs(x_in[-uncond_rows:], sigma_in[-uncond_rows:], image_cond_in[-uncond_rows:],
-                               text_cond, text_uncond, space, scale, repaint_mask, host)
-        self.capture.arm(total_rows=x_in.shape[0], target_rows=uncond_rows)
+            self.capture = MiddleBlockCapture(unet, transformer, attn, owner=self)
+        self.step = Step(scale, host)
+        self.capture.arm(rows)
 
-    def end_step(self, x_out: torch.Tensor, degraded_pass: Callable[[torch.Tensor, StepInputs], torch.Tensor]) -> None:
+    def end_step(self, x: torch.Tensor, out_uncond: Optional[torch.Tensor], noise_level: torch.Tensor, space,
+                 degraded_pass: Callable[[torch.Tensor], torch.Tensor],
+                 repaint_mask: Optional[torch.Tensor] = None) -> None:
         """After the UNet calls: mask, blur, re-noise, run `degraded_pass` and keep the scaled correction.
 
-        `x_out` is the host's output batch (uncond rows last); `degraded_pass(x, step)` runs the model
-        once on x with the uncond conditioning of `step`.
+        `x` are the uncond rows' input and `out_uncond` the model's output for them in `space` (X0Space or
+        EpsSpace) at `noise_level` (sigma or timestep); `degraded_pass(x)` runs the model once on x with
+        the uncond conditioning; `repaint_mask` (img2img) limits the correction to the repainted area.
         """
         step, self.step = self.step, None
         if step is None or self.capture is None:
@@ -167,18 +159,17 @@ class SagSession:
         captured = self.capture.take()
         if self.capture.error is not None:
             raise self.capture.error
-        if captured is None:  # the host skipped the uncond rows this step (skip early CFG, NGMS)
+        if captured is None:  # the host skipped the uncond rows this step (CFG 1, skip early CFG, NGMS)
             self.idle_reasons.add(NO_UNCOND)
             return
         mass, grid = captured
         if mask_empty_by_construction(grid, self.params.threshold):
             self.idle_reasons.add(EMPTY_MASK)
             return
-        out_uncond = x_out[-step.x.shape[0]:]
-        with autocast_off(step.x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
+        with autocast_off(x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
             mask = attention_mask(mass, grid, tuple(out_uncond.shape[-2:]), self.params.threshold)
-            x0_degraded, x_degraded = degraded_input(step.space, step.x, out_uncond, step.sigma, mask, self.blur)
-        out_pass = degraded_pass(x_degraded, step)
+            x0_degraded, x_degraded = degraded_input(space, x, out_uncond, noise_level, mask, self.blur)
+        out_pass = degraded_pass(x_degraded)
         if out_pass.shape != x_degraded.shape:
             raise UnexpectedPassOutput(
                 f"the model answered SAG's pass over {tuple(x_degraded.shape)} with {tuple(out_pass.shape)} "
@@ -186,10 +177,10 @@ class SagSession:
         self.degraded_passes += 1
         if self.blurred_share is not None:
             self.blurred_share.add(mask)
-        with autocast_off(step.x.device):
-            correction = step.space.correction(x0_degraded, out_uncond, out_pass.to(out_uncond.dtype))
-            if step.repaint_mask is not None:
-                correction = correction * step.repaint_mask
+        with autocast_off(x.device):
+            correction = space.correction(x0_degraded, out_uncond, out_pass.to(out_uncond.dtype))
+            if repaint_mask is not None:
+                correction = correction * repaint_mask
             self.correction = (self._gate(correction, mask), step.scale)
 
     def _gate(self, correction: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

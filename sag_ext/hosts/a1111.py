@@ -11,9 +11,14 @@ import functools
 import inspect
 from types import SimpleNamespace
 
-from ..core.capture import MiddleBlockCapture, middle_block_attention
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from ..core.capture import LastRowsOfStep, MiddleBlockCapture, middle_block_attention
 from ..core.guidance import EpsSpace, X0Space
-from ..core.session import SagSession, StepInputs
+from ..core.session import SagSession
 from ..ui import register_once
 
 
@@ -21,55 +26,69 @@ class UnsupportedModel(RuntimeError):
     """The model in use has nothing SAG can hook."""
 
 
+@dataclass
+class UncondRows:
+    """What the adapter keeps of a step for SAG's pass: the uncond rows' inputs and the CFG denoiser."""
+
+    x: torch.Tensor
+    sigma: torch.Tensor
+    image_cond: torch.Tensor
+    text_cond: Any
+    text_uncond: Any
+    space: Any
+    repaint_mask: Optional[torch.Tensor]
+    denoiser: Any
+
+
 class A1111Adapter:
-    """SAG in one webui. `webui` holds what the adapter reads of it: the modules `shared` (the model in use,
-    the loaded hypernetworks), `sd_unet` and `script_callbacks`, the timestep samplers' denoiser class
-    `CFGDenoiserTimesteps`, and `apply_hypernetworks`. `adapter()` gathers the webui's own."""
+    """SAG in one webui. `webui` holds what the adapter reads of it: the modules `shared` (the model in use),
+    `sd_unet` and `script_callbacks`, and the timestep samplers' denoiser class `CFGDenoiserTimesteps`.
+    `adapter()` gathers the webui's own."""
+
+    reads_forge_infotext = True  # no built-in SAG here: Forge's `sag_*` infotext keys restore ours
 
     def __init__(self, webui):
         self.webui = webui
 
-    def middle_attention(self):
-        """(middle transformer, its first attn1) of the UNet the webui runs, or UnsupportedModel."""
+    def unet(self):
+        """The UNet the webui runs, or UnsupportedModel."""
         sd_model = self.webui.shared.sd_model
         if getattr(self.webui.sd_unet, "current_unet", None) is not None:
             raise UnsupportedModel("an alternative UNet (e.g. TensorRT) replaces the PyTorch UNet")
         if getattr(sd_model, "cond_stage_key", None) == "edit":
             raise UnsupportedModel("instruct-pix2pix edit models are not supported")
-        found = middle_block_attention(getattr(getattr(sd_model, "model", None), "diffusion_model", None))
-        if found is None:
+        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+        if middle_block_attention(unet) is None:
             raise UnsupportedModel("this model has no middle-block transformer (e.g. SSD-1B, SD3)")
-        return found
+        return unet
 
     def release_model_hooks(self) -> None:
         """Remove any capture left on the current model (after a failed generation, or on unload)."""
         try:
-            _, attn = self.middle_attention()
+            _, attn = middle_block_attention(self.unet())
         except Exception:
             return
         MiddleBlockCapture.release(attn)
+
+    def before_sampling(self, p) -> None:
+        """Script.process_before_every_sampling, which this webui does not call: its callbacks do it all."""
 
     def unsupported_reason(self):
         """Why SAG cannot run on this webui and model, or None."""
         if "denoiser" not in inspect.signature(self.webui.script_callbacks.CFGDenoiserParams.__init__).parameters:
             return "it needs webui 1.8 or newer (CFGDenoiserParams.denoiser is missing)"
         try:
-            self.middle_attention()
+            self.unet()
         except UnsupportedModel as error:
             return str(error)
         return None
-
-    def self_attention_keys(self, x):
-        """The input of a self-attention's `to_k` in the webui's attention forwards: x through the loaded
-        hypernetworks (x itself when none is loaded or none has a layer of x's width)."""
-        return self.webui.apply_hypernetworks(self.webui.shared.loaded_hypernetworks, x)[0]
 
     # ---- CFG callbacks ------------------------------------------------------------------------------
 
     def _model_session(self):
         """The session owning the hooks on the model in use: the one whose step is in progress."""
         try:
-            _, attn = self.middle_attention()
+            _, attn = middle_block_attention(self.unet())
         except UnsupportedModel:
             return None
         return SagSession.owning(attn)
@@ -79,34 +98,38 @@ class A1111Adapter:
         p = getattr(denoiser, "p", None)
         session = SagSession.of(p)
         try:
-            transformer, attn = self.middle_attention()
+            unet = self.unet()
         except UnsupportedModel as error:
             if session is not None:
                 session.stop(str(error))
             return
         if session is None or not session.active:
-            MiddleBlockCapture.release(attn)  # not ours, or left by a generation that never finished
+            MiddleBlockCapture.release(middle_block_attention(unet)[1])  # not ours, or left by a generation that never finished
             return
         with session.guard():
             timesteps = isinstance(denoiser, self.webui.CFGDenoiserTimesteps)
-            session.begin_step(transformer, attn, params.x, params.sigma, params.image_cond, params.text_cond,
-                               params.text_uncond, uncond_rows=_rows(params.text_uncond),
-                               space=EpsSpace(denoiser.alphas) if timesteps else X0Space(),
-                               progress=denoiser.step / max(denoiser.total_steps, 1),
-                               hires_pass=bool(getattr(p, "is_hr_pass", False)),
-                               repaint_mask=denoiser.nmask if denoiser.mask is not None else None, host=denoiser)
+            count = _rows(params.text_uncond)
+            rows = UncondRows(params.x[-count:], params.sigma[-count:], params.image_cond[-count:],
+                              params.text_cond, params.text_uncond,
+                              EpsSpace(denoiser.alphas) if timesteps else X0Space(),
+                              denoiser.nmask if denoiser.mask is not None else None, denoiser)
+            session.begin_step(unet, LastRowsOfStep(total=params.x.shape[0], target=count),
+                               latent_size=params.x.shape[-2:], progress=denoiser.step / max(denoiser.total_steps, 1),
+                               hires_pass=bool(getattr(p, "is_hr_pass", False)), host=rows)
 
     def on_cfg_denoised(self, params) -> None:
         session = self._model_session()
-        if session is None:
+        if session is None or session.step is None:
             return
+        rows: UncondRows = session.step.host
 
-        def degraded_pass(x, step: StepInputs):
-            uncond = _uncond_as_used(step.host, step.text_cond, step.text_uncond)
-            return params.inner_model(x, step.sigma, cond=self._condition_dict(uncond, step.image_cond))
+        def degraded_pass(x):
+            uncond = _uncond_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)
+            return params.inner_model(x, rows.sigma, cond=self._condition_dict(uncond, rows.image_cond))
 
         with session.guard():
-            session.end_step(params.x, degraded_pass)
+            session.end_step(rows.x, params.x[-rows.x.shape[0]:], rows.sigma, rows.space, degraded_pass,
+                             rows.repaint_mask)
 
     def on_cfg_after_cfg(self, params) -> None:
         session = self._model_session()
@@ -149,8 +172,6 @@ def adapter() -> A1111Adapter:
     """The adapter over this webui's own modules; one per process, so that the callbacks it registered
     are recognised when the script reloads."""
     from modules import script_callbacks, sd_samplers_timesteps, sd_unet, shared
-    from modules.hypernetworks import hypernetwork
 
     return A1111Adapter(SimpleNamespace(shared=shared, sd_unet=sd_unet, script_callbacks=script_callbacks,
-                                        CFGDenoiserTimesteps=sd_samplers_timesteps.CFGDenoiserTimesteps,
-                                        apply_hypernetworks=hypernetwork.apply_hypernetworks))
+                                        CFGDenoiserTimesteps=sd_samplers_timesteps.CFGDenoiserTimesteps))

@@ -13,13 +13,17 @@ def register_once(script_callbacks, pairs) -> None:
         register(callback)
 
 
-def register_callbacks() -> None:
-    """The UI's callbacks: Settings, paste, the API check and the X/Y/Z axes."""
+def register_callbacks(forge_keys: bool = True) -> None:
+    """The UI's callbacks: Settings, paste (`forge_keys`: whether Forge's `sag_*` keys restore ours), the
+    API check and the X/Y/Z axes."""
     from modules import script_callbacks
 
     from . import api, paste, settings, xyz
 
-    register_once(script_callbacks, ((script_callbacks.on_infotext_pasted, paste.on_infotext_pasted),
+    on_pasted = paste.on_infotext_pasted if forge_keys else paste.on_infotext_pasted_own_keys
+    for other in (paste.on_infotext_pasted, paste.on_infotext_pasted_own_keys):
+        script_callbacks.remove_callbacks_for_function(other)
+    register_once(script_callbacks, ((script_callbacks.on_infotext_pasted, on_pasted),
                                      (script_callbacks.on_ui_settings, settings.on_ui_settings),
                                      (script_callbacks.on_app_started, api.on_app_started),
                                      (script_callbacks.on_before_ui, xyz.add_axes_to_script)))

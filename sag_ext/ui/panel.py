@@ -5,8 +5,9 @@ from .paste import PasteField
 from .settings import CONTROL_LABELS, PANEL_DEFAULTS, SLIDER_STEPS, panel_defaults
 
 
-def build_ui(script):
-    """The SAG accordion for one tab; returns the controls in argument order."""
+def build_ui(script, forge_keys: bool = True):
+    """The SAG accordion for one tab; returns the controls in argument order. `forge_keys`: whether pasting
+    Forge's `sag_*` infotext keys sets them (see paste)."""
     import gradio as gr
     from modules.ui_components import InputAccordion
 
@@ -32,6 +33,6 @@ def build_ui(script):
         # ui-config.json would pin the value the panel showed at the webui's first start; these come from Settings
         controls[name].do_not_save_to_config = True
 
-    script.infotext_fields = [(controls[name], PasteField(name)) for name in ARG_NAMES]
+    script.infotext_fields = [(controls[name], PasteField(name, forge_keys)) for name in ARG_NAMES]
     script.paste_field_names = [INFOTEXT_KEYS[name] for name in ARG_NAMES]
     return [controls[name] for name in ARG_NAMES]

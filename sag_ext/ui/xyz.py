@@ -24,6 +24,11 @@ def _apply(name):
     return apply
 
 
+def enabled_choices():
+    """The Enabled axis's values, as the webui's own boolean axes list them (not every host has its helper)."""
+    return ["False", "True"]
+
+
 def add_axes(xyz_grid) -> None:
     """Adds the [SAG] axes to the X/Y/Z plot script's module once (idempotent)."""
     present = {option.label for option in xyz_grid.axis_options}
@@ -31,7 +36,7 @@ def add_axes(xyz_grid) -> None:
         if PREFIX + label in present:
             continue
         if name == "enabled":
-            option = xyz_grid.AxisOption(PREFIX + label, str, _apply(name), choices=xyz_grid.boolean_choice(reverse=True))
+            option = xyz_grid.AxisOption(PREFIX + label, str, _apply(name), choices=enabled_choices)
         else:
             option = xyz_grid.AxisOption(PREFIX + label, float, _apply(name))
         xyz_grid.axis_options.append(option)

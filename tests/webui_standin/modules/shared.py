@@ -1,4 +1,4 @@
-"""Stand-in of modules.shared: options (with settings registration), job state, the loaded model and hypernetworks."""
+"""Stand-in of modules.shared: options (with settings registration), job state, the loaded model."""
 from types import SimpleNamespace
 
 
@@ -25,4 +25,3 @@ def default_opts():
 opts = default_opts()
 state = SimpleNamespace(interrupted=False, skipped=False, sampling_step=0, sampling_steps=0)
 sd_model = None
-loaded_hypernetworks = []

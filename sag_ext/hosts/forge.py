@@ -1,0 +1,136 @@
+"""The Forge family (Forge, Forge Neo, reForge, Forge Classic) as SAG's host.
+
+What they share and where they differ from A1111: the UNet is the model patcher's at
+`sd_model.forge_objects.unet.model.diffusion_model` (Forge and Neo: `backend`, reForge and Classic:
+`ldm_patched`), its middle block laid out as LDM's; per step the webui fires `cfg_denoiser` (B rows) and
+`cfg_after_cfg`, never `cfg_denoised`; its sampling function runs cond and uncond in chunks named per UNet
+call in `transformer_options["cond_or_uncond"]`, uncond first or in a call of their own, and hands the
+patcher's post-CFG functions the CFG result, both predictions as x0 (every sampler), the input, sigma,
+the uncond conditioning and the model options. So: `cfg_denoiser` arms the capture on the uncond chunk,
+and a post-CFG function set on a clone of the webui's UNet patcher (which the webui rebuilds before each
+sampling pass, so nothing stays patched) runs SAG's pass through the host's own batch function and adds
+the correction. The built-in SAG writes the `sag_*` infotext keys; when it is on, ours steps aside.
+"""
+import functools
+import importlib
+from types import SimpleNamespace
+
+from ..core.capture import MiddleBlockCapture, UncondChunk, middle_block_attention
+from ..core.guidance import X0Space
+from ..core.session import SagSession
+from ..ui import register_once
+
+BUILTIN_SAG_KEY = "sag_enabled"  # the infotext key the Forge hosts' built-in SAG writes when it is on
+# where the hosts keep their cond/uncond batch function: Forge and Neo, then reForge and Classic
+BATCH_FUNCTION_MODULES = ("backend.sampling.sampling_function", "ldm_patched.modules.samplers")
+
+
+class UnsupportedModel(RuntimeError):
+    """The model in use has nothing SAG can hook."""
+
+
+class ForgeAdapter:
+    """SAG in one Forge-family webui. `webui` holds what the adapter reads of it: the modules `shared` (the
+    model in use) and `script_callbacks`, and `calc_cond_uncond_batch(model, cond, uncond, x, sigma,
+    model_options)`, the host's function that runs the UNet over conditionings. `adapter()` gathers the
+    webui's own."""
+
+    reads_forge_infotext = False  # the `sag_*` keys belong to the host's built-in SAG
+
+    def __init__(self, webui):
+        self.webui = webui
+
+    @staticmethod
+    def unet_of(sd_model):
+        """The UNet a Forge-family model runs, or UnsupportedModel."""
+        patcher = getattr(getattr(sd_model, "forge_objects", None), "unet", None)
+        unet = getattr(getattr(patcher, "model", None), "diffusion_model", None)
+        if middle_block_attention(unet) is None:
+            raise UnsupportedModel("this model has no middle-block transformer (e.g. Flux, SD3, SSD-1B)")
+        return unet
+
+    def unsupported_reason(self):
+        """Why SAG cannot run on this webui and model, or None."""
+        try:
+            self.unet_of(self.webui.shared.sd_model)
+        except UnsupportedModel as error:
+            return str(error)
+        return None
+
+    def release_model_hooks(self) -> None:
+        """Remove any capture left on the current model (after a failed generation, or on unload)."""
+        try:
+            _, attn = middle_block_attention(self.unet_of(self.webui.shared.sd_model))
+        except Exception:
+            return
+        MiddleBlockCapture.release(attn)
+
+    # ---- sampling ------------------------------------------------------------------------------------
+
+    def before_sampling(self, p) -> None:
+        """Script.process_before_every_sampling: give this pass's UNet patcher SAG's post-CFG function."""
+        session = SagSession.of(p)
+        if session is None or not session.active:
+            return
+        with session.guard():
+            unet = p.sd_model.forge_objects.unet.clone()
+            unet.set_model_sampler_post_cfg_function(functools.partial(self.post_cfg, session))
+            p.sd_model.forge_objects.unet = unet
+
+    def on_cfg_denoiser(self, params) -> None:
+        denoiser = getattr(params, "denoiser", None)
+        p = getattr(denoiser, "p", None)
+        session = SagSession.of(p)
+        if session is None or not session.active:
+            return
+        if p.extra_generation_params.get(BUILTIN_SAG_KEY):
+            session.stop("the webui's built-in Self-Attention Guidance is on as well; turn one of them off")
+            return
+        with session.guard():
+            unet = self.unet_of(denoiser.inner_model.inner_model)
+            session.begin_step(unet, UncondChunk(target=params.x.shape[0]), latent_size=params.x.shape[-2:],
+                               progress=denoiser.step / max(denoiser.total_steps or 1, 1),
+                               hires_pass=bool(getattr(p, "is_hr_pass", False)),
+                               host=denoiser.nmask if getattr(denoiser, "mask", None) is not None else None)
+
+    def post_cfg(self, session: SagSession, args: dict):
+        """The patcher's post-CFG function: SAG's pass over the uncond rows, and the CFG result corrected."""
+        denoised = args["denoised"]
+        if session.step is None:
+            return denoised
+        repaint_mask = session.step.host
+
+        def degraded_pass(x):
+            return self.webui.calc_cond_uncond_batch(args["model"], args["uncond"], None, x, args["sigma"],
+                                                     args["model_options"])[0]
+
+        with session.guard():
+            session.end_step(args["input"], args["uncond_denoised"], args["sigma"], X0Space(), degraded_pass,
+                             repaint_mask)
+            denoised = session.apply(denoised)
+        return denoised
+
+    def register_callbacks(self) -> None:
+        """The sampling callbacks, registered exactly once whatever reloads the script."""
+        callbacks = self.webui.script_callbacks
+        register_once(callbacks, ((callbacks.on_cfg_denoiser, self.on_cfg_denoiser),
+                                  (callbacks.on_script_unloaded, self.release_model_hooks)))
+
+
+def batch_function():
+    """The host's `calc_cond_uncond_batch`, from whichever of its homes this webui has."""
+    for name in BATCH_FUNCTION_MODULES:
+        try:
+            return importlib.import_module(name).calc_cond_uncond_batch
+        except ImportError:
+            continue
+    raise ImportError(f"none of {', '.join(BATCH_FUNCTION_MODULES)} has calc_cond_uncond_batch")
+
+
+@functools.cache
+def adapter() -> ForgeAdapter:
+    """The adapter over this webui's own modules; one per process (see a1111.adapter)."""
+    from modules import script_callbacks, shared
+
+    return ForgeAdapter(SimpleNamespace(shared=shared, script_callbacks=script_callbacks,
+                                        calc_cond_uncond_batch=batch_function()))
