@@ -9,6 +9,8 @@ own ``v1-inference.yaml`` and sgm's ``sd_xl_base.yaml`` with small sizes:
 * ``sd1_wide``: ``sd1_tiny`` with the UNet at SD1.5's widths (model_channels 320), the
   only layout whose UNet takes a ControlNet (ControlNet assumes SD1.5's widths). Not made
   by default: its file is 3.4 GB.
+* ``sd15``: every part at SD1.5's sizes (UNet, CLIP ViT-L/14 text model, VAE), stored in float16
+  (2 GB): the Forge hosts recognise a model by its sizes and load nothing smaller.
 * ``sdxl_full``: ``sdxl_tiny`` with the UNet at SDXL's sizes (model_channels 320, channel_mult
   [1, 2, 4], transformer depths [0, 2, 10], 64-channel heads), stored in float16 (5 GB): for the GPU
   runs (``tests/e2e/gpu``). Its cross-attention takes the tiny text towers' 320-wide context.
@@ -33,9 +35,9 @@ import subprocess
 from pathlib import Path
 
 try:
-    from .tokenizer_cache import TINY_CLIP_REPO, TINY_CLIP_TEXT, text_config
+    from .tokenizer_cache import CLIP_L_REPO, TINY_CLIP_REPO, TINY_CLIP_TEXT, text_config
 except ImportError:  # run as a script
-    from tokenizer_cache import TINY_CLIP_REPO, TINY_CLIP_TEXT, text_config
+    from tokenizer_cache import CLIP_L_REPO, TINY_CLIP_REPO, TINY_CLIP_TEXT, text_config
 
 LAYOUTS = ("sd1_tiny", "sdxl_tiny")  # made by default
 GENERATOR_VERSION = 2  # bump when the weights made for the same config change
@@ -44,14 +46,19 @@ STAMP_KEY = "sd_webui_sag_test"
 OPEN_CLIP_ARCH = "ViT-S-32-alt"  # smallest open_clip text tower: width 256, 10 layers, embed_dim 256
 OPEN_CLIP_WIDTH = OPEN_CLIP_EMBED = 256
 CLIP_WIDTH = TINY_CLIP_TEXT["hidden_size"]
+CLIP_L_WIDTH = text_config()["hidden_size"]
 ADM_OUTDIM = 256  # per size/crop component, as in SDXL
 
 _VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
                  "ch": 32, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
 
 
-def sd1_config(model_channels: int = 32) -> dict:
-    """Model config (yaml content) of ``sd1_tiny`` (``sd1_wide`` with ``model_channels=320``)."""
+def sd1_config(model_channels: int = 32, full_size: bool = False) -> dict:
+    """Model config (yaml content) of ``sd1_tiny`` (``sd1_wide`` with ``model_channels=320``, ``sd15`` with
+    ``full_size``)."""
+    if full_size:
+        model_channels = 320
+    vae = dict(_VAE_DDCONFIG, ch=128, num_res_blocks=2) if full_size else dict(_VAE_DDCONFIG)
     return {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
         "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps_cond": 1, "log_every_t": 200,
         "timesteps": 1000, "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": 64, "channels": 4,
@@ -61,12 +68,12 @@ def sd1_config(model_channels: int = 32) -> dict:
             "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": model_channels,
             "attention_resolutions": [4, 2, 1], "num_res_blocks": 2, "channel_mult": [1, 2, 4, 4],
             "num_heads": 8, "use_spatial_transformer": True, "transformer_depth": 1,
-            "context_dim": CLIP_WIDTH, "use_checkpoint": False, "legacy": False}},
+            "context_dim": CLIP_L_WIDTH if full_size else CLIP_WIDTH, "use_checkpoint": False, "legacy": False}},
         "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
-            "embed_dim": 4, "monitor": "val/rec_loss", "ddconfig": dict(_VAE_DDCONFIG),
+            "embed_dim": 4, "monitor": "val/rec_loss", "ddconfig": vae,
             "lossconfig": {"target": "torch.nn.Identity"}}},
         "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
-                              "params": {"version": TINY_CLIP_REPO}},
+                              "params": {"version": CLIP_L_REPO if full_size else TINY_CLIP_REPO}},
     }}}
 
 
@@ -110,8 +117,8 @@ def sdxl_config(full_size: bool = False) -> dict:
 
 
 CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config, "sd1_wide": lambda: sd1_config(model_channels=320),
-           "sdxl_full": lambda: sdxl_config(full_size=True)}
-HALF_LAYOUTS = ("sdxl_full",)  # stored in float16
+           "sdxl_full": lambda: sdxl_config(full_size=True), "sd15": lambda: sd1_config(full_size=True)}
+HALF_LAYOUTS = ("sdxl_full", "sd15")  # stored in float16
 
 
 def webui_pythonpath(*first) -> str:
@@ -169,8 +176,8 @@ def _rescale_output(layer, run, target_std: float) -> None:
         layer.bias.mul_(target_std / std)
 
 
-def _text_models(prefix_clip: str):
-    """Tiny HF CLIP text model and its state dict under ``prefix_clip``.
+def _text_models(prefix_clip: str, sizes=TINY_CLIP_TEXT):
+    """HF CLIP text model of ``sizes`` (default tiny) and its state dict under ``prefix_clip``.
 
     Its final layer norm gets random weights (initialised, they are 1 and 0): with them the mean of
     every output vector is 0 to rounding, and the webui's prompt emphasis, which rescales the
@@ -178,7 +185,7 @@ def _text_models(prefix_clip: str):
     """
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
-    model = CLIPTextModel(CLIPTextConfig(**text_config(**TINY_CLIP_TEXT)))
+    model = CLIPTextModel(CLIPTextConfig(**text_config(**sizes)))
     with torch.no_grad():
         model.text_model.final_layer_norm.weight.normal_(1.0, 0.2)
         model.text_model.final_layer_norm.bias.normal_(0.1, 0.2)
@@ -214,8 +221,9 @@ def _unet_and_vae(unet_cfg, vae_cfg, context_dim, *, adm=None, scale_factor=1.0)
 
 def _build_sd1(cfg):
     p = cfg["model"]["params"]
-    sd = _unet_and_vae(p["unet_config"], p["first_stage_config"], CLIP_WIDTH, scale_factor=p["scale_factor"])
-    sd.update(_text_models("cond_stage_model.transformer."))
+    context_dim = p["unet_config"]["params"]["context_dim"]
+    sd = _unet_and_vae(p["unet_config"], p["first_stage_config"], context_dim, scale_factor=p["scale_factor"])
+    sd.update(_text_models("cond_stage_model.transformer.", {} if context_dim == CLIP_L_WIDTH else TINY_CLIP_TEXT))
     return sd
 
 

@@ -1,11 +1,12 @@
-"""Start and stop a real AUTOMATIC1111 webui (v1.10.x) for end-to-end tests.
+"""Start and stop a real AUTOMATIC1111 webui (v1.10.x) or Forge-family webui for end-to-end tests.
 
 The webui checkout and its interpreter come from the environment:
 
 * ``SD_WEBUI_PATH``: a webui checkout with its ``repositories/`` in place;
 * ``SD_WEBUI_PYTHON``: its venv's python (default ``$SD_WEBUI_PATH/venv/bin/python``);
 * ``SD_WEBUI_PYTHONPATH``: packages that interpreter needs on its ``PYTHONPATH`` (the GPU runner's
-  wheels, ``tests/e2e/gpu``), if any.
+  wheels, ``tests/e2e/gpu``), if any;
+* ``SD_FORGE_PATH`` / ``SD_FORGE_PYTHON``: the same for a Forge-family webui (:class:`ForgeWebUI`).
 
 :class:`WebUI` makes a private ``--data-dir`` holding ``extensions/sd-webui-sag`` (a
 symlink to this repository), the tiny checkpoints of :mod:`checkpoints`, an offline
@@ -238,10 +239,14 @@ class WebUI(WebUIClient):
     def log_path(self) -> Path:
         return self.data_dir / "webui.log"
 
+    def launch_flags(self) -> list[str]:
+        """The host's start-up flags: offline, API, and the device's."""
+        return [*BASE_ARGS, *DEVICE_ARGS[self.device]]
+
     def command(self) -> list[str]:
         """The ``launch.py`` command line."""
         ckpt_dir = self.data_dir / "models" / "Stable-diffusion"
-        args = [self.python, str(self.webui_path / "launch.py"), *BASE_ARGS, *DEVICE_ARGS[self.device], "--port", str(self.port),
+        args = [self.python, str(self.webui_path / "launch.py"), *self.launch_flags(), "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--ckpt-dir", str(ckpt_dir),
                 "--ckpt", str(ckpt_dir / f"{self.checkpoint}.safetensors")]
         return args + (["--nowebui"] if self.nowebui else []) + self.extra_args
@@ -324,3 +329,35 @@ class WebUI(WebUIClient):
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def forge_from_env() -> tuple[Path, str]:
+    """``(SD_FORGE_PATH, SD_FORGE_PYTHON)``; raises ``KeyError`` if ``SD_FORGE_PATH`` is unset."""
+    path = Path(os.environ["SD_FORGE_PATH"]).resolve()
+    return path, os.environ.get("SD_FORGE_PYTHON") or str(path / "venv" / "bin" / "python")
+
+
+class ForgeWebUI(WebUI):
+    """A Forge-family webui (Forge, Forge Neo, reForge, Forge Classic) on the CPU, with the ``sd15``
+    checkpoint: these hosts recognise a model by its sizes. Its interpreter also writes the checkpoint
+    (it needs ldm: ``pip install --no-deps stable-diffusion-sdkit`` there). The command line takes the
+    launch flags the host has (Forge Classic lacks some of A1111's) and its CPU flag (``--always-cpu``,
+    Neo's ``--cpu``)."""
+
+    def __init__(self, webui_path=None, python=None, **kwargs):
+        if webui_path is None:
+            webui_path, env_python = forge_from_env()
+            python = python or env_python
+        kwargs.setdefault("checkpoint", "sd15")
+        kwargs.setdefault("layouts", ("sd15",))
+        super().__init__(webui_path, python, **kwargs)
+
+    def host_flags(self) -> str:
+        """The text of the host's argument parsers."""
+        parsers = ("modules/cmd_args.py", "backend/args.py", "ldm_patched/modules/args_parser.py")
+        return "".join((self.webui_path / name).read_text() for name in parsers if (self.webui_path / name).exists())
+
+    def launch_flags(self) -> list[str]:
+        flags = self.host_flags()
+        base = [arg for arg in BASE_ARGS if not arg.startswith("--") or f'"{arg}"' in flags]
+        return base + ["--always-cpu" if '"--always-cpu"' in flags else "--cpu"]

@@ -72,9 +72,12 @@ class ForgeAdapter:
         session = SagSession.of(p)
         if session is None or not session.active:
             return
+        def post_cfg(args):  # a plain function: the patchers' clone() deep-copies model_options, but not functions
+            return self.post_cfg(session, args)
+
         with session.guard():
             unet = p.sd_model.forge_objects.unet.clone()
-            unet.set_model_sampler_post_cfg_function(functools.partial(self.post_cfg, session))
+            unet.set_model_sampler_post_cfg_function(post_cfg)
             p.sd_model.forge_objects.unet = unet
 
     def on_cfg_denoiser(self, params) -> None:

@@ -13,11 +13,15 @@ its own in ``$SD_WEBUI_DATA_DIR/ui``.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from harness.server import RunningWebUI, WebUI
 
 OWN_SERVERS = ("ui_webui", "neighbourhood", "controlnet_webui", "probe_webui")  # fixtures that start webuis of their own
+
+
+FORGE_TESTS = Path(__file__).parent / "forge"  # a Forge-family webui's tests: SD_FORGE_PATH (forge/conftest.py)
 
 
 def pytest_configure(config):
@@ -26,11 +30,13 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("SD_WEBUI_PATH"):
-        return
     url = os.environ.get("SD_WEBUI_URL")
     for item in items:
-        if "e2e" not in item.keywords:
+        if FORGE_TESTS in Path(str(item.fspath)).parents:
+            if not os.environ.get("SD_FORGE_PATH"):
+                item.add_marker(pytest.mark.skip(reason="SD_FORGE_PATH is not set"))
+            continue
+        if "e2e" not in item.keywords or os.environ.get("SD_WEBUI_PATH"):
             continue
         if not url:
             item.add_marker(pytest.mark.skip(reason="neither SD_WEBUI_PATH nor SD_WEBUI_URL is set"))

@@ -1,0 +1,160 @@
+"""SAG in a real Forge-family webui: the case contract on its samplers and modes, CFG 1, hires fix, the
+built-in SAG (side by side, and on together with ours), PAG, paste and the X/Y/Z plot."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from e2e.sag_api import BASE, OFF, ON, TITLE, LogWatch, check_sag_case, decode, encode, generate, with_sag
+from e2e.test_e2e_ux import script_info
+
+# Forge's API needs the hires pass's modules named (without them: HTTP 500 in processing.py), and its hires
+# CFG defaults to 1 (no negative-prompt pass there, so nothing for SAG to do)
+HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6,
+         "hr_second_pass_steps": 3, "hr_additional_modules": ["Use same choices"], "hr_cfg": 5}
+CHANGED_NOTHING = "[SAG] Self-Attention Guidance changed nothing in this generation"
+
+
+def builtin(webui, prefix):
+    """(alwayson key, number of arguments) of the host's built-in script whose title starts with `prefix`."""
+    for info in webui.get("/sdapi/v1/script-info"):
+        if info["name"].startswith(prefix) and not info["is_img2img"]:
+            return info["name"], len(info["args"])
+    pytest.skip(f"this host has no built-in {prefix!r}")
+
+
+def with_scripts(payload, scripts: dict):
+    payload = dict(payload)
+    payload["alwayson_scripts"] = {name: {"args": args} for name, args in scripts.items()}
+    return payload
+
+
+def images_of(webui, payload):
+    result = webui.post("/sdapi/v1/txt2img", payload)
+    return [decode(image) for image in result["images"]], json.loads(result["info"])["infotexts"]
+
+
+# ---- the contract -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DDIM", "UniPC"])
+def test_txt2img_contract_on_the_hosts_samplers(webui, sampler):
+    check_sag_case(webui, "txt2img", {**BASE, "sampler_name": sampler})
+
+
+def test_batch_of_two_with_a_step_range(webui):
+    check_sag_case(webui, "txt2img", {**BASE, "batch_size": 2}, images_expected=2,
+                   on_args=[True, 0.8, 2.0, 1.0, 0.25, 1.0])
+
+
+@pytest.mark.parametrize("hires,hires_scale", [("same", 0.0), ("own", 0.3)])
+def test_hires_fix(webui, hires, hires_scale):
+    on, _ = check_sag_case(webui, "txt2img", {**BASE, **HIRES}, on_args=[True, 0.8, 2.0, 1.0, 0.0, 1.0, hires, hires_scale])
+    assert on[0].shape[:2] == (192, 192)
+
+
+def test_hires_pass_off_changes_only_the_base_pass(webui):
+    off, _ = generate(webui, "txt2img", {**BASE, **HIRES}, OFF)
+    base_only, infos = generate(webui, "txt2img", {**BASE, **HIRES}, [True, 0.8, 2.0, 1.0, 0.0, 1.0, "off"])
+    both, _ = generate(webui, "txt2img", {**BASE, **HIRES}, ON)
+    assert "SAG Hires: off" in infos[0]
+    assert np.abs(base_only[0] - off[0]).max() > 0 and np.abs(base_only[0] - both[0]).max() > 0
+
+
+def gradient(size=128):
+    from PIL import Image
+    return Image.fromarray((np.indices((size, size)).sum(0) % 256).astype(np.uint8)).convert("RGB")
+
+
+def test_img2img(webui):
+    check_sag_case(webui, "img2img", {**BASE, "init_images": [encode(gradient())], "denoising_strength": 0.7})
+
+
+def test_inpaint(webui):
+    from PIL import Image
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (32, 32, 96, 96))
+    check_sag_case(webui, "img2img", {**BASE, "init_images": [encode(gradient())], "mask": encode(mask),
+                                      "denoising_strength": 0.8})
+
+
+def test_cfg_1_changes_nothing_and_says_why(webui):
+    """At CFG 1 the host runs no negative-prompt pass: no correction, one line."""
+    payload = {**BASE, "cfg_scale": 1}
+    off, _ = generate(webui, "txt2img", payload, OFF)
+    watch = LogWatch(webui)
+    on, infotexts = generate(webui, "txt2img", payload, ON)
+    log = watch.new_text()
+    np.testing.assert_array_equal(on[0], off[0])
+    assert "SAG" not in infotexts[0] and "Traceback" not in log
+    assert log.count("[SAG]") == 1 and CHANGED_NOTHING in log and "CFG 1" in log
+
+
+# ---- beside the host's own guidance ---------------------------------------------------------------
+
+def test_ours_and_the_builtin_sag_side_by_side(webui, record_property):
+    """Same seed and parameters, where both reshape the mask alike (SD1.5 at 128 px: a 2x2 grid, ratio 8):
+    the images are (nearly) the same; the difference is recorded."""
+    name, count = builtin(webui, "selfattentionguidance")
+    off, _ = images_of(webui, with_scripts(BASE, {}))
+    ours, _ = images_of(webui, with_scripts(BASE, {TITLE: ON}))
+    theirs, infotexts = images_of(webui, with_scripts(BASE, {name: ON[:count]}))
+    assert "sag_enabled: True" in infotexts[0]
+    ours_vs_off = np.abs(ours[0] - off[0]).mean()
+    ours_vs_theirs = np.abs(ours[0] - theirs[0]).mean()
+    record_property("mean_abs_ours_vs_builtin", float(ours_vs_theirs))
+    record_property("mean_abs_ours_vs_off", float(ours_vs_off))
+    print(f"\nmean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
+    assert ours_vs_off > 1.0
+    assert ours_vs_theirs < 0.05 * ours_vs_off
+
+
+def test_builtin_sag_on_too_makes_ours_step_aside(webui):
+    name, count = builtin(webui, "selfattentionguidance")
+    theirs, _ = images_of(webui, with_scripts(BASE, {name: ON[:count]}))
+    watch = LogWatch(webui)
+    both, infotexts = images_of(webui, with_scripts(BASE, {name: ON[:count], TITLE: ON}))
+    log = watch.new_text()
+    np.testing.assert_array_equal(both[0], theirs[0])
+    assert log.count("[SAG]") == 1 and "built-in Self-Attention Guidance is on as well" in log
+    assert "SAG Scale" not in infotexts[0] and "sag_enabled: True" in infotexts[0]
+
+
+def test_ours_with_the_builtin_pag(webui):
+    """PAG replaces the middle block's attn1 in its own pass: ours still reads the host's q and k."""
+    name, count = builtin(webui, "perturbedattentionguidance")
+    pag = [True, 3.0, 0.0, 0.0, 1.0][:count]
+    watch = LogWatch(webui)
+    pag_only, _ = images_of(webui, with_scripts(BASE, {name: pag}))
+    both, infotexts = images_of(webui, with_scripts(BASE, {name: pag, TITLE: ON}))
+    log = watch.new_text()
+    assert "Traceback" not in log and "[SAG]" not in log
+    assert np.abs(both[0] - pag_only[0]).max() > 0 and "SAG Scale: 0.8" in infotexts[0]
+
+
+# ---- paste and X/Y/Z ----------------------------------------------------------------------------
+
+INFOTEXT_HEAD = "a photo of a cat\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, CFG scale: 5, Seed: 11, "
+
+
+def test_our_keys_paste_and_the_builtins_keys_stay_the_builtins(ui_webui):
+    result = ui_webui.post("/sdapi/v1/txt2img", {**BASE, "infotext": INFOTEXT_HEAD + "SAG Scale: 0.7, SAG Blur Sigma: 1.5"})
+    assert "SAG Scale: 0.7, SAG Blur Sigma: 1.5" in json.loads(result["info"])["infotexts"][0]
+    result = ui_webui.post("/sdapi/v1/txt2img", {**BASE, "infotext": INFOTEXT_HEAD + "sag_enabled: True, sag_scale: 0.8"})
+    infotext = json.loads(result["info"])["infotexts"][0]
+    assert "SAG Scale" not in infotext
+
+
+def test_xyz_plot_with_a_sag_scale_axis(webui):
+    xyz_args = script_info(webui, "x/y/z plot")["args"]
+    choices = xyz_args[0]["choices"]
+    assert {"[SAG] Enabled", "[SAG] Scale", "[SAG] Blur sigma", "[SAG] Threshold", "[SAG] Start", "[SAG] End"} <= set(choices)
+    args = [arg["value"] for arg in xyz_args]
+    args[0], args[1] = choices.index("[SAG] Scale"), "0, 0.4, 0.8"
+    result = webui.post("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot", "script_args": args})
+    grid, *cells = [decode(image) for image in result["images"]]
+    infotexts = json.loads(result["info"])["infotexts"][1:]
+    assert len(cells) == 3
+    assert np.abs(cells[0] - cells[1]).max() > 0 and np.abs(cells[1] - cells[2]).max() > 0
+    assert [("SAG Scale: 0.4" in text, "SAG Scale: 0.8" in text) for text in infotexts] == [(False, False), (True, False), (False, True)]
