@@ -174,6 +174,28 @@ def test_concatenated_keys_are_reported_not_raised():
     capture.remove()
 
 
+def test_a_pass_inside_the_unet_call_is_reported_not_misread():
+    """A neighbour that runs a pass of its own inside the UNet's forward (ControlNet's reference modes run
+    the UNet's forward on the reference first, without the module call): the middle block runs twice in
+    one UNet call, and SAG reports it instead of taking the other pass's attention."""
+    unet = sd1_unet()
+    inner = unet.forward
+
+    def forward_with_a_reference_pass(x, *args, **kwargs):
+        inner(torch.randn_like(x), *args, **kwargs)
+        return inner(x, *args, **kwargs)
+    unet.forward = forward_with_a_reference_pass
+    try:
+        capture = capture_on(unet)
+        capture.arm(LastRowsOfStep(total=1, target=1))
+        run_unet(unet, torch.randn(1, 4, 32, 32))
+    finally:
+        del unet.forward
+    assert isinstance(capture.error, UnsupportedAttention)
+    assert capture.take() is None
+    capture.remove()
+
+
 # ---- the Forge family's layout: chunks named per call in transformer_options["cond_or_uncond"] ------
 
 COND, UNCOND = 0, 1

@@ -112,6 +112,7 @@ class MiddleBlockCapture:
         self._call = None  # (first row, end row, target offset, batch) of the UNet call in progress
         self._grid = None  # (h, w) of that call, once its middle transformer runs
         self._q = None
+        self._recorded = False
         self._handles = [
             unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
             transformer.register_forward_pre_hook(self._before_transformer),
@@ -157,7 +158,7 @@ class MiddleBlockCapture:
         return (self._mass, self.grid) if complete else None
 
     def _disarm(self):
-        self._rows, self._call, self._grid, self._q = None, None, None, None
+        self._rows, self._call, self._grid, self._q, self._recorded = None, None, None, None, False
 
     def _guarded(self, work, *args):
         """Run hook work; an error disarms the capture and is kept for the session (a hook must never
@@ -177,14 +178,20 @@ class MiddleBlockCapture:
         x = args[0] if args else kwargs["x"]
         selected = self._rows.select(x.shape[0], kwargs)
         self._call = None if selected is None else (*selected, x.shape[0])
-        self._grid, self._q = None, None
+        self._grid, self._q, self._recorded = None, None, False
 
     def _before_transformer(self, module, args):
-        if self._call is not None and self._grid is None:
-            self._grid = tuple(args[0].shape[-2:])
+        if self._call is not None:
+            self._guarded(self._enter_transformer, args[0])
+
+    def _enter_transformer(self, x):
+        if self._grid is not None:  # e.g. ControlNet's reference modes run a pass of their own inside the UNet's
+            raise UnsupportedAttention("the middle block ran twice in one UNet call (another extension runs a "
+                                       "pass of its own inside the UNet's)")
+        self._grid = tuple(x.shape[-2:])
 
     def _after_to_q(self, module, args, output):
-        if self._call is not None and self._grid is not None and self._q is None:
+        if self._call is not None and self._grid is not None and self._q is None and not self._recorded:
             self._guarded(self._keep_q, output)
 
     def _keep_q(self, q):
@@ -208,10 +215,10 @@ class MiddleBlockCapture:
         self._check(k, "keys")
         low, high, at, _ = self._call
         grid, q = self._grid, self._q
-        self._call, self._q = None, None
+        self._q = None
         if self.grid is not None and self.grid != grid:
             raise UnsupportedAttention(f"middle-block grid changed within a step: {self.grid} -> {grid}")
-        self.grid = grid
+        self.grid, self._recorded = grid, True
         mass = per_key_attention_mass(q, k[low:high], self.attn.heads, getattr(self.attn, "scale", None),
                                       self.chunk_elements)
         if high - low == self._rows.target:  # the usual case: all target rows in one call, kept as they are
