@@ -11,6 +11,8 @@ own ``v1-inference.yaml`` and sgm's ``sd_xl_base.yaml`` with small sizes:
   by default: its file is 3.4 GB.
 * ``sd15``: every part at SD1.5's sizes (UNet, CLIP ViT-L/14 text model, VAE), stored in float16
   (2 GB): the Forge hosts recognise a model by its sizes and load nothing smaller.
+* ``sdxl``: every part at SDXL's sizes (``sdxl_full``'s UNet with a 2048-wide context and 2816 ADM inputs,
+  CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers, the VAE), float16 (7 GB): for the Forge hosts on a GPU.
 * ``sdxl_full``: ``sdxl_tiny`` with the UNet at SDXL's sizes (model_channels 320, channel_mult
   [1, 2, 4], transformer depths [0, 2, 10], 64-channel heads), stored in float16 (5 GB): for the GPU
   runs (``tests/e2e/gpu``). Its cross-attention takes the tiny text towers' 320-wide context.
@@ -44,7 +46,8 @@ GENERATOR_VERSION = 2  # bump when the weights made for the same config change
 STAMP_KEY = "sd_webui_sag_test"
 
 OPEN_CLIP_ARCH = "ViT-S-32-alt"  # smallest open_clip text tower: width 256, 10 layers, embed_dim 256
-OPEN_CLIP_WIDTH = OPEN_CLIP_EMBED = 256
+OPEN_CLIP_WIDTH = 256
+SDXL_OPEN_CLIP_ARCH, SDXL_OPEN_CLIP_WIDTH = "ViT-bigG-14", 1280  # SDXL's second text tower
 CLIP_WIDTH = TINY_CLIP_TEXT["hidden_size"]
 CLIP_L_WIDTH = text_config()["hidden_size"]
 ADM_OUTDIM = 256  # per size/crop component, as in SDXL
@@ -77,8 +80,11 @@ def sd1_config(model_channels: int = 32, full_size: bool = False) -> dict:
     }}}
 
 
-def sdxl_config(full_size: bool = False) -> dict:
-    """Model config (yaml content) of ``sdxl_tiny`` (``sdxl_full`` with ``full_size``)."""
+def sdxl_config(full_size: bool = False, real_text: bool = False) -> dict:
+    """Model config (yaml content) of ``sdxl_tiny`` (``sdxl_full`` with ``full_size``, ``sdxl`` with both)."""
+    open_clip_arch, open_clip_width = (SDXL_OPEN_CLIP_ARCH, SDXL_OPEN_CLIP_WIDTH) if real_text else (OPEN_CLIP_ARCH, OPEN_CLIP_WIDTH)
+    clip_width = CLIP_L_WIDTH if real_text else CLIP_WIDTH
+    vae = dict(_VAE_DDCONFIG, ch=128, num_res_blocks=2) if real_text else dict(_VAE_DDCONFIG)
     size_embedder = {"target": "sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
                      "params": {"outdim": ADM_OUTDIM}, "is_trainable": False}
     return {"model": {"target": "sgm.models.diffusion.DiffusionEngine", "params": {
@@ -90,20 +96,20 @@ def sdxl_config(full_size: bool = False) -> dict:
             "discretization_config": {
                 "target": "sgm.modules.diffusionmodules.discretizer.LegacyDDPMDiscretization"}}},
         "network_config": {"target": "sgm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
-            "adm_in_channels": OPEN_CLIP_EMBED + 6 * ADM_OUTDIM, "num_classes": "sequential",
+            "adm_in_channels": open_clip_width + 6 * ADM_OUTDIM, "num_classes": "sequential",
             "use_checkpoint": False, "in_channels": 4, "out_channels": 4, "model_channels": 320 if full_size else 32,
             "attention_resolutions": [4, 2], "num_res_blocks": 2, "channel_mult": [1, 2, 4] if full_size else [1, 2, 5],
             "num_head_channels": 64 if full_size else 8, "use_spatial_transformer": True,
             "use_linear_in_transformer": True, "transformer_depth": [0, 2, 10] if full_size else [1, 1, 2],
-            "context_dim": CLIP_WIDTH + OPEN_CLIP_WIDTH,
+            "context_dim": clip_width + open_clip_width,
             "spatial_transformer_attn_type": "softmax-xformers", "legacy": False}},
         "conditioner_config": {"target": "sgm.modules.GeneralConditioner", "params": {"emb_models": [
             {"is_trainable": False, "input_key": "txt",
              "target": "sgm.modules.encoders.modules.FrozenCLIPEmbedder",
-             "params": {"version": TINY_CLIP_REPO, "layer": "hidden", "layer_idx": -2}},
+             "params": {"version": CLIP_L_REPO if real_text else TINY_CLIP_REPO, "layer": "hidden", "layer_idx": -2}},
             {"is_trainable": False, "input_key": "txt",
              "target": "sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2",
-             "params": {"arch": OPEN_CLIP_ARCH, "version": None, "freeze": True, "layer": "penultimate",
+             "params": {"arch": open_clip_arch, "version": None, "freeze": True, "layer": "penultimate",
                         "always_return_pooled": True, "legacy": False}},
             dict(size_embedder, input_key="original_size_as_tuple"),
             dict(size_embedder, input_key="crop_coords_top_left"),
@@ -111,14 +117,15 @@ def sdxl_config(full_size: bool = False) -> dict:
         ]}},
         "first_stage_config": {"target": "sgm.models.autoencoder.AutoencoderKLInferenceWrapper", "params": {
             "embed_dim": 4, "monitor": "val/rec_loss",
-            "ddconfig": dict(_VAE_DDCONFIG, attn_type="vanilla-xformers"),
+            "ddconfig": dict(vae, attn_type="vanilla-xformers"),
             "lossconfig": {"target": "torch.nn.Identity"}}},
     }}}
 
 
 CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config, "sd1_wide": lambda: sd1_config(model_channels=320),
-           "sdxl_full": lambda: sdxl_config(full_size=True), "sd15": lambda: sd1_config(full_size=True)}
-HALF_LAYOUTS = ("sdxl_full", "sd15")  # stored in float16
+           "sdxl_full": lambda: sdxl_config(full_size=True), "sd15": lambda: sd1_config(full_size=True),
+           "sdxl": lambda: sdxl_config(full_size=True, real_text=True)}
+HALF_LAYOUTS = ("sdxl_full", "sd15", "sdxl")  # stored in float16
 
 
 def webui_pythonpath(*first) -> str:
@@ -233,7 +240,8 @@ def _build_sdxl(cfg):
     net = p["network_config"]["params"]
     sd = _unet_and_vae(p["network_config"], p["first_stage_config"], net["context_dim"],
                        adm=net["adm_in_channels"], scale_factor=p["scale_factor"])
-    sd.update(_text_models("conditioner.embedders.0.transformer."))
+    sd.update(_text_models("conditioner.embedders.0.transformer.",
+                           {} if net["context_dim"] == CLIP_L_WIDTH + SDXL_OPEN_CLIP_WIDTH else TINY_CLIP_TEXT))
     open_clip_params = p["conditioner_config"]["params"]["emb_models"][1]["params"]
     embedder = enc.FrozenOpenCLIPEmbedder2(device="cpu", **open_clip_params)
     sd.update({"conditioner.embedders.1.model." + k: v for k, v in embedder.model.state_dict().items()})

@@ -338,8 +338,9 @@ def forge_from_env() -> tuple[Path, str]:
 
 
 class ForgeWebUI(WebUI):
-    """A Forge-family webui (Forge, Forge Neo, reForge, Forge Classic) on the CPU, with the ``sd15``
-    checkpoint: these hosts recognise a model by its sizes. Its interpreter also writes the checkpoint
+    """A Forge-family webui (Forge, Forge Neo, reForge, Forge Classic) on the CPU (or, with
+    ``device="cuda"``, the GPU), with the ``sd15`` checkpoint (or ``sdxl``): these hosts recognise a model by
+    its sizes. Its interpreter also writes the checkpoint
     (it needs ldm: ``pip install --no-deps stable-diffusion-sdkit`` there). The command line takes the
     launch flags the host has (Forge Classic lacks some of A1111's) and its CPU flag (``--always-cpu``,
     Neo's ``--cpu``)."""
@@ -360,4 +361,6 @@ class ForgeWebUI(WebUI):
     def launch_flags(self) -> list[str]:
         flags = self.host_flags()
         base = [arg for arg in BASE_ARGS if not arg.startswith("--") or f'"{arg}"' in flags]
+        if self.device == "cuda":  # the host's defaults there (float16)
+            return base
         return base + ["--always-cpu" if '"--always-cpu"' in flags else "--cpu"]

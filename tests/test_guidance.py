@@ -1,6 +1,7 @@
 """The SAG math (sag_ext.core.guidance) against the float64 reference and against diffusers' SAG code."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import float64_reference as ref
 from sag_ext.core.guidance import EpsSpace, GaussianBlur, X0Space, attention_mask, degrade, latent_too_small
@@ -15,6 +16,18 @@ def test_blur_matches_reference(sigma, size):
     got = GaussianBlur(sigma)(x)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.double(), ref.blur(x, sigma), atol=1e-5, rtol=0)
+
+
+def test_blur_keeps_the_input_layout_whatever_the_convolution_answers(monkeypatch):
+    """cuDNN may return a depthwise convolution in channels-last (its weight is ambiguous): the blur, and
+    so SAG's pass and the latent it corrects, keep the host's layout."""
+    convolve = F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *args, **kwargs: convolve(*args, **kwargs).contiguous(
+        memory_format=torch.channels_last))
+    x = torch.randn(2, 4, 16, 16)
+    blurred = GaussianBlur(2.0)(x)
+    assert blurred.is_contiguous()
+    torch.testing.assert_close(blurred.double(), ref.blur(x, 2.0), atol=1e-5, rtol=0)
 
 
 def test_blur_sigma_zero_is_identity():

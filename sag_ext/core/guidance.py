@@ -89,7 +89,11 @@ class GaussianBlur:
             return x
         pad = BLUR_TAPS // 2
         padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        return F.conv2d(padded, self.weight(x.shape[1], x.device, x.dtype), groups=x.shape[1])
+        out = F.conv2d(padded, self.weight(x.shape[1], x.device, x.dtype), groups=x.shape[1])
+        # A depthwise weight (C, 1, 9, 9) is channels-last as much as contiguous, and cuDNN may answer in
+        # channels-last: kept so, the layout would spread through SAG's pass and the sampler's latent into
+        # every later UNet call (slower kernels there). The result takes x's layout.
+        return out if out.stride() == x.stride() else torch.empty_like(x).copy_(out)
 
 
 def degrade(x0: torch.Tensor, mask: torch.Tensor, blur: GaussianBlur) -> torch.Tensor:

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from e2e.sag_api import BASE, OFF, ON, TITLE, LogWatch, check_sag_case, decode, encode, generate, with_sag
+from e2e.sag_api import BASE, OFF, ON, TITLE, LogWatch, check_sag_case, decode, encode, generate
+from harness.server import WebUIError
 from e2e.test_e2e_ux import script_info
 
 # Forge's API needs the hires pass's modules named (without them: HTTP 500 in processing.py), and its hires
@@ -138,20 +139,27 @@ def test_ours_with_the_builtin_pag(webui):
 INFOTEXT_HEAD = "a photo of a cat\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, CFG scale: 5, Seed: 11, "
 
 
+def pasted(ui_webui, keys: str) -> str:
+    """The infotext of a txt2img request whose API `infotext` field holds `keys`."""
+    result = ui_webui.post("/sdapi/v1/txt2img", {**BASE, "infotext": INFOTEXT_HEAD + keys})
+    return json.loads(result["info"])["infotexts"][0]
+
+
 def test_our_keys_paste_and_the_builtins_keys_stay_the_builtins(ui_webui):
-    result = ui_webui.post("/sdapi/v1/txt2img", {**BASE, "infotext": INFOTEXT_HEAD + "SAG Scale: 0.7, SAG Blur Sigma: 1.5"})
-    assert "SAG Scale: 0.7, SAG Blur Sigma: 1.5" in json.loads(result["info"])["infotexts"][0]
-    result = ui_webui.post("/sdapi/v1/txt2img", {**BASE, "infotext": INFOTEXT_HEAD + "sag_enabled: True, sag_scale: 0.8"})
-    infotext = json.loads(result["info"])["infotexts"][0]
-    assert "SAG Scale" not in infotext
+    try:
+        pasted(ui_webui, "Clip skip: 1")
+    except WebUIError as error:  # Forge dfdcbab6: modules/api/api.py's get_field_value, isinstance on list[str]
+        pytest.skip(f"this host's API `infotext` field fails without SAG too: {str(error)[:200]}")
+    assert "SAG Scale: 0.7, SAG Blur Sigma: 1.5" in pasted(ui_webui, "SAG Scale: 0.7, SAG Blur Sigma: 1.5")
+    assert "SAG Scale" not in pasted(ui_webui, "sag_enabled: True, sag_scale: 0.8")
 
 
 def test_xyz_plot_with_a_sag_scale_axis(webui):
     xyz_args = script_info(webui, "x/y/z plot")["args"]
     choices = xyz_args[0]["choices"]
     assert {"[SAG] Enabled", "[SAG] Scale", "[SAG] Blur sigma", "[SAG] Threshold", "[SAG] Start", "[SAG] End"} <= set(choices)
-    args = [arg["value"] for arg in xyz_args]
-    args[0], args[1] = choices.index("[SAG] Scale"), "0, 0.4, 0.8"
+    args = [choices.index("[SAG] Scale"), "0, 0.4, 0.8", [], 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]
+    args += [arg["value"] for arg in xyz_args[len(args):]]  # arguments later webuis added
     result = webui.post("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot", "script_args": args})
     grid, *cells = [decode(image) for image in result["images"]]
     infotexts = json.loads(result["info"])["infotexts"][1:]

@@ -1,4 +1,4 @@
-"""Pack what the real webui v1.10.1 needs on a GPU machine without network into ``.gpu/``.
+"""Pack what the real webui v1.10.1 (or, with ``--forge``, a Forge webui) needs on a GPU machine without network into ``.gpu/``.
 
 The GPU machine is assumed to have Python 3.12, torch, numpy, pillow and transformers 5.x (too new for
 the webui), but no gradio/fastapi/pydantic and no network; only this repository's working tree, with
@@ -28,6 +28,15 @@ On the GPU machine, from the repository root::
 
 then start the webui from ``.gpu/webui`` with that PYTHONPATH (the wheels first, so its pins shadow the
 machine's own transformers, huggingface_hub, tokenizers, ...); ``run.sh`` does all of it.
+
+With ``--forge DIR`` (a Forge checkout with ``repositories/huggingface_guess``) it packs that instead, into
+``.gpu/forge/``: its code without the model families' configs other than SD1.5's and SDXL's and without the
+built-in extensions other than its SAG, the pins of ``device_wheels_forge.txt``, and, from
+``--writer-repositories`` (the A1111 webui's ``repositories/``), the ldm and sgm code that writes the test
+checkpoints::
+
+    python3 tests/e2e/gpu/pack.py --forge ~/stable-diffusion-webui-forge \
+        --writer-repositories ~/stable-diffusion-webui/repositories
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
-PINS_FILE = HERE / "device_wheels.txt"
+PINS_FILES = {"webui": HERE / "device_wheels.txt", "forge": HERE / "device_wheels_forge.txt"}
 WHEEL_CACHE = Path(os.environ.get("SAG_GPU_WHEEL_CACHE", Path.home() / ".cache" / "sd-webui-sag-gpu-wheels"))
 LIMIT_MIB = int(os.environ.get("TRAVEL_LIMIT_MIB", "64"))
 TARGET_MIB = LIMIT_MIB - 4
@@ -84,14 +93,34 @@ def pack_webui(webui: Path, dst: Path):
     (dst / "localizations").mkdir(exist_ok=True)  # the webui lists it at startup
 
 
+#: Forge's folders of model-family configs and built-in extensions that the GPU runs use.
+FORGE_MODEL_CONFIGS = ("runwayml/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0")
+FORGE_EXTENSIONS = ("sd_forge_sag",)
+#: Repositories of the A1111 webui whose code writes the test checkpoints (ldm, sgm).
+WRITER_REPOSITORIES = ("stable-diffusion-stability-ai", "generative-models")
+
+
+def pack_forge(forge: Path, writer_repositories: Path, dst: Path):
+    copy_code(forge, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS | {"extensions-builtin", "backend"}, WEBUI_SKIP_FILES)
+    copy_code(forge / "backend", dst / "backend", WEBUI_SUFFIXES, {"huggingface"})
+    for family in FORGE_MODEL_CONFIGS:
+        copy_code(forge / "backend" / "huggingface" / family, dst / "backend" / "huggingface" / family, WEBUI_SUFFIXES)
+    for extension in FORGE_EXTENSIONS:
+        copy_code(forge / "extensions-builtin" / extension, dst / "extensions-builtin" / extension, EXTENSION_SUFFIXES)
+    copy_code(forge / "repositories" / "huggingface_guess", dst / "repositories" / "huggingface_guess", REPOSITORY_SUFFIXES)
+    for repository in WRITER_REPOSITORIES:
+        copy_code(writer_repositories / repository, dst / "repositories" / repository, REPOSITORY_SUFFIXES)
+    (dst / "localizations").mkdir(exist_ok=True)
+
+
 def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def read_pins() -> list[tuple[str, str, bool]]:
+def read_pins(pins_file: Path) -> list[tuple[str, str, bool]]:
     """``(name, version, build_from_sdist)`` for each line ``name==version [# build ...]``."""
     pins = []
-    for line in PINS_FILE.read_text().splitlines():
+    for line in pins_file.read_text().splitlines():
         requirement, _, comment = line.partition("#")
         if requirement.strip():
             name, version = requirement.strip().split("==")
@@ -111,9 +140,9 @@ def pip(*args: str):
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
-def pack_wheels(dst: Path):
-    """Fill the cache with the missing pins, then copy every pinned wheel into ``dst``."""
-    pins = read_pins()
+def pack_wheels(dst: Path, pins_file: Path):
+    """Fill the cache with the missing pins of ``pins_file``, then copy every pinned wheel into ``dst``."""
+    pins = read_pins(pins_file)
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
     missing = [(f"{name}=={version}", build) for name, version, build in pins if not cached_wheel(name, version)]
     if to_download := [requirement for requirement, build in missing if not build]:
@@ -149,23 +178,31 @@ def mib(n_bytes: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--webui", type=Path, default=os.environ.get("SD_WEBUI_PATH"), required="SD_WEBUI_PATH" not in os.environ,
+    parser.add_argument("--webui", type=Path, default=os.environ.get("SD_WEBUI_PATH"),
                         help="webui v1.10.1 checkout with repositories/ (default: $SD_WEBUI_PATH)")
-    parser.add_argument("--clip", type=Path, required=True, help="openai/CLIP checkout (holds clip/)")
+    parser.add_argument("--clip", type=Path, help="openai/CLIP checkout (holds clip/), for the webui")
+    parser.add_argument("--forge", type=Path, help="a Forge checkout to pack instead of the webui")
+    parser.add_argument("--writer-repositories", type=Path, help="with --forge: the webui's repositories/ (ldm, sgm)")
     parser.add_argument("--extension", type=Path, action="append", default=[], help="extension folder to copy")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".gpu", help="output folder (default: .gpu)")
     args = parser.parse_args()
 
+    if not (args.forge and args.writer_repositories) and not (args.webui and args.clip):
+        parser.error("give --webui and --clip, or --forge and --writer-repositories")
     out = args.out.resolve()
     if out.exists():
         shutil.rmtree(out)
-    pack_webui(args.webui, out / "webui")
-    pack_wheels(out / "wheels")
-    copy_code(args.clip / "clip", out / "site" / "clip", (".py", ".txt.gz"))
+    host = "forge" if args.forge else "webui"
+    if args.forge:
+        pack_forge(args.forge, args.writer_repositories, out / "forge")
+    else:
+        pack_webui(args.webui, out / "webui")
+        copy_code(args.clip / "clip", out / "site" / "clip", (".py", ".txt.gz"))
+    pack_wheels(out / "wheels", PINS_FILES[host])
     for extension in args.extension:
         copy_code(extension, out / "extensions" / extension.resolve().name, EXTENSION_SUFFIXES)
 
-    for part in ("webui", "wheels", "site", "extensions"):
+    for part in (host, "wheels", "site", "extensions"):
         print(f"{part:>10}: {mib(size(tree_files(out / part)))}")
     total = size(travelling_files(out))
     print(f"{'.gpu':>10}: {mib(size(tree_files(out)))}")

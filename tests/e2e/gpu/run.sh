@@ -4,24 +4,30 @@
 # with ".gpu" beside it, one command:
 #   bash tests/e2e/gpu/run.sh contract [pytest args]   # tests/e2e/gpu/test_gpu_contract.py, webuis side by side
 #   bash tests/e2e/gpu/run.sh bench [webui_gpu.py args]  # benchmarks/webui_gpu.py against .gpu/extensions/sd_webui_SAG
+# or, packed with --forge (.gpu/forge):
+#   bash tests/e2e/gpu/run.sh forge-contract [pytest args]  # tests/e2e/forge/test_forge_gpu.py
+#   bash tests/e2e/gpu/run.sh forge-bench [forge_gpu.py args]  # benchmarks/forge_gpu.py
 # It installs the wheels, writes the SD1.5- and SDXL-size random checkpoints once per machine and runs the
 # webuis with the e2e harness on CUDA. Logs, the benchmark's rows and records and, for bench, `nvidia-smi dmon`'s
 # record go to $OUT (default /tmp/sag-gpu-out).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 eval "$(bash tests/e2e/gpu/install_device.sh)"
-export SD_WEBUI_PATH="$PWD/.gpu/webui" SD_WEBUI_PYTHON=python3 SD_WEBUI_PYTHONPATH="$PYTHONPATH"
-export SD_WEBUI_TEST_CACHE="${SD_WEBUI_TEST_CACHE:-/tmp/sag-checkpoints}" PYTHONUNBUFFERED=1
+export SD_WEBUI_PYTHONPATH="$PYTHONPATH" SD_WEBUI_TEST_CACHE="${SD_WEBUI_TEST_CACHE:-/tmp/sag-checkpoints}" PYTHONUNBUFFERED=1
+what="${1:?contract, bench, forge-contract or forge-bench}"
+shift
+case "$what" in
+  forge-*) export SD_FORGE_PATH="$PWD/.gpu/forge" SD_FORGE_PYTHON=python3 webui="$PWD/.gpu/forge" layouts="sd15 sdxl" ;;
+  *) export SD_WEBUI_PATH="$PWD/.gpu/webui" SD_WEBUI_PYTHON=python3 webui="$PWD/.gpu/webui" layouts="sd1_wide sdxl_full" ;;
+esac
 out="${OUT:-/tmp/sag-gpu-out}"
 mkdir -p "$out"
 python3 - <<'PY'
 import os
 from harness import checkpoints
-print(checkpoints.make_checkpoints(os.environ["SD_WEBUI_TEST_CACHE"], "python3", os.environ["SD_WEBUI_PATH"],
-                                   layouts=("sd1_wide", "sdxl_full")))
+print(checkpoints.make_checkpoints(os.environ["SD_WEBUI_TEST_CACHE"], "python3", os.environ["webui"],
+                                   layouts=tuple(os.environ["layouts"].split())))
 PY
-what="${1:?contract or bench}"
-shift
 case "$what" in
   contract) SAG_E2E_DEVICE=cuda python3 -m pytest tests/e2e/gpu -n 9 --dist loadgroup -rs "$@" 2>&1 | tee "$out/contract.log" ;;
   bench)  # with the GPU's clocks, power, temperature and load once a second beside it (the bench prints times)
@@ -31,5 +37,7 @@ case "$what" in
       --records "$out/webui-gpu.records.json" "$@" \
       2>&1 | tee "$out/bench.log"
     kill "$dmon" 2>/dev/null || true ;;
-  *) echo "usage: $0 contract|bench [args]" >&2; exit 2 ;;
+  forge-contract) SAG_E2E_DEVICE=cuda python3 -m pytest tests/e2e/forge/test_forge_gpu.py -rs -s "$@" 2>&1 | tee "$out/forge-contract.log" ;;
+  forge-bench) python3 benchmarks/forge_gpu.py --json "$out/forge-gpu.json" "$@" 2>&1 | tee "$out/forge-bench.log" ;;
+  *) echo "usage: $0 contract|bench|forge-contract|forge-bench [args]" >&2; exit 2 ;;
 esac

@@ -1,0 +1,145 @@
+"""Benchmark probe for benchmarks/forge_gpu.py in a Forge webui (a test extension, not part of SAG).
+
+Per generation it records the peak CUDA memory allocated. After a `POST /sag-bench/plain-pass` the next
+generation's steps each make one more model call over the B uncond rows through the host's own batch
+function (`calc_cond_uncond_batch`, as SAG's pass makes it, without SAG), in a post-CFG function on a clone
+of the pass's UNet patcher, isolated (the GPU waited for before and after it), and drop its output: the
+median of its wall times is `plain_pass_ms`. After a `POST /sag-bench/profile` the next generation runs
+under torch's profiler, with ranges around a denoiser step, SAG's parts and the host's batch function, and
+the record holds its operator tables by host and by CUDA time; after a `POST /sag-bench/host-times` the
+same ranges are host timers (no GPU wait) and the record holds their medians. `GET /sag-bench/last`
+returns the last record.
+"""
+import statistics
+import time
+
+import torch
+
+import modules.scripts as scripts
+from backend.sampling.sampling_function import calc_cond_uncond_batch
+from modules import script_callbacks
+
+LAST = {}
+NEXT = set()  # what the next generation does besides measuring memory: "plain-pass", "profile"
+
+
+def labelled(fn, label):
+    """`fn` inside a profiler range named `label`."""
+    def wrapper(*args, **kwargs):
+        with torch.profiler.record_function(label):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def host_timed(spans):
+    """A `labelled` that adds each call's host milliseconds to `spans[label]` instead (no GPU wait)."""
+    def wrap(fn, label):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spans.setdefault(label, []).append(1000 * (time.perf_counter() - start))
+        return wrapper
+    return wrap
+
+
+def label_sag(undo, wrap=labelled):
+    """Ranges (`wrap`: profiler ranges, or host timers) around a denoiser step, SAG's parts and the host's
+    batch function, for one generation; `undo` gets what puts them back."""
+    import sys
+    from modules.sd_samplers_cfg_denoiser import CFGDenoiser
+    targets = [(CFGDenoiser, (None, "forward"), "host: denoiser step"),
+               (sys.modules.get("sag_ext.core.session"), ("SagSession", "begin_step"), "sag: begin_step"),(sys.modules.get("sag_ext.hosts.forge"), ("ForgeAdapter", "post_cfg"), "sag: post-CFG function"),
+               (sys.modules.get("sag_ext.hosts.forge"), ("ForgeAdapter", "on_cfg_denoiser"), "sag: cfg_denoiser"),
+               (sys.modules.get("sag_ext.core.session"), ("SagSession", "end_step"), "sag: end_step"),
+               (sys.modules.get("sag_ext.core.capture"), (None, "per_key_attention_mass"), "sag: attention mass"),
+               (sys.modules.get("sag_ext.core.session"), (None, "degraded_input"), "sag: degraded input"),
+               (sys.modules.get("backend.sampling.sampling_function"), (None, "calc_cond_uncond_batch"), "host: calc_cond_uncond_batch")]
+    for module, (owner_name, name), label in targets:
+        owner = getattr(module, owner_name) if owner_name else module
+        if owner is None:
+            continue
+        original = getattr(owner, name)
+        setattr(owner, name, wrap(original, label))
+        undo.append(lambda owner=owner, name=name, original=original: setattr(owner, name, original))
+    adapter = getattr(sys.modules.get("sag_ext.hosts.forge"), "adapter", None)
+    if adapter is not None:
+        webui = adapter().webui
+        original = webui.calc_cond_uncond_batch
+        webui.calc_cond_uncond_batch = wrap(original, "sag: its pass (calc_cond_uncond_batch)")
+        undo.append(lambda: setattr(webui, "calc_cond_uncond_batch", original))
+
+
+class SagForgeBenchProbe(scripts.Script):
+    def title(self):
+        return "sag forge bench probe"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p, *args):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        p.sag_bench_plain_ms = [] if "plain-pass" in NEXT else None
+        p.sag_bench_profiler = None
+        p.sag_bench_spans = None
+        if "host-times" in NEXT:
+            p.sag_bench_spans, p.sag_bench_undo = {}, []
+            label_sag(p.sag_bench_undo, host_timed(p.sag_bench_spans))
+        if "profile" in NEXT:
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            p.sag_bench_profiler = torch.profiler.profile(activities=activities)
+            p.sag_bench_undo = []
+            label_sag(p.sag_bench_undo)
+            p.sag_bench_profiler.__enter__()
+        NEXT.clear()
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
+        if p.sag_bench_plain_ms is None:
+            return
+        times = p.sag_bench_plain_ms
+
+        def plain_pass(args):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            calc_cond_uncond_batch(args["model"], args["uncond"], None, args["input"], args["sigma"], args["model_options"])
+            torch.cuda.synchronize()
+            times.append(1000 * (time.perf_counter() - start))
+            return args["denoised"]
+
+        unet = p.sd_model.forge_objects.unet.clone()
+        unet.set_model_sampler_post_cfg_function(plain_pass)
+        p.sd_model.forge_objects.unet = unet
+
+    def postprocess(self, p, processed, *args):
+        LAST.clear()
+        LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20,
+                    plain_pass_ms=statistics.median(p.sag_bench_plain_ms) if p.sag_bench_plain_ms else None)
+        if p.sag_bench_spans is not None:
+            for undo in p.sag_bench_undo:
+                undo()
+            LAST.update(host_ms={label: {"calls": len(ms), "median": round(statistics.median(ms), 3),
+                                         "total": round(sum(ms), 1)} for label, ms in p.sag_bench_spans.items()})
+        if p.sag_bench_profiler is not None:
+            p.sag_bench_profiler.__exit__(None, None, None)
+            for undo in p.sag_bench_undo:
+                undo()
+            averages = p.sag_bench_profiler.key_averages()
+            LAST.update(profile_by_host=averages.table(sort_by="cpu_time_total", row_limit=70),
+                        profile_by_cuda=averages.table(sort_by="cuda_time_total", row_limit=25))
+
+
+def for_next_generation(what):
+    def request():
+        NEXT.add(what)
+    return request
+
+
+def add_route(_demo, app):
+    app.add_api_route("/sag-bench/last", lambda: dict(LAST), methods=["GET"])
+    for what in ("plain-pass", "profile", "host-times"):
+        app.add_api_route(f"/sag-bench/{what}", for_next_generation(what), methods=["POST"])
+
+
+script_callbacks.on_app_started(add_route)
