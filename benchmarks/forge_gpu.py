@@ -29,13 +29,11 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.webui_gpu import measure, write  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.webui_gpu import ROOT, STEPS, measure, write  # noqa: E402
 from harness.server import ForgeWebUI  # noqa: E402
 
 PROBE = ROOT / "benchmarks" / "forge_probe"
-STEPS = 20
 CONFIGS = {  # name: (checkpoint, size, batch, warm-up rounds, repeats)
     "sd15-512-b1": ("sd15", 512, 1, 2, 7),
     "sdxl-1024-b1": ("sdxl", 1024, 1, 1, 4),

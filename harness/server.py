@@ -6,7 +6,8 @@ The webui checkout and its interpreter come from the environment:
 * ``SD_WEBUI_PYTHON``: its venv's python (default ``$SD_WEBUI_PATH/venv/bin/python``);
 * ``SD_WEBUI_PYTHONPATH``: packages that interpreter needs on its ``PYTHONPATH`` (the GPU runner's
   wheels, ``tests/e2e/gpu``), if any;
-* ``SD_FORGE_PATH`` / ``SD_FORGE_PYTHON``: the same for a Forge-family webui (:class:`ForgeWebUI`).
+* ``SD_FORGE_PATH`` / ``SD_FORGE_PYTHON``: the same for a Forge-family webui (:class:`ForgeWebUI`);
+  ``SD_FORGE_ARGS``: further launch flags it needs.
 
 :class:`WebUI` makes a private ``--data-dir`` holding ``extensions/sd-webui-sag`` (a
 symlink to this repository), the tiny checkpoints of :mod:`checkpoints`, an offline
@@ -361,6 +362,7 @@ class ForgeWebUI(WebUI):
     def launch_flags(self) -> list[str]:
         flags = self.host_flags()
         base = [arg for arg in BASE_ARGS if not arg.startswith("--") or f'"{arg}"' in flags]
+        base += os.environ.get("SD_FORGE_ARGS", "").split()
         if self.device == "cuda":  # the host's defaults there (float16)
             return base
         return base + ["--always-cpu" if '"--always-cpu"' in flags else "--cpu"]

@@ -30,6 +30,17 @@ def capture_on(unet):
     return MiddleBlockCapture(unet, *middle_block_attention(unet))
 
 
+def captured_mass(unet, rows, *calls):
+    """The mass that the row selection `rows` records from the UNet calls `calls` (functions), or None."""
+    capture = capture_on(unet)
+    capture.arm(rows)
+    for call in calls:
+        call()
+    taken = capture.take()
+    capture.remove()
+    return None if taken is None else taken[0]
+
+
 def attn_inputs(unet, x):
     """The middle attn1's input, recorded by an independent hook."""
     seen = []
@@ -136,15 +147,9 @@ def test_rows_are_counted_across_chunked_calls(layout):
     """Rows split over several UNet calls (batch_cond_uncond off) give the same mass as one call."""
     unet, _, _ = layout
     x = torch.randn(6, 4, 32, 32)
-    capture = capture_on(unet)
-    capture.arm(LastRowsOfStep(total=6, target=3))
-    run_unet(unet, x)
-    whole, _ = capture.take()
-    capture.arm(LastRowsOfStep(total=6, target=3))
-    for start in range(0, 6, 2):  # chunks of 2 rows: the uncond block starts inside the second chunk
-        run_unet(unet, x[start:start + 2], rows=slice(start, start + 2))
-    chunked, _ = capture.take()
-    capture.remove()
+    whole = captured_mass(unet, LastRowsOfStep(total=6, target=3), lambda: run_unet(unet, x))
+    chunked = captured_mass(unet, LastRowsOfStep(total=6, target=3), *[  # the uncond block starts inside the second chunk
+        lambda start=start: run_unet(unet, x[start:start + 2], rows=slice(start, start + 2)) for start in range(0, 6, 2)])
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
 
 
@@ -157,6 +162,16 @@ def test_missing_uncond_rows_give_nothing(layout):
     capture.remove()
 
 
+def assert_reported(unet):
+    """One UNet call with a capture armed: it completes, and the capture reports UnsupportedAttention."""
+    capture = capture_on(unet)
+    capture.arm(LastRowsOfStep(total=1, target=1))
+    run_unet(unet, torch.randn(1, 4, 32, 32))
+    assert isinstance(capture.error, UnsupportedAttention)
+    assert capture.take() is None
+    capture.remove()
+
+
 def test_concatenated_keys_are_reported_not_raised():
     """A neighbour that feeds the self-attention extra keys (ControlNet's reference-only concatenates a
     reference's tokens): SAG reports it and the UNet call completes."""
@@ -164,14 +179,9 @@ def test_concatenated_keys_are_reported_not_raised():
     _, attn = middle_block_attention(unet)
     keys_through(attn, lambda x: torch.cat([x, x], dim=1))
     try:
-        capture = capture_on(unet)
-        capture.arm(LastRowsOfStep(total=1, target=1))
-        run_unet(unet, torch.randn(1, 4, 32, 32))
+        assert_reported(unet)
     finally:
         del attn.forward
-    assert isinstance(capture.error, UnsupportedAttention)
-    assert capture.take() is None
-    capture.remove()
 
 
 def test_a_pass_inside_the_unet_call_is_reported_not_misread():
@@ -186,14 +196,9 @@ def test_a_pass_inside_the_unet_call_is_reported_not_misread():
         return inner(x, *args, **kwargs)
     unet.forward = forward_with_a_reference_pass
     try:
-        capture = capture_on(unet)
-        capture.arm(LastRowsOfStep(total=1, target=1))
-        run_unet(unet, torch.randn(1, 4, 32, 32))
+        assert_reported(unet)
     finally:
         del unet.forward
-    assert isinstance(capture.error, UnsupportedAttention)
-    assert capture.take() is None
-    capture.remove()
 
 
 # ---- the Forge family's layout: chunks named per call in transformer_options["cond_or_uncond"] ------
@@ -228,16 +233,10 @@ def test_uncond_in_a_call_of_its_own(layout):
     and a later uncond chunk in the same step (another guidance's pass) is not."""
     unet, _, _ = layout
     x = torch.randn(4, 4, 32, 32)
-    capture = capture_on(unet)
-    capture.arm(UncondChunk(target=2))
-    forge_call(unet, x, [UNCOND, COND])
-    together, _ = capture.take()
-    capture.arm(UncondChunk(target=2))
-    forge_call(unet, x[2:], [COND], rows=slice(2, 4))
-    forge_call(unet, x[:2], [UNCOND], rows=slice(0, 2))
-    forge_call(unet, torch.randn(2, 4, 32, 32), [UNCOND])
-    apart, _ = capture.take()
-    capture.remove()
+    together = captured_mass(unet, UncondChunk(target=2), lambda: forge_call(unet, x, [UNCOND, COND]))
+    apart = captured_mass(unet, UncondChunk(target=2), lambda: forge_call(unet, x[2:], [COND], rows=slice(2, 4)),
+                          lambda: forge_call(unet, x[:2], [UNCOND], rows=slice(0, 2)),
+                          lambda: forge_call(unet, torch.randn(2, 4, 32, 32), [UNCOND]))
     torch.testing.assert_close(apart, together, atol=1e-5, rtol=0)
 
 

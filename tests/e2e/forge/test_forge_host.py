@@ -158,8 +158,10 @@ def test_xyz_plot_with_a_sag_scale_axis(webui):
     xyz_args = script_info(webui, "x/y/z plot")["args"]
     choices = xyz_args[0]["choices"]
     assert {"[SAG] Enabled", "[SAG] Scale", "[SAG] Blur sigma", "[SAG] Threshold", "[SAG] Start", "[SAG] End"} <= set(choices)
-    args = [choices.index("[SAG] Scale"), "0, 0.4, 0.8", [], 0, "", [], 0, "", [], True, True, False, False, 0, 0, 0, 0, False]
-    args += [arg["value"] for arg in xyz_args[len(args):]]  # arguments later webuis added
+    # the hosts order the later arguments differently: the axes first, then the others by their labels
+    args = [choices.index("[SAG] Scale"), "0, 0.4, 0.8", [], 0, "", [], 0, "", []]
+    later = {"Include Sub Images": True, "Draw legend": True}
+    args += [later.get(arg["label"], arg["value"]) for arg in xyz_args[len(args):]]
     result = webui.post("/sdapi/v1/txt2img", {**BASE, "script_name": "x/y/z plot", "script_args": args})
     grid, *cells = [decode(image) for image in result["images"]]
     infotexts = json.loads(result["info"])["infotexts"][1:]
