@@ -39,10 +39,11 @@ class ForgeHost:
         self.original_patcher = self.sd_model.forge_objects.unet
 
     def step(self, params=None, x=None, sigma=None, cond_tokens=77, cfg=CFG, builtin_sag=False, cloned_after=False,
-             **denoiser_kwargs):
+             finished=True, **denoiser_kwargs):
         """One sampling step as the webui runs it (a fresh pass: the patcher rebuilt, then
         process_before_every_sampling), with SAG on `params` (None: off); `cloned_after`: another script
-        clones the patcher after ours, as the hosts' built-in guidance does. Returns (denoised, p)."""
+        clones the patcher after ours, as the hosts' built-in guidance does; `finished`: the generation
+        ends (else it failed before its end, and its session is never closed). Returns (denoised, p)."""
         self.sd_model.forge_objects.unet = self.original_patcher
         p = SimpleNamespace(sd_model=self.sd_model, extra_generation_params={}, is_hr_pass=False)
         if builtin_sag:
@@ -59,7 +60,7 @@ class ForgeHost:
         sigma = torch.full((BATCH,), 8.0) if sigma is None else sigma
         denoised = denoiser.forward(x, sigma, text(BATCH, seed=2), text(BATCH, cond_tokens, seed=1), cfg)
         session = SagSession.of(p)
-        if session is not None:
+        if session is not None and finished:
             session.close()
         return denoised, p
 
@@ -116,6 +117,14 @@ def test_off_after_on_is_identical_and_the_patch_stays_on_a_clone(forge_host):
     transformer, attn = middle_block_attention(unet)
     assert not (unet._forward_pre_hooks or transformer._forward_pre_hooks or attn.to_q._forward_hooks
                 or attn.to_k._forward_hooks)
+
+
+def test_hooks_left_by_a_failed_generation_go_at_the_next_step(forge_host):
+    forge_host.step(PARAMS, finished=False)
+    _, attn = middle_block_attention(forge_host.unet)
+    assert attn.to_q._forward_hooks
+    forge_host.step(None)
+    assert not (attn.to_q._forward_hooks or attn.to_k._forward_hooks or forge_host.unet._forward_pre_hooks)
 
 
 def test_a_clone_after_ours_keeps_our_function_and_session(forge_host):

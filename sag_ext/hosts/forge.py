@@ -72,6 +72,7 @@ class ForgeAdapter:
         session = SagSession.of(p)
         if session is None or not session.active:
             return
+
         def post_cfg(args):  # a plain function: the patchers' clone() deep-copies model_options, but not functions
             return self.post_cfg(session, args)
 
@@ -85,6 +86,7 @@ class ForgeAdapter:
         p = getattr(denoiser, "p", None)
         session = SagSession.of(p)
         if session is None or not session.active:
+            self.release_model_hooks()  # left by a generation that never finished, if any
             return
         if p.extra_generation_params.get(BUILTIN_SAG_KEY):
             session.stop("the webui's built-in Self-Attention Guidance is on as well; turn one of them off")
@@ -125,7 +127,7 @@ def batch_function():
     for name in BATCH_FUNCTION_MODULES:
         try:
             return importlib.import_module(name).calc_cond_uncond_batch
-        except ImportError:
+        except (ImportError, AttributeError):
             continue
     raise ImportError(f"none of {', '.join(BATCH_FUNCTION_MODULES)} has calc_cond_uncond_batch")
 
