@@ -1,9 +1,9 @@
 """Per-key self-attention mass of the middle block, captured with torch module hooks.
 
-Four hooks on one UNet: a forward pre-hook on the UNet picks which rows of each call SAG needs (a
-`RowSelection`, given by the host adapter: the hosts lay out cond and uncond rows differently), a
-forward pre-hook on the middle block's transformer records the real grid (h, w), and forward hooks on
-its first `attn1`'s `to_q` and `to_k` keep the host's own q and k of those rows. The projections run
+Four hooks on one UNet: a forward pre-hook on the UNet picks which rows of each call SAG needs (a row
+selection, `LastRowsOfStep` or `UncondChunk`, given by the host adapter: the hosts lay out cond and uncond
+rows differently), a forward pre-hook on the middle block's transformer records the real grid (h, w), and
+forward hooks on its first `attn1`'s `to_q` and `to_k` keep the host's own q and k of those rows. The projections run
 whichever way the host's attention calls them (its own forward, an attention optimisation, a replace
 patch of another guidance), and the attention output stays the host's own. The mass is reduced in query
 chunks, so no (heads, N, N) matrix is ever held.
@@ -195,7 +195,7 @@ class MiddleBlockCapture:
             self._guarded(self._keep_q, output)
 
     def _keep_q(self, q):
-        low, high, _, batch = self._call
+        low, high = self._call[:2]
         self._check(q, "queries")
         self._q = q[low:high]
 
