@@ -11,7 +11,11 @@ ours, the built-in SAG and the plain-pass variant once, in an order that rotates
 * floor_ratio = 1 + steps * plain_pass_ms / 1000 / t_off_s, the cost of exactly one extra pass per step,
   where plain_pass_ms is the median (over the steps, then the generations) of one isolated model call over
   the B uncond rows through Forge's own batch function, in a SAG-off generation;
-* peak_off_mib, peak_sag_mib, peak_builtin_mib: the peak CUDA memory allocated during the generation.
+* peak_off_mib, peak_sag_mib, peak_builtin_mib: the peak CUDA memory allocated during the generation;
+* sag_off_paired, builtin_off_paired: the median over the repeats of each repeat's own ratio to its SAG-off
+  generation (the variants of a repeat run back to back), which drifts of the machine's speed between
+  repeats do not move; where a generation is bound by the host's Python (SDXL at 1024² on an H200), such
+  drifts reach tens of percent.
 
 `--profile DIR` writes, per configuration, the profiler's operator tables of one generation off and one
 with ours on into DIR.
@@ -36,7 +40,7 @@ from harness.server import ForgeWebUI  # noqa: E402
 PROBE = ROOT / "benchmarks" / "forge_probe"
 CONFIGS = {  # name: (checkpoint, size, batch, warm-up rounds, repeats)
     "sd15-512-b1": ("sd15", 512, 1, 2, 7),
-    "sdxl-1024-b1": ("sdxl", 1024, 1, 1, 4),
+    "sdxl-1024-b1": ("sdxl", 1024, 1, 2, 10),
     "sdxl-2048-b1": ("sdxl", 2048, 1, 1, 2),
 }
 OURS = "self-attention guidance"
@@ -54,11 +58,14 @@ def row(name, gpu, host, runs):
     seconds = {label: statistics.median(s for s, _ in runs[label]) for label in ("off", "on", "builtin")}
     plain_ms = statistics.median(record["plain_pass_ms"] for _, record in runs["plain"])
     peak = {label: round(max(record["peak_mib"] for _, record in runs[label]), 1) for label in ("off", "on", "builtin")}
+    paired = {label: round(statistics.median(t / t_off for (t, _), (t_off, _) in zip(runs[label], runs["off"])), 4)
+              for label in ("on", "builtin")}
     return {"host": host, "config": name, "gpu": gpu, "steps": STEPS, "repeats": len(runs["on"]),
             "t_off_s": round(seconds["off"], 4), "t_sag_s": round(seconds["on"], 4),
             "t_builtin_s": round(seconds["builtin"], 4), "plain_pass_ms": round(plain_ms, 3),
             "floor_ratio": round(1 + STEPS * plain_ms / 1000 / seconds["off"], 4),
-            "peak_off_mib": peak["off"], "peak_sag_mib": peak["on"], "peak_builtin_mib": peak["builtin"]}
+            "peak_off_mib": peak["off"], "peak_sag_mib": peak["on"], "peak_builtin_mib": peak["builtin"],
+            "sag_off_paired": paired["on"], "builtin_off_paired": paired["builtin"]}
 
 
 def profile(webui, name, bodies, out: Path):
@@ -79,11 +86,12 @@ def profile(webui, name, bodies, out: Path):
 
 
 def print_table(rows):
-    print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'built-in s':>11}{'SAG/off':>9}{'floor':>8}{'target':>8}"
-          f"{'peak off':>10}{'peak SAG':>10}{'peak built-in':>14}")
+    print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'built-in s':>11}{'SAG/off':>9}{'paired':>8}{'built-in/off':>13}"
+          f"{'floor':>8}{'target':>8}{'peak off':>10}{'peak SAG':>10}{'peak built-in':>14}")
     for r in rows:
         print(f"{r['config']:<14}{r['t_off_s']:>8.3f}{r['t_sag_s']:>8.3f}{r['t_builtin_s']:>11.3f}"
-              f"{r['t_sag_s'] / r['t_off_s']:>9.3f}{r['floor_ratio']:>8.3f}{1.03 * r['floor_ratio']:>8.3f}"
+              f"{r['t_sag_s'] / r['t_off_s']:>9.3f}{r['sag_off_paired']:>8.3f}{r['builtin_off_paired']:>13.3f}"
+              f"{r['floor_ratio']:>8.3f}{1.03 * r['floor_ratio']:>8.3f}"
               f"{r['peak_off_mib']:>10.0f}{r['peak_sag_mib']:>10.0f}{r['peak_builtin_mib']:>14.0f}")
 
 
