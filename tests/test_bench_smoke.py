@@ -49,6 +49,26 @@ def test_webui_gpu_rows_have_their_keys_and_the_floor_of_one_isolated_pass():
     assert without_old["t_old_s"] is None and without_old["t_old_off_s"] is None
 
 
+
+def test_forge_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
+    """benchmarks/forge_gpu.py's row: medians of the whole generations, the floor of one isolated pass, peaks,
+    and the paired ratios (the median of each repeat's ratio to its own SAG-off generation), which a
+    machine whose speed drifts between repeats does not move."""
+    from benchmarks import forge_gpu
+
+    def runs(seconds, plain_ms=None):
+        return [(s, {"peak_mib": 100.0 + s, "plain_pass_ms": plain_ms}) for s in seconds]
+
+    # the machine is twice as fast in the last repeat: the medians mix repeats, the pairs do not
+    timed = {"off": runs([1.0, 1.0, 0.5]), "on": runs([1.5, 1.6, 0.8]), "builtin": runs([1.4, 1.5, 0.75]),
+             "plain": runs([1.0, 1.0, 0.5], plain_ms=25.0)}
+    row = forge_gpu.row("sd15-512-b1", "GPU", "Forge abc", timed)
+    assert (row["t_off_s"], row["t_sag_s"], row["t_builtin_s"]) == (1.0, 1.5, 1.4)
+    assert row["floor_ratio"] == 1.5 and row["plain_pass_ms"] == 25.0
+    assert (row["peak_off_mib"], row["peak_sag_mib"], row["peak_builtin_mib"]) == (101.0, 101.6, 101.5)
+    assert (row["sag_off_paired"], row["builtin_off_paired"]) == (1.6, 1.5)
+    assert (row["host"], row["repeats"]) == ("Forge abc", 3)
+
 def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
     """Each repeat runs every variant once, starting one later each round; a variant's probe request is
     posted right before its generation; warm-up rounds are not kept; a variant whose webui fails is
