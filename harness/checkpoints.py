@@ -11,6 +11,9 @@ own ``v1-inference.yaml`` and sgm's ``sd_xl_base.yaml`` with small sizes:
   by default: its file is 3.4 GB.
 * ``sd15``: every part at SD1.5's sizes (UNet, CLIP ViT-L/14 text model, VAE), stored in float16
   (2 GB): the Forge hosts recognise a model by its sizes and load nothing smaller.
+* ``sd21``: every part at SD2.1 768-v's sizes (UNet with 64-channel heads, linear transformers and a
+  1024-wide context, OpenCLIP ViT-H/14 text tower, VAE), v-prediction, float16 (2.6 GB): for the Forge
+  hosts, which recognise it by its sizes and its v-prediction by the spread of one layer norm's bias.
 * ``sdxl``: every part at SDXL's sizes (``sdxl_full``'s UNet with a 2048-wide context and 2816 ADM inputs,
   CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers, the VAE), float16 (7 GB): for the Forge hosts on a GPU.
 * ``sdxl_full``: ``sdxl_tiny`` with the UNet at SDXL's sizes (model_channels 320, channel_mult
@@ -48,6 +51,9 @@ STAMP_KEY = "sd_webui_sag_test"
 OPEN_CLIP_ARCH = "ViT-S-32-alt"  # smallest open_clip text tower: width 256, 10 layers, embed_dim 256
 OPEN_CLIP_WIDTH = 256
 SDXL_OPEN_CLIP_ARCH, SDXL_OPEN_CLIP_WIDTH = "ViT-bigG-14", 1280  # SDXL's second text tower
+SD2_OPEN_CLIP_ARCH, SD2_OPEN_CLIP_WIDTH = "ViT-H-14", 1024  # SD2's text tower
+# the hosts take an SD2 model for v-prediction when this bias spreads (std > 0.09), as trained 768-v models do
+SD2_V_MARKER = "output_blocks.11.1.transformer_blocks.0.norm1.bias"
 CLIP_WIDTH = TINY_CLIP_TEXT["hidden_size"]
 CLIP_L_WIDTH = text_config()["hidden_size"]
 ADM_OUTDIM = 256  # per size/crop component, as in SDXL
@@ -78,6 +84,19 @@ def sd1_config(model_channels: int = 32, full_size: bool = False) -> dict:
         "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
                               "params": {"version": CLIP_L_REPO if full_size else TINY_CLIP_REPO}},
     }}}
+
+
+def sd21_config() -> dict:
+    """Model config (yaml content) of ``sd21``: the SD2.1 768-v model (stablediffusion's ``v2-inference-v.yaml``)
+    without pretrained text weights."""
+    cfg = sd1_config(full_size=True)
+    params = cfg["model"]["params"]
+    params["parameterization"] = "v"
+    params["unet_config"]["params"].update(num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
+                                           context_dim=SD2_OPEN_CLIP_WIDTH)
+    params["cond_stage_config"] = {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder", "params": {
+        "arch": SD2_OPEN_CLIP_ARCH, "version": None, "freeze": True, "layer": "penultimate"}}
+    return cfg
 
 
 def sdxl_config(full_size: bool = False, real_text: bool = False) -> dict:
@@ -124,8 +143,8 @@ def sdxl_config(full_size: bool = False, real_text: bool = False) -> dict:
 
 CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config, "sd1_wide": lambda: sd1_config(model_channels=320),
            "sdxl_full": lambda: sdxl_config(full_size=True), "sd15": lambda: sd1_config(full_size=True),
-           "sdxl": lambda: sdxl_config(full_size=True, real_text=True)}
-HALF_LAYOUTS = ("sdxl_full", "sd15", "sdxl")  # stored in float16
+           "sdxl": lambda: sdxl_config(full_size=True, real_text=True), "sd21": sd21_config}
+HALF_LAYOUTS = ("sdxl_full", "sd15", "sdxl", "sd21")  # stored in float16
 
 
 def webui_pythonpath(*first) -> str:
@@ -234,6 +253,23 @@ def _build_sd1(cfg):
     return sd
 
 
+def _build_sd2(cfg):
+    import torch
+    from ldm.modules.encoders.modules import FrozenOpenCLIPEmbedder
+    p = cfg["model"]["params"]
+    context_dim = p["unet_config"]["params"]["context_dim"]
+    sd = _unet_and_vae(p["unet_config"], p["first_stage_config"], context_dim, scale_factor=p["scale_factor"])
+    if p.get("parameterization") == "v":
+        with torch.no_grad():
+            sd["model.diffusion_model." + SD2_V_MARKER].normal_(0.0, 0.2)
+    embedder = FrozenOpenCLIPEmbedder(device="cpu", **p["cond_stage_config"]["params"])
+    with torch.no_grad():  # as in _text_models: the hosts' emphasis divides by the mean of the normed output
+        embedder.model.ln_final.weight.normal_(1.0, 0.2)
+        embedder.model.ln_final.bias.normal_(0.1, 0.2)
+    sd.update({"cond_stage_model.model." + k: v for k, v in embedder.model.state_dict().items()})
+    return sd
+
+
 def _build_sdxl(cfg):
     import sgm.modules.encoders.modules as enc
     p = cfg["model"]["params"]
@@ -257,7 +293,7 @@ def _write(name: str, out_dir: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     cfg = CONFIGS[name]()
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a GPU makes the full sizes in seconds
-        sd = (_build_sdxl if name.startswith("sdxl") else _build_sd1)(cfg)
+        sd = (_build_sdxl if name.startswith("sdxl") else _build_sd2 if name.startswith("sd2") else _build_sd1)(cfg)
     dtype = torch.float16 if name in HALF_LAYOUTS else torch.float32
     sd = {k: v.detach().to("cpu", dtype).contiguous().clone() if v.is_floating_point() else v.cpu().contiguous().clone()
           for k, v in sd.items()}
