@@ -363,6 +363,8 @@ class ForgeWebUI(WebUI):
         flags = self.host_flags()
         base = [arg for arg in BASE_ARGS if not arg.startswith("--") or f'"{arg}"' in flags]
         base += os.environ.get("SD_FORGE_ARGS", "").split()
+        if '"--gradio-allowed-path"' in flags:  # gradio 4 serves only allowed paths: the data dir, and the UI's
+            base += ["--gradio-allowed-path", str(self.webui_path)]  # own script.js and style.css from here
         if self.device == "cuda":  # the host's defaults there (float16)
             return base
         return base + ["--always-cpu" if '"--always-cpu"' in flags else "--cpu"]
