@@ -39,7 +39,7 @@ from harness.server import ForgeWebUI  # noqa: E402
 
 PROBE = ROOT / "benchmarks" / "forge_probe"
 CONFIGS = {  # name: (checkpoint, size, batch, warm-up rounds, repeats)
-    "sd15-512-b1": ("sd15", 512, 1, 2, 7),
+    "sd15-512-b1": ("sd15", 512, 1, 2, 20),
     "sdxl-1024-b1": ("sdxl", 1024, 1, 2, 10),
     "sdxl-2048-b1": ("sdxl", 2048, 1, 1, 2),
 }

@@ -9,11 +9,22 @@ import pytest
 from e2e.conftest import kept_data_dir
 from e2e.forge.test_forge_host import builtin, images_of, with_scripts
 from e2e.sag_api import BASE, ON, TITLE, check_sag_case
-from harness.server import ForgeWebUI
+from harness.server import ForgeWebUI, forge_from_env
+
+
+def loads_sd2(webui_path) -> bool:
+    """Whether the host can load an SD2.x model: Forge and Neo build a model from the diffusers config of
+    its family in `backend/huggingface/` (Neo keeps none for SD2.x); reForge and Classic detect it in
+    `ldm_patched`, which has SD2.x."""
+    configs = webui_path / "backend" / "huggingface"
+    return not configs.is_dir() or (configs / "stabilityai" / "stable-diffusion-2-1").is_dir()
 
 
 @pytest.fixture(scope="module")
 def sd2_webui(checkpoint_cache):
+    webui_path, _ = forge_from_env()
+    if not loads_sd2(webui_path):
+        pytest.skip("this webui has no SD2.x model family (Forge Neo)")
     with ForgeWebUI(checkpoint="sd21", layouts=("sd21",), checkpoint_cache=checkpoint_cache,
                     data_dir=kept_data_dir("forge-sd2")) as server:
         yield server
