@@ -91,7 +91,7 @@ def bpe_vocab_path(python: str) -> str:
 def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_extension: bool = True,
                      extra_extensions=(), checkpoint_cache: Path | None = None, options: dict | None = None,
                      layouts=checkpoints.LAYOUTS) -> None:
-    """Fill ``data_dir`` with extensions/, models/Stable-diffusion/ (the checkpoints ``layouts``),
+    """Fill ``data_dir`` with extensions/, tmp/, models/Stable-diffusion/ (the checkpoints ``layouts``),
     models/hypernetworks/ (:mod:`hypernetwork`), hf/ and config.json.
 
     ``extra_extensions`` are directories of other extensions (checked out by whoever runs the tests,
@@ -103,6 +103,7 @@ def prepare_data_dir(data_dir: Path, webui_path: Path, python: str, *, with_exte
     ckpt_dir = data_dir / "models" / "Stable-diffusion"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "extensions").mkdir(exist_ok=True)
+    (data_dir / "tmp").mkdir(exist_ok=True)  # Forge Neo's gallery writes there (its `temp_dir`) and never makes it
     if with_extension:
         link = data_dir / "extensions" / EXTENSION_NAME
         if not link.is_symlink():

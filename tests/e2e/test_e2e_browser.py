@@ -102,12 +102,12 @@ SETTINGS_GROUPS = """() => {
 
 def test_settings_section_under_stable_diffusion(page):
     """on_ui_settings registers SAG's settings with category_id="sd": its section is listed with the webui's
-    "Sampler parameters" under "Stable Diffusion", not under "Uncategorized" at the end."""
+    own "Stable Diffusion" section under the "Stable Diffusion" category, not under "Uncategorized" at the end."""
     page.locator("#tabs > .tab-nav button", has_text="Settings").first.click()
     page.wait_for_selector("#tab_settings", state="visible")
     page.wait_for_selector("#settings span.settings-category", state="attached", timeout=30_000)
     groups = dict(page.evaluate(SETTINGS_GROUPS))
-    assert groups.get("Sampler parameters") == "Stable Diffusion", groups  # the layout is what this test reads
+    assert groups.get("Stable Diffusion") == "Stable Diffusion", groups  # the layout is what this test reads
     assert groups.get("Self-Attention Guidance") == "Stable Diffusion", groups  # not "Uncategorized"
     button = page.locator("#settings > div > button", has_text="Self-Attention Guidance")
     button.click()

@@ -50,7 +50,8 @@ def label_sag(undo, wrap=labelled):
     import sys
     from modules.sd_samplers_cfg_denoiser import CFGDenoiser
     targets = [(CFGDenoiser, (None, "forward"), "host: denoiser step"),
-               (sys.modules.get("sag_ext.core.session"), ("SagSession", "begin_step"), "sag: begin_step"),(sys.modules.get("sag_ext.hosts.forge"), ("ForgeAdapter", "post_cfg"), "sag: post-CFG function"),
+               (sys.modules.get("sag_ext.core.session"), ("SagSession", "begin_step"), "sag: begin_step"),
+               (sys.modules.get("sag_ext.hosts.forge"), ("ForgeAdapter", "post_cfg"), "sag: post-CFG function"),
                (sys.modules.get("sag_ext.hosts.forge"), ("ForgeAdapter", "on_cfg_denoiser"), "sag: cfg_denoiser"),
                (sys.modules.get("sag_ext.core.session"), ("SagSession", "end_step"), "sag: end_step"),
                (sys.modules.get("sag_ext.core.capture"), (None, "per_key_attention_mass"), "sag: attention mass"),
