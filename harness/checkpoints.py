@@ -15,7 +15,7 @@ own ``v1-inference.yaml`` and sgm's ``sd_xl_base.yaml`` with small sizes:
   1024-wide context, OpenCLIP ViT-H/14 text tower, VAE), v-prediction, float16 (2.6 GB): for the Forge
   hosts, which recognise it by its sizes and its v-prediction by the spread of one layer norm's bias.
 * ``sdxl``: every part at SDXL's sizes (``sdxl_full``'s UNet with a 2048-wide context and 2816 ADM inputs,
-  CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers, the VAE), float16 (7 GB): for the Forge hosts on a GPU.
+  CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 text towers, the VAE), float16 (7 GB): for the Forge hosts.
 * ``sdxl_full``: ``sdxl_tiny`` with the UNet at SDXL's sizes (model_channels 320, channel_mult
   [1, 2, 4], transformer depths [0, 2, 10], 64-channel heads), stored in float16 (5 GB): for the GPU
   runs (``tests/e2e/gpu``). Its cross-attention takes the tiny text towers' 320-wide context.

@@ -1,0 +1,52 @@
+"""SAG on the other model families in a real Forge-family webui on the CPU: ``sd21`` (every part at SD2.1
+768-v's sizes, v-prediction; its middle block has 64-channel heads, linear transformers and a 1024-wide
+context) and ``sdxl`` (every part at SDXL's sizes: ten transformers in the middle block, 20 heads, two text
+towers and the ADM vector). The case contract on two samplers, and ours beside the built-in SAG where the
+host has one; at 128 px the middle grid is 2x2 (SD2.1) and 4x4 (SDXL)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from e2e.conftest import kept_data_dir
+from e2e.forge.test_forge_host import builtin, images_of, with_scripts
+from e2e.sag_api import BASE, ON, TITLE, check_sag_case
+from harness.server import ForgeWebUI, forge_from_env
+
+
+def loads_sd2(webui_path) -> bool:
+    """Whether the host can load an SD2.x model: Forge and Neo build a model from the diffusers config of
+    its family in `backend/huggingface/` (Neo keeps none for SD2.x); reForge and Classic detect it in
+    `ldm_patched`, which has SD2.x."""
+    configs = webui_path / "backend" / "huggingface"
+    return not configs.is_dir() or (configs / "stabilityai" / "stable-diffusion-2-1").is_dir()
+
+
+@pytest.fixture(scope="module", params=["sd21", "sdxl"])
+def family_webui(request, checkpoint_cache):
+    webui_path, _ = forge_from_env()
+    if request.param == "sd21" and not loads_sd2(webui_path):
+        pytest.skip("this webui has no SD2.x model family (Forge Neo)")
+    with ForgeWebUI(checkpoint=request.param, layouts=(request.param,), checkpoint_cache=checkpoint_cache,
+                    data_dir=kept_data_dir(f"forge-{request.param}")) as server:
+        yield request.param, server
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M"])
+def test_contract(family_webui, sampler):
+    _, webui = family_webui
+    check_sag_case(webui, "txt2img", {**BASE, "sampler_name": sampler})
+
+
+def test_ours_and_the_builtin_sag_side_by_side(family_webui, record_property):
+    family, webui = family_webui
+    name, count = builtin(webui, "selfattentionguidance")
+    off, _ = images_of(webui, with_scripts(BASE, {}))
+    ours, _ = images_of(webui, with_scripts(BASE, {TITLE: ON}))
+    theirs, _ = images_of(webui, with_scripts(BASE, {name: ON[:count]}))
+    ours_vs_off = np.abs(ours[0] - off[0]).mean()
+    ours_vs_theirs = np.abs(ours[0] - theirs[0]).mean()
+    record_property("mean_abs_ours_vs_builtin", float(ours_vs_theirs))
+    print(f"\n{family}: mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
+    assert ours_vs_off > 1.0
+    assert ours_vs_theirs < 0.05 * ours_vs_off
