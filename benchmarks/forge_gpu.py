@@ -55,17 +55,22 @@ def payload(size, batch, scripts):
 
 
 def row(name, gpu, host, runs):
-    seconds = {label: statistics.median(s for s, _ in runs[label]) for label in ("off", "on", "builtin")}
+    """The row of one configuration from `measure`'s runs; the built-in SAG's cells are None where the host
+    has none (Forge Neo, Forge Classic)."""
+    labels = [label for label in ("off", "on", "builtin") if label in runs]
+    seconds = {label: statistics.median(s for s, _ in runs[label]) for label in labels}
     plain_ms = statistics.median(record["plain_pass_ms"] for _, record in runs["plain"])
-    peak = {label: round(max(record["peak_mib"] for _, record in runs[label]), 1) for label in ("off", "on", "builtin")}
+    peak = {label: round(max(record["peak_mib"] for _, record in runs[label]), 1) for label in labels}
     paired = {label: round(statistics.median(t / t_off for (t, _), (t_off, _) in zip(runs[label], runs["off"])), 4)
-              for label in ("on", "builtin")}
+              for label in labels[1:]}
+    builtin_seconds = seconds.get("builtin")
     return {"host": host, "config": name, "gpu": gpu, "steps": STEPS, "repeats": len(runs["on"]),
             "t_off_s": round(seconds["off"], 4), "t_sag_s": round(seconds["on"], 4),
-            "t_builtin_s": round(seconds["builtin"], 4), "plain_pass_ms": round(plain_ms, 3),
+            "t_builtin_s": None if builtin_seconds is None else round(builtin_seconds, 4),
+            "plain_pass_ms": round(plain_ms, 3),
             "floor_ratio": round(1 + STEPS * plain_ms / 1000 / seconds["off"], 4),
-            "peak_off_mib": peak["off"], "peak_sag_mib": peak["on"], "peak_builtin_mib": peak["builtin"],
-            "sag_off_paired": paired["on"], "builtin_off_paired": paired["builtin"]}
+            "peak_off_mib": peak["off"], "peak_sag_mib": peak["on"], "peak_builtin_mib": peak.get("builtin"),
+            "sag_off_paired": paired["on"], "builtin_off_paired": paired.get("builtin")}
 
 
 def profile(webui, name, bodies, out: Path):
@@ -88,11 +93,15 @@ def profile(webui, name, bodies, out: Path):
 def print_table(rows):
     print(f"{'config':<14}{'off s':>8}{'SAG s':>8}{'built-in s':>11}{'SAG/off':>9}{'paired':>8}{'built-in/off':>13}"
           f"{'floor':>8}{'target':>8}{'peak off':>10}{'peak SAG':>10}{'peak built-in':>14}")
+
+    def cell(value, width, digits=3):
+        return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
     for r in rows:
-        print(f"{r['config']:<14}{r['t_off_s']:>8.3f}{r['t_sag_s']:>8.3f}{r['t_builtin_s']:>11.3f}"
-              f"{r['t_sag_s'] / r['t_off_s']:>9.3f}{r['sag_off_paired']:>8.3f}{r['builtin_off_paired']:>13.3f}"
+        print(f"{r['config']:<14}{r['t_off_s']:>8.3f}{r['t_sag_s']:>8.3f}{cell(r['t_builtin_s'], 11)}"
+              f"{r['t_sag_s'] / r['t_off_s']:>9.3f}{r['sag_off_paired']:>8.3f}{cell(r['builtin_off_paired'], 13)}"
               f"{r['floor_ratio']:>8.3f}{1.03 * r['floor_ratio']:>8.3f}"
-              f"{r['peak_off_mib']:>10.0f}{r['peak_sag_mib']:>10.0f}{r['peak_builtin_mib']:>14.0f}")
+              f"{r['peak_off_mib']:>10.0f}{r['peak_sag_mib']:>10.0f}{cell(r['peak_builtin_mib'], 14, 0)}")
 
 
 def main():
@@ -109,6 +118,7 @@ def main():
     for checkpoint in dict.fromkeys(CONFIGS[name][0] for name in args.configs):
         with ForgeWebUI(device="cuda", checkpoint=checkpoint, layouts=(checkpoint,), extra_extensions=[PROBE],
                         checkpoint_cache=os.environ.get("SD_WEBUI_TEST_CACHE")) as webui:
+            has_builtin = any(script["name"] == BUILTIN for script in webui.get("/sdapi/v1/script-info"))
             for name in [name for name in args.configs if CONFIGS[name][0] == checkpoint]:
                 print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)
                 _, size, batch, warmup, repeats = CONFIGS[name]
@@ -116,6 +126,8 @@ def main():
                 variants = [("off", webui, off, None), ("on", webui, payload(size, batch, {OURS: SAG_ARGS}), None),
                             ("builtin", webui, payload(size, batch, {BUILTIN: SAG_ARGS}), None),
                             ("plain", webui, off, "/sag-bench/plain-pass")]
+                if not has_builtin:
+                    variants = [variant for variant in variants if variant[0] != "builtin"]
                 if args.profile:
                     profile(webui, name, {label: body for label, _, body, _ in variants[:2]}, args.profile)
                 if args.skip_timing:

@@ -69,6 +69,12 @@ def test_forge_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
     assert (row["sag_off_paired"], row["builtin_off_paired"]) == (1.6, 1.5)
     assert (row["host"], row["repeats"]) == ("Forge abc", 3)
 
+    del timed["builtin"]  # a host without a built-in SAG (Forge Neo): its cells are empty, ours as before
+    row = forge_gpu.row("sd15-512-b1", "GPU", "Forge Neo abc", timed)
+    assert (row["t_builtin_s"], row["peak_builtin_mib"], row["builtin_off_paired"]) == (None, None, None)
+    assert (row["t_sag_s"], row["sag_off_paired"], row["floor_ratio"]) == (1.5, 1.6, 1.5)
+    forge_gpu.print_table([row])
+
 def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
     """Each repeat runs every variant once, starting one later each round; a variant's probe request is
     posted right before its generation; warm-up rounds are not kept; a variant whose webui fails is

@@ -37,6 +37,8 @@ checkpoints::
 
     python3 tests/e2e/gpu/pack.py --forge ~/stable-diffusion-webui-forge \
         --writer-repositories ~/stable-diffusion-webui/repositories
+
+Forge Neo the same way, with its own wheels: ``--forge ~/forge-neo --pins tests/e2e/gpu/device_wheels_neo.txt``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
-PINS_FILES = {"webui": HERE / "device_wheels.txt", "forge": HERE / "device_wheels_forge.txt"}
+PINS_FILES = {"webui": HERE / "device_wheels.txt", "forge": HERE / "device_wheels_forge.txt"}  # --pins: another
 WHEEL_CACHE = Path(os.environ.get("SAG_GPU_WHEEL_CACHE", Path.home() / ".cache" / "sd-webui-sag-gpu-wheels"))
 LIMIT_MIB = int(os.environ.get("TRAVEL_LIMIT_MIB", "64"))
 TARGET_MIB = LIMIT_MIB - 4
@@ -183,6 +185,8 @@ def main() -> int:
     parser.add_argument("--clip", type=Path, help="openai/CLIP checkout (holds clip/), for the webui")
     parser.add_argument("--forge", type=Path, help="a Forge checkout to pack instead of the webui")
     parser.add_argument("--writer-repositories", type=Path, help="with --forge: the webui's repositories/ (ldm, sgm)")
+    parser.add_argument("--pins", type=Path, help="the wheels to pack (default: device_wheels.txt, or with --forge "
+                        "device_wheels_forge.txt; for Forge Neo device_wheels_neo.txt)")
     parser.add_argument("--extension", type=Path, action="append", default=[], help="extension folder to copy")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".gpu", help="output folder (default: .gpu)")
     args = parser.parse_args()
@@ -198,7 +202,7 @@ def main() -> int:
     else:
         pack_webui(args.webui, out / "webui")
         copy_code(args.clip / "clip", out / "site" / "clip", (".py", ".txt.gz"))
-    pack_wheels(out / "wheels", PINS_FILES[host])
+    pack_wheels(out / "wheels", args.pins or PINS_FILES[host])
     for extension in args.extension:
         copy_code(extension, out / "extensions" / extension.resolve().name, EXTENSION_SUFFIXES)
 
