@@ -87,8 +87,13 @@ def copy_code(src: Path, dst: Path, suffixes: tuple[str, ...], skip_dirs=frozens
         shutil.copy2(path, dst / rel)
 
 
+def virtual_environments(root: Path) -> set[str]:
+    """Top-level folders of `root` that are Python virtual environments (a `venv` under any name)."""
+    return {path.name for path in root.iterdir() if (path / "pyvenv.cfg").is_file()}
+
+
 def pack_webui(webui: Path, dst: Path):
-    copy_code(webui, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS, WEBUI_SKIP_FILES)
+    copy_code(webui, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS | virtual_environments(webui), WEBUI_SKIP_FILES)
     for repository in sorted((webui / "repositories").iterdir()):
         if repository.is_dir():
             copy_code(repository, dst / "repositories" / repository.name, REPOSITORY_SUFFIXES)
@@ -103,7 +108,8 @@ WRITER_REPOSITORIES = ("stable-diffusion-stability-ai", "generative-models")
 
 
 def pack_forge(forge: Path, writer_repositories: Path, dst: Path):
-    copy_code(forge, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS | {"extensions-builtin", "backend"}, WEBUI_SKIP_FILES)
+    copy_code(forge, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS | virtual_environments(forge) | {"extensions-builtin", "backend"},
+              WEBUI_SKIP_FILES)
     copy_code(forge / "backend", dst / "backend", WEBUI_SUFFIXES, {"huggingface"})
     for family in FORGE_MODEL_CONFIGS:
         copy_code(forge / "backend" / "huggingface" / family, dst / "backend" / "huggingface" / family, WEBUI_SUFFIXES)
