@@ -11,13 +11,16 @@ same ranges are host timers (no GPU wait) and the record holds their medians. `G
 returns the last record.
 """
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-import modules.scripts as scripts
 from backend.sampling.sampling_function import calc_cond_uncond_batch
-from modules import script_callbacks
+
+sys.path.append(str(Path(__file__).resolve().parents[3]))  # the repository, for benchmarks.probe_routes
+import benchmarks.probe_routes as probe_routes  # noqa: E402
 
 LAST = {}
 NEXT = set()  # what the next generation does besides measuring memory: "plain-pass", "profile"
@@ -47,7 +50,6 @@ def host_timed(spans):
 def label_sag(undo, wrap=labelled):
     """Ranges (`wrap`: profiler ranges, or host timers) around a denoiser step, SAG's parts and the host's
     batch function, for one generation; `undo` gets what puts them back."""
-    import sys
     from modules.sd_samplers_cfg_denoiser import CFGDenoiser
     targets = [(CFGDenoiser, (None, "forward"), "host: denoiser step"),
                (sys.modules.get("sag_ext.core.session"), ("SagSession", "begin_step"), "sag: begin_step"),
@@ -72,12 +74,8 @@ def label_sag(undo, wrap=labelled):
         undo.append(lambda: setattr(webui, "calc_cond_uncond_batch", original))
 
 
-class SagForgeBenchProbe(scripts.Script):
-    def title(self):
-        return "sag forge bench probe"
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
+class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
+    probe_title = "sag forge bench probe"
 
     def process(self, p, *args):
         torch.cuda.synchronize()
@@ -131,16 +129,4 @@ class SagForgeBenchProbe(scripts.Script):
                         profile_by_cuda=averages.table(sort_by="cuda_time_total", row_limit=25))
 
 
-def for_next_generation(what):
-    def request():
-        NEXT.add(what)
-    return request
-
-
-def add_route(_demo, app):
-    app.add_api_route("/sag-bench/last", lambda: dict(LAST), methods=["GET"])
-    for what in ("plain-pass", "profile", "host-times"):
-        app.add_api_route(f"/sag-bench/{what}", for_next_generation(what), methods=["POST"])
-
-
-script_callbacks.on_app_started(add_route)
+probe_routes.register_routes(LAST, NEXT, ("plain-pass", "profile", "host-times"))

@@ -18,14 +18,17 @@ it, so its host span ("callB>endB") is its whole cost, whether the host or the G
 `GET /sag-bench/last` returns the last record.
 """
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import k_diffusion.external
 import torch
 
-import modules.scripts as scripts
-from modules import script_callbacks
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
+
+sys.path.append(str(Path(__file__).resolve().parents[3]))  # the repository, for benchmarks.probe_routes
+import benchmarks.probe_routes as probe_routes  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 LAST = {}
@@ -139,12 +142,8 @@ def allocator_calls():
     return stats.get("num_device_alloc", 0), stats.get("num_device_free", 0)
 
 
-class SagBenchProbe(scripts.Script):
-    def title(self):
-        return "sag bench probe"
-
-    def show(self, is_img2img):
-        return scripts.AlwaysVisible
+class SagBenchProbe(probe_routes.AlwaysOnProbe):
+    probe_title = "sag bench probe"
 
     def process(self, p, *args):
         synchronize()
@@ -175,16 +174,4 @@ class SagBenchProbe(scripts.Script):
         LAST.update(p.sag_bench_timeline.read())
 
 
-def for_next_generation(what):
-    def request():
-        NEXT.add(what)
-    return request
-
-
-def add_route(_demo, app):
-    app.add_api_route("/sag-bench/last", lambda: dict(LAST), methods=["GET"])
-    for what in ("profile", "plain-pass"):
-        app.add_api_route(f"/sag-bench/{what}", for_next_generation(what), methods=["POST"])
-
-
-script_callbacks.on_app_started(add_route)
+probe_routes.register_routes(LAST, NEXT, ("profile", "plain-pass"))

@@ -1,0 +1,36 @@
+"""What the two benchmark probes share (`webui_probe` for AUTOMATIC1111's webui, `forge_probe` for Forge;
+test extensions, not part of SAG): the outline of an always-on Script without UI, and the routes through
+which a benchmark asks for the next generation's measurement and reads its record. Imported by the probes
+inside a webui (it imports the webui's `modules`)."""
+import modules.scripts as scripts
+from modules import script_callbacks
+
+
+class AlwaysOnProbe(scripts.Script):
+    """An always-on Script without UI, titled `probe_title`. (A probe imports this module, not the class,
+    so that the webui's script loader does not take the base class for a script of its own.)"""
+
+    probe_title = ""
+
+    def title(self):
+        return self.probe_title
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+
+def register_routes(last: dict, next_requests: set, requests) -> None:
+    """`GET /sag-bench/last` answers `last` (the last generation's record); `POST /sag-bench/<request>`, for
+    each of `requests`, adds the request to `next_requests` (what the next generation does besides measuring)."""
+
+    def for_next_generation(what):
+        def request():
+            next_requests.add(what)
+        return request
+
+    def add_routes(_demo, app):
+        app.add_api_route("/sag-bench/last", lambda: dict(last), methods=["GET"])
+        for what in requests:
+            app.add_api_route(f"/sag-bench/{what}", for_next_generation(what), methods=["POST"])
+
+    script_callbacks.on_app_started(add_routes)
