@@ -5,12 +5,11 @@ towers and the ADM vector). The case contract on two samplers, and ours beside t
 host has one; at 128 px the middle grid is 2x2 (SD2.1) and 4x4 (SDXL)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from e2e.conftest import kept_data_dir
-from e2e.forge.test_forge_host import builtin, images_of, with_scripts
-from e2e.sag_api import BASE, ON, TITLE, check_sag_case
+from e2e.forge.test_forge_host import ours_beside_the_builtin
+from e2e.sag_api import BASE, check_sag_case
 from harness.server import ForgeWebUI, forge_from_env
 
 
@@ -40,13 +39,6 @@ def test_contract(family_webui, sampler):
 
 def test_ours_and_the_builtin_sag_side_by_side(family_webui, record_property):
     family, webui = family_webui
-    name, count = builtin(webui, "selfattentionguidance")
-    off, _ = images_of(webui, with_scripts(BASE, {}))
-    ours, _ = images_of(webui, with_scripts(BASE, {TITLE: ON}))
-    theirs, _ = images_of(webui, with_scripts(BASE, {name: ON[:count]}))
-    ours_vs_off = np.abs(ours[0] - off[0]).mean()
-    ours_vs_theirs = np.abs(ours[0] - theirs[0]).mean()
-    record_property("mean_abs_ours_vs_builtin", float(ours_vs_theirs))
-    print(f"\n{family}: mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
+    ours_vs_theirs, ours_vs_off, _ = ours_beside_the_builtin(webui, BASE, record_property, label=f"{family}: ")
     assert ours_vs_off > 1.0
     assert ours_vs_theirs < 0.05 * ours_vs_off

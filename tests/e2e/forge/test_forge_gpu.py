@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 
-from e2e.sag_api import BASE, ON, TITLE, check_sag_case
-from e2e.forge.test_forge_host import builtin, images_of, with_scripts
+from e2e.sag_api import BASE, check_sag_case
+from e2e.forge.test_forge_host import ours_beside_the_builtin
 from harness.server import ForgeWebUI
 
 pytestmark = pytest.mark.skipif(os.environ.get("SAG_E2E_DEVICE") != "cuda",
@@ -40,13 +39,6 @@ def test_contract(gpu_forge, sampler):
 
 def test_beside_the_builtin_sag(gpu_forge, record_property):
     checkpoint, webui = gpu_forge
-    name, count = builtin(webui, "selfattentionguidance")
-    case = CASES[checkpoint]
-    off, _ = images_of(webui, with_scripts(case, {}))
-    ours, _ = images_of(webui, with_scripts(case, {TITLE: ON}))
-    theirs, _ = images_of(webui, with_scripts(case, {name: ON[:count]}))
-    ours_vs_theirs = float(np.mean([np.abs(a - b).mean() for a, b in zip(ours, theirs)]))
-    ours_vs_off = float(np.mean([np.abs(a - b).mean() for a, b in zip(ours, off)]))
-    record_property("mean_abs_ours_vs_builtin", ours_vs_theirs)
-    print(f"\n{checkpoint}: mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
+    ours_vs_theirs, ours_vs_off, _ = ours_beside_the_builtin(webui, CASES[checkpoint], record_property,
+                                                             label=f"{checkpoint}: ")
     assert ours_vs_theirs < 0.1 * ours_vs_off

@@ -37,6 +37,22 @@ def images_of(webui, payload):
     return [decode(image) for image in result["images"]], json.loads(result["info"])["infotexts"]
 
 
+def ours_beside_the_builtin(webui, case, record_property, label=""):
+    """SAG off, ours and the host's built-in SAG at the same seed and parameters (`case`): the mean
+    |ours - built-in| and |ours - off| over the images (of 255), recorded and printed, and the built-in's
+    infotexts."""
+    name, count = builtin(webui, "selfattentionguidance")
+    off, _ = images_of(webui, with_scripts(case, {}))
+    ours, _ = images_of(webui, with_scripts(case, {TITLE: ON}))
+    theirs, infotexts = images_of(webui, with_scripts(case, {name: ON[:count]}))
+    ours_vs_theirs, ours_vs_off = (float(np.mean([np.abs(a - b).mean() for a, b in zip(ours, other)]))
+                                   for other in (theirs, off))
+    record_property("mean_abs_ours_vs_builtin", ours_vs_theirs)
+    record_property("mean_abs_ours_vs_off", ours_vs_off)
+    print(f"\n{label}mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
+    return ours_vs_theirs, ours_vs_off, infotexts
+
+
 # ---- the contract -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DDIM", "UniPC"])
@@ -97,16 +113,8 @@ def test_cfg_1_changes_nothing_and_says_why(webui):
 def test_ours_and_the_builtin_sag_side_by_side(webui, record_property):
     """Same seed and parameters, where both reshape the mask alike (SD1.5 at 128 px: a 2x2 grid, ratio 8):
     the images are (nearly) the same; the difference is recorded."""
-    name, count = builtin(webui, "selfattentionguidance")
-    off, _ = images_of(webui, with_scripts(BASE, {}))
-    ours, _ = images_of(webui, with_scripts(BASE, {TITLE: ON}))
-    theirs, infotexts = images_of(webui, with_scripts(BASE, {name: ON[:count]}))
+    ours_vs_theirs, ours_vs_off, infotexts = ours_beside_the_builtin(webui, BASE, record_property)
     assert "sag_enabled: True" in infotexts[0]
-    ours_vs_off = np.abs(ours[0] - off[0]).mean()
-    ours_vs_theirs = np.abs(ours[0] - theirs[0]).mean()
-    record_property("mean_abs_ours_vs_builtin", float(ours_vs_theirs))
-    record_property("mean_abs_ours_vs_off", float(ours_vs_off))
-    print(f"\nmean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
     assert ours_vs_off > 1.0
     assert ours_vs_theirs < 0.05 * ours_vs_off
 
