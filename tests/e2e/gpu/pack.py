@@ -53,7 +53,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[2]
-PINS_FILES = {"webui": HERE / "device_wheels.txt", "forge": HERE / "device_wheels_forge.txt"}  # --pins: another
+PINS_FILES = {"webui": HERE / "device_wheels.txt", "forge": HERE / "device_wheels_forge.txt"}
 WHEEL_CACHE = Path(os.environ.get("SAG_GPU_WHEEL_CACHE", Path.home() / ".cache" / "sd-webui-sag-gpu-wheels"))
 LIMIT_MIB = int(os.environ.get("TRAVEL_LIMIT_MIB", "64"))
 TARGET_MIB = LIMIT_MIB - 4
@@ -67,7 +67,7 @@ WEBUI_SUFFIXES = (".py", ".js", ".mjs", ".css", ".html", ".json", ".yaml", ".txt
 #: Files the pinned repositories need (model configs, BPE vocabularies, the webui-assets fonts).
 REPOSITORY_SUFFIXES = (".py", ".yaml", ".json", ".txt.gz", ".css", ".woff2")
 #: Top-level webui folders that hold no code the webui needs (or user data).
-WEBUI_SKIP_DIRS = {"venv", "models", "extensions", "embeddings", "test", "outputs", "log", "tmp", "repositories"}
+WEBUI_SKIP_DIRS = {"models", "extensions", "embeddings", "test", "outputs", "log", "tmp", "repositories"}
 #: Top-level webui files a run may have written (settings, caches).
 WEBUI_SKIP_FILES = {"config.json", "ui-config.json", "cache.json", "params.txt"}
 #: Extension files to copy.
@@ -75,8 +75,9 @@ EXTENSION_SUFFIXES = (".py", ".js", ".css", ".html", ".json", ".yaml", ".txt", "
 
 
 def copy_code(src: Path, dst: Path, suffixes: tuple[str, ...], skip_dirs=frozenset(), skip_files=frozenset()):
-    """Copy the files under ``src`` ending in one of ``suffixes``; top-level ``skip_*`` names, dot-folders
-    and ``__pycache__`` are left out."""
+    """Copy the files under ``src`` ending in one of ``suffixes``; top-level ``skip_*`` names, top-level
+    virtual environments (a `venv` under any name), dot-folders and ``__pycache__`` are left out."""
+    skip_dirs = set(skip_dirs) | {venv.parent.name for venv in src.glob("*/pyvenv.cfg")}
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
         if (not path.is_file() or not path.name.endswith(suffixes) or rel.parts[0] in skip_dirs
@@ -87,13 +88,8 @@ def copy_code(src: Path, dst: Path, suffixes: tuple[str, ...], skip_dirs=frozens
         shutil.copy2(path, dst / rel)
 
 
-def virtual_environments(root: Path) -> set[str]:
-    """Top-level folders of `root` that are Python virtual environments (a `venv` under any name)."""
-    return {path.name for path in root.iterdir() if (path / "pyvenv.cfg").is_file()}
-
-
 def pack_webui(webui: Path, dst: Path):
-    copy_code(webui, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS | virtual_environments(webui), WEBUI_SKIP_FILES)
+    copy_code(webui, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS, WEBUI_SKIP_FILES)
     for repository in sorted((webui / "repositories").iterdir()):
         if repository.is_dir():
             copy_code(repository, dst / "repositories" / repository.name, REPOSITORY_SUFFIXES)
@@ -108,8 +104,7 @@ WRITER_REPOSITORIES = ("stable-diffusion-stability-ai", "generative-models")
 
 
 def pack_forge(forge: Path, writer_repositories: Path, dst: Path):
-    copy_code(forge, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS | virtual_environments(forge) | {"extensions-builtin", "backend"},
-              WEBUI_SKIP_FILES)
+    copy_code(forge, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS | {"extensions-builtin", "backend"}, WEBUI_SKIP_FILES)
     copy_code(forge / "backend", dst / "backend", WEBUI_SUFFIXES, {"huggingface"})
     for family in FORGE_MODEL_CONFIGS:
         copy_code(forge / "backend" / "huggingface" / family, dst / "backend" / "huggingface" / family, WEBUI_SUFFIXES)
