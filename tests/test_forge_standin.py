@@ -39,11 +39,12 @@ class ForgeHost:
         self.original_patcher = self.sd_model.forge_objects.unet
 
     def step(self, params=None, x=None, sigma=None, cond_tokens=77, cfg=CFG, builtin_sag=False, cloned_after=False,
-             finished=True, **denoiser_kwargs):
+             finished=True, sampler_options=None, **denoiser_kwargs):
         """One sampling step as the webui runs it (a fresh pass: the patcher rebuilt, then
         process_before_every_sampling), with SAG on `params` (None: off); `cloned_after`: another script
         clones the patcher after ours, as the hosts' built-in guidance does; `finished`: the generation
-        ends (else it failed before its end, and its session is never closed). Returns (denoised, p)."""
+        ends (else it failed before its end, and its session is never closed); `sampler_options`: the
+        model options the sampler passes with each call (a CFG++ sampler's). Returns (denoised, p)."""
         self.sd_model.forge_objects.unet = self.original_patcher
         p = SimpleNamespace(sd_model=self.sd_model, extra_generation_params={}, is_hr_pass=False)
         if builtin_sag:
@@ -53,12 +54,14 @@ class ForgeHost:
             self.adapter.before_sampling(p)
         if cloned_after:
             self.sd_model.forge_objects.unet = self.sd_model.forge_objects.unet.clone()
+        extra_args = {} if sampler_options is None else {"model_options": sampler_options}
         denoiser = CFGDenoiser(p, self.sd_model, total_steps=10, callbacks=[self.adapter.on_cfg_denoiser],
-                               **denoiser_kwargs)
+                               sampler=SimpleNamespace(sampler_extra_args=extra_args), **denoiser_kwargs)
         self.model.calls.clear()
         x = torch.randn(BATCH, 4, 32, 32, generator=torch.Generator().manual_seed(5)) * 8 if x is None else x
         sigma = torch.full((BATCH,), 8.0) if sigma is None else sigma
-        denoised = denoiser.forward(x, sigma, text(BATCH, seed=2), text(BATCH, cond_tokens, seed=1), cfg)
+        denoised = denoiser.forward(x, sigma, text(BATCH, seed=2), text(BATCH, cond_tokens, seed=1), cfg,
+                                    **extra_args)
         session = SagSession.of(p)
         if session is not None and finished:
             session.close()
@@ -133,6 +136,24 @@ def test_a_clone_after_ours_keeps_our_function_and_session(forge_host):
     on, _ = forge_host.step(PARAMS)
     cloned, _ = forge_host.step(PARAMS, cloned_after=True)
     torch.testing.assert_close(cloned, on, atol=0, rtol=0)
+
+
+def test_a_cfg_pp_samplers_own_post_cfg_function_keeps_ours(forge_host):
+    """A CFG++ sampler passes model options with its own post-CFG function (it records the uncond x0); the
+    host's dict.update would drop SAG's: the correction must be the same as without it, and theirs run too."""
+    def cfg_pp_options():
+        def record_uncond(args):
+            seen.append(args["uncond_denoised"])
+            return args["denoised"]
+        return {"sampler_post_cfg_function": [record_uncond], "disable_cfg1_optimization": True}
+
+    seen = []
+    off, _ = forge_host.step(None, sampler_options=cfg_pp_options())
+    on, _ = forge_host.step(PARAMS, sampler_options=cfg_pp_options())
+    plain_on, _ = forge_host.step(PARAMS)
+    assert len(seen) == 2
+    torch.testing.assert_close(on - off, plain_on - off, atol=1e-6, rtol=0)
+    assert (on - off).abs().max() > 1e-3
 
 
 def test_cfg_1_gets_no_correction(forge_host):

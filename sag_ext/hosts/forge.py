@@ -76,6 +76,7 @@ class ForgeAdapter:
         def post_cfg(args):  # a plain function: the patchers' clone() deep-copies model_options, but not functions
             return self.post_cfg(session, args)
 
+        post_cfg.sag_session = session
         with session.guard():
             unet = p.sd_model.forge_objects.unet.clone()
             unet.set_model_sampler_post_cfg_function(post_cfg)
@@ -93,10 +94,27 @@ class ForgeAdapter:
             return
         with session.guard():
             unet = self.unet_of(denoiser.inner_model.inner_model)
+            self.keep_post_cfg_function(session, denoiser)
             session.begin_step(unet, UncondChunk(target=params.x.shape[0]), latent_size=params.x.shape[-2:],
                                progress=denoiser.step / max(denoiser.total_steps or 1, 1),
                                hires_pass=bool(getattr(p, "is_hr_pass", False)),
                                host=denoiser.nmask if getattr(denoiser, "mask", None) is not None else None)
+
+    @staticmethod
+    def keep_post_cfg_function(session: SagSession, denoiser) -> None:
+        """Put SAG's post-CFG function in front of the sampler's own list, where the sampler brings one.
+        CFG++ samplers pass model options of their own with their post-CFG function, and Neo and reForge
+        merge them over the patcher's with `dict.update`, which drops SAG's; their dict lives for one
+        sampling pass."""
+        extra_args = getattr(getattr(denoiser, "sampler", None), "sampler_extra_args", None) or {}
+        options = extra_args.get("model_options")
+        if not options or "sampler_post_cfg_function" not in options:
+            return
+        patcher = denoiser.inner_model.inner_model.forge_objects.unet
+        ours = [fn for fn in patcher.model_options.get("sampler_post_cfg_function", [])
+                if getattr(fn, "sag_session", None) is session]
+        if ours and ours[0] not in options["sampler_post_cfg_function"]:
+            options["sampler_post_cfg_function"] = ours[:1] + options["sampler_post_cfg_function"]
 
     def post_cfg(self, session: SagSession, args: dict):
         """The patcher's post-CFG function: SAG's pass over the uncond rows, and the CFG result corrected."""
