@@ -141,10 +141,20 @@ def sdxl_config(full_size: bool = False, real_text: bool = False) -> dict:
     }}}
 
 
+def ssd1b_config() -> dict:
+    """``ssd1b``: SSD-1B's layout at its sizes, SDXL's with transformers of depth 0, 2 and 4 down the levels
+    and a middle block of one ResBlock (no transformer there: a model SAG cannot hook), which the Forge
+    hosts detect as SSD-1B; written from SDXL's code with its middle block cut (see `_build_sdxl`)."""
+    cfg = sdxl_config(full_size=True, real_text=True)
+    cfg["model"]["params"]["network_config"]["params"].update(transformer_depth=[0, 2, 4], transformer_depth_middle=1)
+    return cfg
+
+
 CONFIGS = {"sd1_tiny": sd1_config, "sdxl_tiny": sdxl_config, "sd1_wide": lambda: sd1_config(model_channels=320),
            "sdxl_full": lambda: sdxl_config(full_size=True), "sd15": lambda: sd1_config(full_size=True),
-           "sdxl": lambda: sdxl_config(full_size=True, real_text=True), "sd21": sd21_config}
-HALF_LAYOUTS = ("sdxl_full", "sd15", "sdxl", "sd21")  # stored in float16
+           "sdxl": lambda: sdxl_config(full_size=True, real_text=True), "sd21": sd21_config, "ssd1b": ssd1b_config}
+HALF_LAYOUTS = ("sdxl_full", "sd15", "sdxl", "sd21", "ssd1b")  # stored in float16
+WITHOUT_MIDDLE_TRANSFORMER = ("ssd1b",)
 
 
 def webui_pythonpath(*first) -> str:
@@ -218,13 +228,16 @@ def _text_models(prefix_clip: str, sizes=TINY_CLIP_TEXT):
     return {prefix_clip + k: v for k, v in model.state_dict().items()}
 
 
-def _unet_and_vae(unet_cfg, vae_cfg, context_dim, *, adm=None, scale_factor=1.0):
-    """Instantiate UNet and VAE from their configs; return ``{"model.diffusion_model.": sd, ...}``."""
+def _unet_and_vae(unet_cfg, vae_cfg, context_dim, *, adm=None, scale_factor=1.0, middle_transformer=True):
+    """Instantiate UNet and VAE from their configs; return ``{"model.diffusion_model.": sd, ...}``. Without
+    `middle_transformer`, the UNet's middle block keeps only its first ResBlock."""
     import torch
     from ldm.util import instantiate_from_config
     from unets import randomise_zero_layers  # run as a script: this folder is on sys.path
 
     unet = instantiate_from_config(unet_cfg).eval()
+    if not middle_transformer:
+        unet.middle_block = unet.middle_block[:1]
     vae_cfg = copy.deepcopy(vae_cfg)
     vae_cfg["params"]["ddconfig"].pop("attn_type", None)  # no xformers here; the webui does the same
     vae = instantiate_from_config(vae_cfg).eval()
@@ -270,12 +283,13 @@ def _build_sd2(cfg):
     return sd
 
 
-def _build_sdxl(cfg):
+def _build_sdxl(cfg, middle_transformer=True):
     import sgm.modules.encoders.modules as enc
     p = cfg["model"]["params"]
     net = p["network_config"]["params"]
     sd = _unet_and_vae(p["network_config"], p["first_stage_config"], net["context_dim"],
-                       adm=net["adm_in_channels"], scale_factor=p["scale_factor"])
+                       adm=net["adm_in_channels"], scale_factor=p["scale_factor"],
+                       middle_transformer=middle_transformer)
     sd.update(_text_models("conditioner.embedders.0.transformer.",
                            {} if net["context_dim"] == CLIP_L_WIDTH + SDXL_OPEN_CLIP_WIDTH else TINY_CLIP_TEXT))
     open_clip_params = p["conditioner_config"]["params"]["emb_models"][1]["params"]
@@ -293,7 +307,10 @@ def _write(name: str, out_dir: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     cfg = CONFIGS[name]()
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a GPU makes the full sizes in seconds
-        sd = (_build_sdxl if name.startswith("sdxl") else _build_sd2 if name.startswith("sd2") else _build_sd1)(cfg)
+        if name.startswith(("sdxl", "ssd1b")):
+            sd = _build_sdxl(cfg, middle_transformer=name not in WITHOUT_MIDDLE_TRANSFORMER)
+        else:
+            sd = (_build_sd2 if name.startswith("sd2") else _build_sd1)(cfg)
     dtype = torch.float16 if name in HALF_LAYOUTS else torch.float32
     sd = {k: v.detach().to("cpu", dtype).contiguous().clone() if v.is_floating_point() else v.cpu().contiguous().clone()
           for k, v in sd.items()}

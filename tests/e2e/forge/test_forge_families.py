@@ -2,14 +2,17 @@
 768-v's sizes, v-prediction; its middle block has 64-channel heads, linear transformers and a 1024-wide
 context) and ``sdxl`` (every part at SDXL's sizes: ten transformers in the middle block, 20 heads, two text
 towers and the ADM vector). The case contract on two samplers, and ours beside the built-in SAG where the
-host has one; at 128 px the middle grid is 2x2 (SD2.1) and 4x4 (SDXL)."""
+host has one; at 128 px the middle grid is 2x2 (SD2.1) and 4x4 (SDXL). And a model SAG cannot hook,
+``ssd1b`` (SSD-1B's layout at its sizes: no transformer in the middle block): one console line, the image
+unchanged."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from e2e.conftest import kept_data_dir
 from e2e.forge.test_forge_host import ours_beside_the_builtin
-from e2e.sag_api import BASE, check_sag_case
+from e2e.sag_api import BASE, OFF, ON, STEP_ASIDE, LogWatch, check_sag_case, generate
 from harness.server import ForgeWebUI, forge_from_env
 
 
@@ -42,3 +45,20 @@ def test_ours_and_the_builtin_sag_side_by_side(family_webui, record_property):
     ours_vs_theirs, ours_vs_off, _ = ours_beside_the_builtin(webui, BASE, record_property, label=f"{family}: ")
     assert ours_vs_off > 1.0
     assert ours_vs_theirs < 0.05 * ours_vs_off
+
+
+@pytest.fixture(scope="module")
+def ssd1b_webui(checkpoint_cache):
+    with ForgeWebUI(checkpoint="ssd1b", layouts=("ssd1b",), checkpoint_cache=checkpoint_cache,
+                    data_dir=kept_data_dir("forge-ssd1b")) as server:
+        yield server
+
+
+def test_a_model_without_a_middle_transformer_is_left_alone(ssd1b_webui):
+    off, _ = generate(ssd1b_webui, "txt2img", BASE, OFF)
+    watch = LogWatch(ssd1b_webui)
+    on, infotexts = generate(ssd1b_webui, "txt2img", BASE, ON)
+    log = watch.new_text()
+    np.testing.assert_array_equal(on[0], off[0])
+    assert "SAG" not in infotexts[0] and "Traceback" not in log
+    assert log.count("[SAG]") == 1 and STEP_ASIDE in log and "no middle-block transformer" in log
