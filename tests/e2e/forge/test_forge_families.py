@@ -47,8 +47,22 @@ def test_ours_and_the_builtin_sag_side_by_side(family_webui, record_property):
     assert ours_vs_theirs < 0.05 * ours_vs_off
 
 
+# where the hosts list the model families they detect: Forge and Neo, then reForge and Classic
+MODEL_LISTS = ("repositories/huggingface_guess/huggingface_guess/model_list.py",
+               "modules_forge/packages/huggingface_guess/model_list.py", "ldm_patched/modules/supported_models.py")
+
+
+def loads_ssd1b(webui_path) -> bool:
+    """Whether the host detects SSD-1B: Forge and reForge list it; Neo and Classic do not."""
+    lists = [webui_path / name for name in MODEL_LISTS]
+    return any(path.is_file() and "class SSD1B(" in path.read_text() for path in lists)
+
+
 @pytest.fixture(scope="module")
 def ssd1b_webui(checkpoint_cache):
+    webui_path, _ = forge_from_env()
+    if not loads_ssd1b(webui_path):
+        pytest.skip("this webui does not load SSD-1B (Forge Neo, Forge Classic)")
     with ForgeWebUI(checkpoint="ssd1b", layouts=("ssd1b",), checkpoint_cache=checkpoint_cache,
                     data_dir=kept_data_dir("forge-ssd1b")) as server:
         yield server
