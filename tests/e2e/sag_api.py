@@ -97,6 +97,21 @@ def check_sag_case(webui, endpoint: str, payload: dict, images_expected: int = 1
 STEP_ASIDE = "[SAG] Self-Attention Guidance is off for this generation:"
 
 
+def check_unchanged_with_one_line(webui, endpoint: str, payload: dict) -> str:
+    """SAG on gives the SAG-off images, without SAG's infotext keys, no traceback and exactly one `[SAG]`
+    line in the log; returns the log of the SAG-on generation (for the line's reason)."""
+    off, _ = generate(webui, endpoint, payload, OFF)
+    watch = LogWatch(webui)
+    on, infotexts = generate(webui, endpoint, payload, ON)
+    log = watch.new_text()
+    assert len(on) == len(off)
+    for a, b in zip(on, off):
+        np.testing.assert_array_equal(a, b, err_msg="SAG changed an image it should have left alone")
+    assert not any("SAG" in text for text in infotexts) and "Traceback" not in log, log[-4000:]
+    assert log.count("[SAG]") == 1, log[-4000:]
+    return log
+
+
 def check_works_or_steps_aside(webui, endpoint: str, payload: dict):
     """With a neighbour that may change what SAG reads: either the full case contract holds, or SAG
     stepped aside with one log line, giving the SAG-off image without SAG's infotext keys.
