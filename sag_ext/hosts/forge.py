@@ -111,10 +111,11 @@ class ForgeAdapter:
         if not options or "sampler_post_cfg_function" not in options:
             return
         patcher = denoiser.inner_model.inner_model.forge_objects.unet
-        ours = [fn for fn in patcher.model_options.get("sampler_post_cfg_function", [])
-                if getattr(fn, "sag_session", None) is session]
-        if ours and ours[0] not in options["sampler_post_cfg_function"]:
-            options["sampler_post_cfg_function"] = ours[:1] + options["sampler_post_cfg_function"]
+        ours = next((fn for fn in patcher.model_options.get("sampler_post_cfg_function", [])
+                     if getattr(fn, "sag_session", None) is session), None)
+        theirs = options["sampler_post_cfg_function"]
+        if ours is not None and ours not in theirs:
+            options["sampler_post_cfg_function"] = [ours] + theirs
 
     def post_cfg(self, session: SagSession, args: dict):
         """The patcher's post-CFG function: SAG's pass over the uncond rows, and the CFG result corrected."""
