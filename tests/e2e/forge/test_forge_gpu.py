@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import pytest
 
 from e2e.sag_api import BASE, OFF, ON, TITLE, LogWatch, check_sag_case
-from e2e.forge.test_forge_host import find_builtin, images_of, ours_beside_the_builtin, with_scripts
-from harness.server import ForgeWebUI
+from e2e.forge.test_forge_host import (ADAPTIVE_SAMPLERS, find_builtin, images_of, ours_beside_the_builtin,
+                                      with_scripts)
+from harness.server import ForgeWebUI, WebUIError
 
 pytestmark = pytest.mark.skipif(os.environ.get("SAG_E2E_DEVICE") != "cuda",
                                 reason="GPU run: SAG_E2E_DEVICE=cuda (tests/e2e/gpu/run.sh forge-contract)")
@@ -53,29 +55,55 @@ def model_calls(log: str) -> int:
     return max(counts)
 
 
-def test_dpm_adaptive_finishes_with_sag(gpu_forge, record_property):
-    """DPM adaptive picks its own number of model calls; SAG's mask, a threshold that positions cross between
-    two nearby latents, makes its error control take more. With SAG on it must still finish, and ours take
-    no more calls than the host's built-in SAG (the same guidance) where the host has one."""
+def last_error_line(log: str) -> str:
+    """The last exception line of a traceback in `log` (``AssertionError: ...``, also inside an exception
+    group's ``|`` frame), or ""."""
+    lines = re.findall(r"^[\s|]*(\w*(?:Error|Exception)\b.*)$", log, flags=re.MULTILINE)
+    return lines[-1].strip() if lines else ""
+
+
+@pytest.mark.parametrize("sampler", ADAPTIVE_SAMPLERS)
+def test_adaptive_sampler_finishes_with_sag(gpu_forge, sampler, record_property):
+    """An adaptive sampler picks its own number of model calls; SAG's mask, a threshold that positions cross
+    between two nearby latents, makes its error control take more. With SAG on it must still finish with a
+    guided image wherever it finishes with SAG off, and ours do what the host's built-in SAG (the same
+    guidance) does: DPM adaptive's model calls no more than 1.25 × the built-in's (reForge's ODE samplers
+    show a percentage, not calls)."""
     checkpoint, webui = gpu_forge
     if checkpoint != "sd15":
         pytest.skip("the solver, not the model family, sets the count: SD1.5 only")
-    if "DPM adaptive" not in [sampler["name"] for sampler in webui.get("/sdapi/v1/samplers")]:
-        pytest.skip("this host has no DPM adaptive")
-    case = {**BASE, "width": 512, "height": 512, "steps": 12, "sampler_name": "DPM adaptive"}
+    if sampler not in [listed["name"] for listed in webui.get("/sdapi/v1/samplers")]:
+        pytest.skip(f"this host has no {sampler}")
+    case = {**BASE, "width": 512, "height": 512, "steps": 12, "sampler_name": sampler}
     variants = {"off": {TITLE: OFF}, "ours": {TITLE: ON}}
     found = find_builtin(webui, "selfattentionguidance")
     if found is not None:
         name, count = found
         variants["built-in"] = {name: ON[:count]}
-    calls = {}
+    images, calls, failures = {}, {}, {}
     for label, scripts in variants.items():
         watch = LogWatch(webui)
-        images, _ = images_of(webui, with_scripts(case, scripts))
+        try:
+            images[label] = images_of(webui, with_scripts(case, scripts))[0][0]
+        except WebUIError as error:
+            reason = last_error_line(watch.new_text()) or str(error)[:300]
+            if label == "off":
+                pytest.skip(f"{sampler} fails with SAG off (the host's): {reason}")
+            failures[label] = reason
+            continue
         log = watch.new_text()
-        assert "Traceback" not in log and images[0].std() > 5
-        calls[label] = model_calls(log)
-    record_property("dpm_adaptive_model_calls", calls)
-    print(f"\nDPM adaptive, model calls: {calls}")
+        assert "Traceback" not in log and "[SAG]" not in log and images[label].std() > 5
+        if sampler == "DPM adaptive":
+            calls[label] = model_calls(log)
+    differences = {label: float(np.abs(image - images["off"]).mean()) for label, image in images.items()}
+    record_property("mean_abs_vs_off", differences)
+    record_property("model_calls", calls)
+    record_property("failures", failures)
+    print(f"\n{sampler}: mean |image - off| (of 255) {differences}, model calls {calls or 'not shown'}, "
+          f"failed: {failures or 'none'}")
+    if "ours" in failures:
+        assert "built-in" in failures, f"ours failed where the built-in SAG finished: {failures['ours']}"
+        pytest.xfail(f"{sampler} does not finish with SAG, ours as the built-in: {failures['ours']}")
+    assert differences["ours"] > 1
     if "built-in" in calls:
         assert calls["ours"] <= 1.25 * calls["built-in"]

@@ -29,16 +29,20 @@ On the GPU machine, from the repository root::
 then start the webui from ``.gpu/webui`` with that PYTHONPATH (the wheels first, so its pins shadow the
 machine's own transformers, huggingface_hub, tokenizers, ...); ``run.sh`` does all of it.
 
-With ``--forge DIR`` (a Forge checkout with ``repositories/huggingface_guess``) it packs that instead, into
-``.gpu/forge/``: its code without the model families' configs other than SD1.5's and SDXL's and without the
-built-in extensions other than its SAG, the pins of ``device_wheels_forge.txt``, and, from
-``--writer-repositories`` (the A1111 webui's ``repositories/``), the ldm and sgm code that writes the test
-checkpoints::
+With ``--forge DIR`` (a Forge-family checkout with its ``repositories/``) it packs that instead, into
+``.gpu/forge/``: its code without the model families' configs (Forge, Neo) or tokenizer data (reForge,
+Classic) other than SD1.5's and SDXL's and without the built-in extensions other than its SAG, the pins of
+``device_wheels_forge.txt``, and, from ``--writer-repositories`` (the A1111 webui's ``repositories/``), the
+ldm and sgm code that writes the test checkpoints::
 
     python3 tests/e2e/gpu/pack.py --forge ~/stable-diffusion-webui-forge \
         --writer-repositories ~/stable-diffusion-webui/repositories
 
-Forge Neo the same way, with its own wheels: ``--forge ~/forge-neo --pins tests/e2e/gpu/device_wheels_neo.txt``.
+Forge Neo the same way, with its own wheels: ``--forge ~/forge-neo --pins tests/e2e/gpu/device_wheels_neo.txt``;
+reForge with the webui's wheels (gradio 3) and openai CLIP, which its k-diffusion imports:
+``--forge ~/reForge --pins tests/e2e/gpu/device_wheels.txt --clip ~/CLIP``; Forge Classic the same, with
+its pillow-heif and spandrel over those:
+``--pins tests/e2e/gpu/device_wheels.txt --pins tests/e2e/gpu/device_wheels_classic.txt``.
 """
 
 from __future__ import annotations
@@ -88,29 +92,45 @@ def copy_code(src: Path, dst: Path, suffixes: tuple[str, ...], skip_dirs=frozens
         shutil.copy2(path, dst / rel)
 
 
-def pack_webui(webui: Path, dst: Path):
-    copy_code(webui, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS, WEBUI_SKIP_FILES)
-    for repository in sorted((webui / "repositories").iterdir()):
+def copy_repositories(webui: Path, dst: Path):
+    """The runtime files of each folder in the webui's ``repositories/`` (if it has one)."""
+    for repository in sorted((webui / "repositories").glob("*")):
         if repository.is_dir():
             copy_code(repository, dst / "repositories" / repository.name, REPOSITORY_SUFFIXES)
+
+
+def pack_webui(webui: Path, dst: Path):
+    copy_code(webui, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS, WEBUI_SKIP_FILES)
+    copy_repositories(webui, dst)
     (dst / "localizations").mkdir(exist_ok=True)  # the webui lists it at startup
 
 
 #: Forge's folders of model-family configs and built-in extensions that the GPU runs use.
 FORGE_MODEL_CONFIGS = ("runwayml/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0")
 FORGE_EXTENSIONS = ("sd_forge_sag",)
+#: reForge's and Classic's tokenizer data (``ldm_patched/**/*_tokenizer`` without code) that SD1.5 and SDXL use.
+LDM_PATCHED_TOKENIZERS = ("sd1_tokenizer",)
 #: Repositories of the A1111 webui whose code writes the test checkpoints (ldm, sgm).
 WRITER_REPOSITORIES = ("stable-diffusion-stability-ai", "generative-models")
 
 
 def pack_forge(forge: Path, writer_repositories: Path, dst: Path):
+    """Forge and Neo (a ``backend/`` with the model families' configs) or reForge and Classic (``ldm_patched/``,
+    the webui's own ``repositories/``): the code, the built-in SAG, the writer's ldm and sgm."""
     copy_code(forge, dst, WEBUI_SUFFIXES, WEBUI_SKIP_DIRS | {"extensions-builtin", "backend"}, WEBUI_SKIP_FILES)
-    copy_code(forge / "backend", dst / "backend", WEBUI_SUFFIXES, {"huggingface"})
-    for family in FORGE_MODEL_CONFIGS:
-        copy_code(forge / "backend" / "huggingface" / family, dst / "backend" / "huggingface" / family, WEBUI_SUFFIXES)
+    if (forge / "backend").is_dir():
+        copy_code(forge / "backend", dst / "backend", WEBUI_SUFFIXES, {"huggingface"})
+        for family in FORGE_MODEL_CONFIGS:
+            copy_code(forge / "backend" / "huggingface" / family, dst / "backend" / "huggingface" / family,
+                      WEBUI_SUFFIXES)
+    for tokenizer in dst.glob("ldm_patched/**/*_tokenizer"):
+        if tokenizer.name not in LDM_PATCHED_TOKENIZERS and not any(tokenizer.rglob("*.py")):
+            shutil.rmtree(tokenizer)
+    copy_repositories(forge, dst)
     for extension in FORGE_EXTENSIONS:
-        copy_code(forge / "extensions-builtin" / extension, dst / "extensions-builtin" / extension, EXTENSION_SUFFIXES)
-    copy_code(forge / "repositories" / "huggingface_guess", dst / "repositories" / "huggingface_guess", REPOSITORY_SUFFIXES)
+        if (forge / "extensions-builtin" / extension).is_dir():
+            copy_code(forge / "extensions-builtin" / extension, dst / "extensions-builtin" / extension,
+                      EXTENSION_SUFFIXES)
     for repository in WRITER_REPOSITORIES:
         copy_code(writer_repositories / repository, dst / "repositories" / repository, REPOSITORY_SUFFIXES)
     (dst / "localizations").mkdir(exist_ok=True)
@@ -143,9 +163,10 @@ def pip(*args: str):
     subprocess.run([sys.executable, "-m", "pip", *args], check=True)
 
 
-def pack_wheels(dst: Path, pins_file: Path):
-    """Fill the cache with the missing pins of ``pins_file``, then copy every pinned wheel into ``dst``."""
-    pins = read_pins(pins_file)
+def pack_wheels(dst: Path, pins_files: list[Path]):
+    """Fill the cache with the missing pins of ``pins_files`` (a later file's pin replaces an earlier one of the
+    same package), then copy every pinned wheel into ``dst``."""
+    pins = list({normalize(pin[0]): pin for pins_file in pins_files for pin in read_pins(pins_file)}.values())
     WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
     missing = [(f"{name}=={version}", build) for name, version, build in pins if not cached_wheel(name, version)]
     if to_download := [requirement for requirement, build in missing if not build]:
@@ -183,11 +204,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--webui", type=Path, default=os.environ.get("SD_WEBUI_PATH"),
                         help="webui v1.10.1 checkout with repositories/ (default: $SD_WEBUI_PATH)")
-    parser.add_argument("--clip", type=Path, help="openai/CLIP checkout (holds clip/), for the webui")
+    parser.add_argument("--clip", type=Path, help="openai/CLIP checkout (holds clip/), for the webui and reForge")
     parser.add_argument("--forge", type=Path, help="a Forge checkout to pack instead of the webui")
     parser.add_argument("--writer-repositories", type=Path, help="with --forge: the webui's repositories/ (ldm, sgm)")
-    parser.add_argument("--pins", type=Path, help="the wheels to pack (default: device_wheels.txt, or with --forge "
-                        "device_wheels_forge.txt; for Forge Neo device_wheels_neo.txt)")
+    parser.add_argument("--pins", type=Path, action="append", help="the wheels to pack, one or more files "
+                        "(default: device_wheels.txt, or with --forge device_wheels_forge.txt; for Forge Neo "
+                        "device_wheels_neo.txt)")
     parser.add_argument("--extension", type=Path, action="append", default=[], help="extension folder to copy")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / ".gpu", help="output folder (default: .gpu)")
     args = parser.parse_args()
@@ -202,8 +224,9 @@ def main() -> int:
         pack_forge(args.forge, args.writer_repositories, out / "forge")
     else:
         pack_webui(args.webui, out / "webui")
+    if args.clip:
         copy_code(args.clip / "clip", out / "site" / "clip", (".py", ".txt.gz"))
-    pack_wheels(out / "wheels", args.pins or PINS_FILES[host])
+    pack_wheels(out / "wheels", args.pins or [PINS_FILES[host]])
     for extension in args.extension:
         copy_code(extension, out / "extensions" / extension.resolve().name, EXTENSION_SUFFIXES)
 
