@@ -1,5 +1,6 @@
-"""The case contract in a real Forge webui on a CUDA GPU, in its default half precision, at SD1.5 512²
-(batch 2) and SDXL 1024², and ours beside the built-in SAG at the same seed.
+"""The case contract in a real Forge-family webui on a CUDA GPU, in its default half precision, at SD1.5
+512² (batch 2) and SDXL 1024², ours beside the built-in SAG at the same seed, and the adaptive-step
+samplers the host lists.
 
 Runs only with ``SAG_E2E_DEVICE=cuda`` (``tests/e2e/gpu/run.sh forge-contract`` sets Forge up on a GPU
 machine); the checkpoints are ``sd15`` and ``sdxl`` (every part at the real sizes, random weights).

@@ -67,9 +67,9 @@ def ours_beside_the_builtin(webui, case, record_property, label=""):
 
 SAMPLERS = ["Euler a", "DPM++ 2M", "DDIM", "UniPC"]
 # Samplers with an adaptive step size choose their own number of model calls, and SAG's mask, a threshold
-# that positions cross between two nearby latents, multiplies them (DPM adaptive: ours as the built-in SAG,
-# test_forge_gpu.py); on the CPU at these sizes that is over 10 minutes a generation. reForge's ODE samplers
-# are adaptive too (up to 250 solver steps).
+# that positions cross between two nearby latents, multiplies them (ours as the built-in SAG); on the CPU at
+# these sizes that is over 10 minutes a generation: test_forge_gpu.py runs them on a GPU. reForge's ODE
+# samplers are adaptive too (up to 250 solver steps).
 ADAPTIVE_SAMPLERS = ["DPM adaptive", "ODE (Bosh3)", "ODE (Fehlberg2)", "ODE (Adaptive Heun)", "ODE (Dopri5)",
                      "ODE Custom"]
 
