@@ -204,8 +204,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--webui", type=Path, default=os.environ.get("SD_WEBUI_PATH"),
                         help="webui v1.10.1 checkout with repositories/ (default: $SD_WEBUI_PATH)")
-    parser.add_argument("--clip", type=Path, help="openai/CLIP checkout (holds clip/), for the webui and reForge")
-    parser.add_argument("--forge", type=Path, help="a Forge checkout to pack instead of the webui")
+    parser.add_argument("--clip", type=Path, help="openai/CLIP checkout (holds clip/), for the webui, reForge and Classic")
+    parser.add_argument("--forge", type=Path, help="a Forge-family checkout to pack instead of the webui")
     parser.add_argument("--writer-repositories", type=Path, help="with --forge: the webui's repositories/ (ldm, sgm)")
     parser.add_argument("--pins", type=Path, action="append", help="the wheels to pack, one or more files "
                         "(default: device_wheels.txt, or with --forge device_wheels_forge.txt; for Forge Neo "
