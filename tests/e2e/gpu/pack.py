@@ -123,7 +123,7 @@ def pack_forge(forge: Path, writer_repositories: Path, dst: Path):
         for family in FORGE_MODEL_CONFIGS:
             copy_code(forge / "backend" / "huggingface" / family, dst / "backend" / "huggingface" / family,
                       WEBUI_SUFFIXES)
-    for tokenizer in dst.glob("ldm_patched/**/*_tokenizer"):
+    for tokenizer in list(dst.glob("ldm_patched/**/*_tokenizer")):  # listed first: the loop deletes folders
         if tokenizer.name not in LDM_PATCHED_TOKENIZERS and not any(tokenizer.rglob("*.py")):
             shutil.rmtree(tokenizer)
     copy_repositories(forge, dst)
