@@ -1,65 +1,84 @@
-"""A generation as the webui's Script sees it: its arguments (panel or API, with an X/Y/Z cell's values
-on top) become a `SagSession` on the processing object `p`; each batch's end checks it and makes the
-mask previews; the generation's end removes the hooks and reports. The host adapter supplies what
-depends on the host (see `sag_ext.hosts`)."""
+"""A generation as the webui's Scripts see it: each method's arguments (panel or API, with an X/Y/Z cell's
+values on top) become its session on the processing object `p` (SAG's own; PAG and SEG share one, so
+their passes share calls); each batch's end checks it and makes SAG's mask previews; the generation's
+end removes the hooks and reports. The host adapter supplies what depends on the host (see
+`sag_ext.hosts`)."""
 import dataclasses
 import logging
 
 from PIL import Image
 
-from .core.params import INFOTEXT_KEYS, InvalidParams, params_from, parse_script_args
+from .core.params import InvalidParams, SagParams, params_from, parse_script_args
+from .core.perturbed import PerturbedSession
 from .core.preview import overlay
-from .core.session import SagSession, report_off
+from .core.console import report_off
+from .core.session import SagSession
 from .ui import xyz
 from .ui.settings import option, panel_defaults
 
 log = logging.getLogger("sd_webui_sag")
 
 
-def generation_params(p, args):
-    """(SagParams, options) for `p`: the script arguments with the X/Y/Z cell's overrides on top."""
-    params, options, messages = parse_script_args(args, defaults=panel_defaults())
-    cell = xyz.overrides(p)
+def generation_params(p, args, defaults_class=SagParams):
+    """(params, options) for `p`: the script arguments with the X/Y/Z cell's overrides on top."""
+    method = defaults_class.METHOD
+    params, options, messages = parse_script_args(args, defaults=panel_defaults(defaults_class))
+    cell = xyz.overrides(p, defaults_class)
     if cell:
-        params, more = params_from({**dataclasses.asdict(params), **cell}, strict=False)
+        params, more = params_from({**dataclasses.asdict(params), **cell}, strict=False, defaults=params)
         messages += more
     for message in messages:
-        log.warning("[SAG] %s", message)
+        log.warning("[%s] %s", method.abbreviation, message)
     return params, options
 
 
-def start(p, args, host) -> None:
-    """Script.process: parse the arguments, write the infotext and attach a session to `p`."""
-    end(p)
-    host.release_model_hooks()
-    for key in INFOTEXT_KEYS.values():
+def start(p, args, host, defaults_class) -> None:
+    """Script.process: parse the arguments, write the infotext and attach the method to `p`'s session."""
+    method = defaults_class.METHOD
+    end(p, defaults_class)
+    if method.key == "sag":
+        host.release_model_hooks()
+    for key in method.infotext_keys.values():
         p.extra_generation_params.pop(key, None)  # X/Y/Z cells share one dict
     try:
-        params, options = generation_params(p, args)
+        params, options = generation_params(p, args, defaults_class)
     except InvalidParams as error:
-        report_off(str(error))
+        report_off(method, str(error))
         return
     if not params.enabled:
         return
     reason = host.unsupported_reason()
     if reason:
-        report_off(reason)
+        report_off(method, reason)
         return
     p.extra_generation_params.update(params.infotext(has_hires_pass=bool(getattr(p, "enable_hr", False))))
-    preview = options.get("preview", False) if getattr(p, "is_api", False) else option("mask_preview", False)
-    SagSession(params, collect_preview=preview).attach_to(p)
+    if method.key == "sag":
+        preview = options.get("preview", False) if getattr(p, "is_api", False) else option("mask_preview", False)
+        SagSession(params, collect_preview=preview).attach_to(p)
+    else:
+        PerturbedSession.for_generation(p, method.key).add(params)
 
 
-def finish_batch(p, images) -> None:
-    """Script.postprocess_batch, before the batch's infotexts are written: drop SAG's keys if it changed
-    nothing, and make the mask previews over the decoded images (B, 3, H, W in 0..1)."""
+def finish_batch(p, images, defaults_class) -> None:
+    """Script.postprocess_batch, before the batch's infotexts are written: drop the method's keys if it
+    changed nothing, and make SAG's mask previews over the decoded images (B, 3, H, W in 0..1)."""
+    method = defaults_class.METHOD
+    if method.key != "sag":
+        session = PerturbedSession.of(p)
+        if session is not None and method.key in session.methods:
+            with session.guard():
+                session.end_batch()
+            if session.changed_nothing(method.key):
+                for key in method.infotext_keys.values():
+                    p.extra_generation_params.pop(key, None)
+        return
     session = SagSession.of(p)
     if session is None:
         return
     with session.guard():
         session.end_batch()
     if session.changed_nothing():
-        for key in INFOTEXT_KEYS.values():
+        for key in method.infotext_keys.values():
             p.extra_generation_params.pop(key, None)
     blurred_share = session.take_blurred_share()
     if blurred_share is None:
@@ -76,9 +95,14 @@ def finish_batch(p, images) -> None:
                                     suffix="-sag-mask", p=p)
 
 
-def end(p, processed=None) -> None:
-    """Script.postprocess (and before a new start): remove the hooks, say if SAG changed nothing, show
-    previews, forget the session."""
+def end(p, defaults_class, processed=None) -> None:
+    """Script.postprocess (and before a new start): remove the hooks, say if the method changed nothing,
+    show SAG's previews, forget the session."""
+    if defaults_class.METHOD.key != "sag":
+        session = PerturbedSession.of(p)
+        if session is not None and session.end(defaults_class.METHOD.key, report=processed is not None):
+            PerturbedSession.detach_from(p)
+        return
     session = SagSession.of(p)
     if session is None:
         return

@@ -1,7 +1,10 @@
-"""Self-Attention Guidance: the webui Script. It only declares the Script; the work is in sag_ext."""
+"""Self-Attention, Perturbed-Attention and Smoothed Energy Guidance: the webui Scripts. They only declare
+the Scripts; the work is in sag_ext."""
 import modules.scripts as scripts
 
 from sag_ext import generation, hosts, ui
+from sag_ext.core.params import SagParams
+from sag_ext.core.perturbed_params import PagParams, SegParams
 from sag_ext.ui.panel import build_ui
 
 host = hosts.detect()
@@ -9,24 +12,40 @@ ui.register_callbacks(forge_keys=host.reads_forge_infotext)
 host.register_callbacks()
 
 
-class SelfAttentionGuidanceScript(scripts.Script):
+class GuidanceScript(scripts.Script):
+    """One method's panel and generation hooks; `params_class` names the method."""
+
+    params_class = SagParams
+
     def title(self):
-        return ui.TITLE
+        return self.params_class.METHOD.title
 
     def show(self, is_img2img):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        return build_ui(self, forge_keys=host.reads_forge_infotext)
+        return build_ui(self, self.params_class, forge_keys=host.reads_forge_infotext)
 
     def process(self, p, *args):
-        generation.start(p, args, host)
+        generation.start(p, args, host, self.params_class)
 
     def process_before_every_sampling(self, p, *args, **kwargs):
         host.before_sampling(p)
 
     def postprocess_batch(self, p, *args, images=None, **kwargs):
-        generation.finish_batch(p, images)
+        generation.finish_batch(p, images, self.params_class)
 
     def postprocess(self, p, processed, *args):
-        generation.end(p, processed)
+        generation.end(p, self.params_class, processed)
+
+
+class SelfAttentionGuidanceScript(GuidanceScript):
+    params_class = SagParams
+
+
+class PerturbedAttentionGuidanceScript(GuidanceScript):
+    params_class = PagParams
+
+
+class SmoothedEnergyGuidanceScript(GuidanceScript):
+    params_class = SegParams

@@ -130,7 +130,10 @@ def test_axes_are_added_once(xyz_module):
     ui.register_callbacks()
     load_script_module()
     labels = [option.label for option in xyz_module.axis_options]
-    assert labels[1:] == ["[SAG] Enabled", "[SAG] Scale", "[SAG] Blur sigma", "[SAG] Threshold", "[SAG] Start", "[SAG] End"]
+    assert labels[1:] == ["[SAG] Enabled", "[SAG] Scale", "[SAG] Blur sigma", "[SAG] Threshold", "[SAG] Start", "[SAG] End",
+                          "[PAG] Enabled", "[PAG] Scale", "[PAG] Start", "[PAG] End", "[PAG] Layers", "[PAG] CFG rescale",
+                          "[SEG] Enabled", "[SEG] Scale", "[SEG] Blur sigma", "[SEG] Start", "[SEG] End", "[SEG] Layers",
+                          "[SEG] CFG rescale"]
     assert xyz_module.axis_options[1].choices() == ["False", "True"]
 
 
@@ -166,7 +169,7 @@ BAD_ARGUMENTS = [
 @pytest.mark.parametrize("args,message", BAD_ARGUMENTS)
 def test_bad_api_arguments_are_named(args, message):
     body = json.dumps({"prompt": "x", "alwayson_scripts": {"Self-Attention Guidance": {"args": args}}}, allow_nan=True)
-    error = api.request_error(body.encode(), ui.TITLE)
+    error = api.request_error(body.encode())
     assert error is not None and message in error and error.startswith("alwayson_scripts['Self-Attention Guidance']")
 
 
@@ -177,7 +180,7 @@ def test_bad_api_arguments_are_named(args, message):
     {"alwayson_scripts": {"other script": {"args": [{"anything": 1}]}}},
 ])
 def test_good_api_requests_pass(body):
-    assert api.request_error(json.dumps(body).encode(), ui.TITLE) is None
+    assert api.request_error(json.dumps(body).encode()) is None
 
 
 def run_middleware(body: bytes):
@@ -197,7 +200,7 @@ def run_middleware(body: bytes):
         sent.append(message)
 
     scope = {"type": "http", "method": "POST", "path": "/sdapi/v1/txt2img"}
-    asyncio.run(api.ArgumentValidation(app, ui.TITLE)(scope, receive, send))
+    asyncio.run(api.ArgumentValidation(app)(scope, receive, send))
     return received, sent
 
 

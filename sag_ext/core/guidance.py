@@ -125,6 +125,9 @@ class X0Space:
     def pred_x0(self, x: torch.Tensor, out: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return out
 
+    def output_from_x0(self, x: torch.Tensor, x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x0
+
     def renoise(self, x: torch.Tensor, x0: torch.Tensor, degraded: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The degraded x0 with the uncond's own noise: degraded + (x - x0)."""
         return x + (degraded - x0)
@@ -147,6 +150,11 @@ class EpsSpace:
     def pred_x0(self, x: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a = self._alpha(t, x)
         return (x - (1 - a).sqrt() * out) / a.sqrt()
+
+    def output_from_x0(self, x: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """eps = (x - sqrt(a) * x0) / sqrt(1 - a): the inverse of pred_x0."""
+        a = self._alpha(t, x)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
 
     def renoise(self, x: torch.Tensor, x0: torch.Tensor, degraded: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """sqrt(a) * degraded + sqrt(1 - a) * eps_uncond, written as a shift of x."""

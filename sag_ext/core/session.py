@@ -9,25 +9,19 @@ from parameters and shapes, the step runs no pass; what depends on tensor values
 non-finite pass) is decided on the device after the pass, and read once, when the batch ends.
 """
 import contextlib
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
 from .capture import MiddleBlockCapture, middle_block_attention
+from .console import report_off, report_unchanged
 from .guidance import (MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degraded_input, guided,
                        latent_too_small, mask_empty_by_construction)
 from .params import SagParams
 from .preview import BlurredShare
 
-log = logging.getLogger("sd_webui_sag")
 ATTRIBUTE = "_sag_session"  # where a host's per-generation object (the webui's `p`) holds its session
-
-
-def report_off(reason: str) -> None:
-    """The one console line saying SAG is off for this generation, and why."""
-    log.warning("[SAG] Self-Attention Guidance is off for this generation: %s", reason)
 
 
 class UnexpectedPassOutput(RuntimeError):
@@ -99,7 +93,7 @@ class SagSession:
     def stop(self, reason: str) -> None:
         """Turn SAG off for the rest of this generation, with one log line."""
         if self.active:
-            report_off(reason)
+            report_off(SagParams.METHOD, reason)
         self.active, self.stopped = False, True
         self.close()
 
@@ -227,5 +221,4 @@ class SagSession:
         if self.changed_nothing() and not self.stopped:
             if self.degraded_passes:  # every pass that ran was finite (else SAG stopped) and had an empty mask
                 self.idle_reasons.add(EMPTY_MASK)
-            reasons = "; ".join(sorted(self.idle_reasons)) or "no sampling step reached SAG"
-            log.warning("[SAG] Self-Attention Guidance changed nothing in this generation: %s", reasons)
+            report_unchanged(SagParams.METHOD, self.idle_reasons, "no sampling step reached SAG")

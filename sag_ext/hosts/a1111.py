@@ -1,11 +1,12 @@
-"""AUTOMATIC1111's webui (1.8-1.10 and its dev branch) as SAG's host.
+"""AUTOMATIC1111's webui (1.8-1.10 and its dev branch) as the host of SAG, PAG and SEG.
 
 The UNet is the ldm/sgm one at `sd_model.model.diffusion_model`. Per denoiser call the webui fires three
 callbacks: `cfg_denoiser` before the UNet calls (its batch has the cond rows first and the B uncond rows
 last, in one call, in chunks, or with a separate uncond call), `cfg_denoised` after them (x0 for
-k-diffusion samplers, eps for the timestep samplers) and `cfg_after_cfg` on the CFG result. The callbacks
-find their session through the hooked attention module of the model in use, so the adapter holds no
-generation state.
+k-diffusion samplers, eps for the timestep samplers) and `cfg_after_cfg` on the CFG result. SAG's pass
+runs over the uncond rows, PAG's and SEG's (one pass for both) over the cond rows, each in `cfg_denoised`
+with the webui's own conditioning. The callbacks find their sessions through the hooks on the model in
+use, so the adapter holds no generation state.
 """
 import functools
 import inspect
@@ -18,6 +19,8 @@ import torch
 
 from ..core.capture import LastRowsOfStep, MiddleBlockCapture, middle_block_attention
 from ..core.guidance import EpsSpace, X0Space
+from ..core.perturbation import PerturbationHooks
+from ..core.perturbed import PerturbedSession
 from ..core.session import SagSession
 from ..ui import register_once
 
@@ -27,8 +30,9 @@ class UnsupportedModel(RuntimeError):
 
 
 @dataclass
-class UncondRows:
-    """What the adapter keeps of a step for SAG's pass: the uncond rows' inputs and the CFG denoiser."""
+class StepRows:
+    """What the adapter keeps of a step for a pass: the inputs of the rows it runs over (SAG: uncond, PAG
+    and SEG: cond), the conditionings and the CFG denoiser."""
 
     x: torch.Tensor
     sigma: torch.Tensor
@@ -38,6 +42,7 @@ class UncondRows:
     space: Any
     repaint_mask: Optional[torch.Tensor]
     denoiser: Any
+    out_uncond: Optional[torch.Tensor] = None  # the uncond rows' output, for PAG's and SEG's snf rescale
 
 
 class A1111Adapter:
@@ -63,12 +68,13 @@ class A1111Adapter:
         return unet
 
     def release_model_hooks(self) -> None:
-        """Remove any capture left on the current model (after a failed generation, or on unload)."""
+        """Remove any hooks left on the current model (after a failed generation, or on unload)."""
         try:
-            _, attn = middle_block_attention(self.unet())
+            unet = self.unet()
         except Exception:
             return
-        MiddleBlockCapture.release(attn)
+        MiddleBlockCapture.release(middle_block_attention(unet)[1])
+        PerturbationHooks.release(unet)
 
     def before_sampling(self, p) -> None:
         """Script.process_before_every_sampling, which this webui does not call: its callbacks do it all."""
@@ -85,65 +91,97 @@ class A1111Adapter:
 
     # ---- CFG callbacks ------------------------------------------------------------------------------
 
-    def _model_session(self):
-        """The session owning the hooks on the model in use: the one whose step is in progress."""
-        try:
-            _, attn = middle_block_attention(self.unet())
-        except UnsupportedModel:
-            return None
-        return SagSession.owning(attn)
-
     def on_cfg_denoiser(self, params) -> None:
         denoiser = getattr(params, "denoiser", None)
         p = getattr(denoiser, "p", None)
-        session = SagSession.of(p)
+        sag, perturbed = SagSession.of(p), PerturbedSession.of(p)
         try:
             unet = self.unet()
         except UnsupportedModel as error:
-            if session is not None:
-                session.stop(str(error))
+            for session in (sag, perturbed):
+                if session is not None:
+                    session.stop(str(error))
             return
-        if session is None or not session.active:
-            MiddleBlockCapture.release(middle_block_attention(unet)[1])  # not ours, or left by a generation that never finished
+        if sag is None or not sag.active:  # not ours, or left by a generation that never finished
+            MiddleBlockCapture.release(middle_block_attention(unet)[1])
+        if perturbed is None or not perturbed.active:
+            PerturbationHooks.release(unet)
+        if not any(session is not None and session.active for session in (sag, perturbed)):
             return
-        with session.guard():
-            timesteps = isinstance(denoiser, self.webui.CFGDenoiserTimesteps)
-            count = _rows(params.text_uncond)
-            rows = UncondRows(params.x[-count:], params.sigma[-count:], params.image_cond[-count:],
-                              params.text_cond, params.text_uncond,
-                              EpsSpace(denoiser.alphas) if timesteps else X0Space(),
-                              denoiser.nmask if denoiser.mask is not None else None, denoiser)
-            session.begin_step(unet, LastRowsOfStep(total=params.x.shape[0], target=count),
-                               latent_size=params.x.shape[-2:], progress=denoiser.step / max(denoiser.total_steps, 1),
-                               hires_pass=bool(getattr(p, "is_hr_pass", False)), host=rows)
+        timesteps = isinstance(denoiser, self.webui.CFGDenoiserTimesteps)
+        count = _rows(params.text_uncond)
+        progress = denoiser.step / max(denoiser.total_steps, 1)
+        hires_pass = bool(getattr(p, "is_hr_pass", False))
+
+        def step_rows(rows: slice):
+            return StepRows(params.x[rows], params.sigma[rows], params.image_cond[rows], params.text_cond,
+                            params.text_uncond, EpsSpace(denoiser.alphas) if timesteps else X0Space(),
+                            denoiser.nmask if denoiser.mask is not None else None, denoiser)
+
+        if sag is not None and sag.active:
+            with sag.guard():
+                sag.begin_step(unet, LastRowsOfStep(total=params.x.shape[0], target=count),
+                               latent_size=params.x.shape[-2:], progress=progress, hires_pass=hires_pass,
+                               host=step_rows(slice(-count, None)))
+        if perturbed is not None and perturbed.active:
+            with perturbed.guard():
+                if params.x.shape[0] != 2 * count:
+                    perturbed.stop("AND prompts (several positive prompts per image) are not supported")
+                    return
+                perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass, host=step_rows(slice(0, count)))
 
     def on_cfg_denoised(self, params) -> None:
-        session = self._model_session()
-        if session is None or session.step is None:
+        try:
+            unet = self.unet()
+        except UnsupportedModel:
             return
-        rows: UncondRows = session.step.host
+        sag = SagSession.owning(middle_block_attention(unet)[1])
+        if sag is not None and sag.step is not None:
+            rows: StepRows = sag.step.host
 
-        def degraded_pass(x):
-            uncond = _uncond_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)
-            return params.inner_model(x, rows.sigma, cond=self._condition_dict(uncond, rows.image_cond))
+            def degraded_pass(x):
+                uncond = _conds_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)[1]
+                return params.inner_model(x, rows.sigma, cond=self._condition_dict(uncond, rows.image_cond))
 
-        with session.guard():
-            session.end_step(rows.x, params.x[-rows.x.shape[0]:], rows.sigma, rows.space, degraded_pass,
+            with sag.guard():
+                sag.end_step(rows.x, params.x[-rows.x.shape[0]:], rows.sigma, rows.space, degraded_pass,
                              rows.repaint_mask)
+        perturbed = PerturbedSession.owning(unet)
+        if perturbed is not None and perturbed.step is not None:
+            rows = perturbed.step.host
+            count = rows.x.shape[0]
+
+            def perturbed_pass(x, copies):
+                cond = _repeat_rows(_conds_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)[0], copies)
+                return params.inner_model(x, rows.sigma.repeat(copies), cond=self._condition_dict(
+                    cond, _repeat_rows(rows.image_cond, copies)))
+
+            rows.out_uncond = params.x[-count:]
+            with perturbed.guard():
+                perturbed.end_step(rows.x, params.x[:count], rows.sigma, rows.space, perturbed_pass)
 
     def on_cfg_after_cfg(self, params) -> None:
-        session = self._model_session()
-        if session is not None:
-            with session.guard():
-                params.x = session.apply(params.x)
+        try:
+            unet = self.unet()
+        except UnsupportedModel:
+            return
+        sag = SagSession.owning(middle_block_attention(unet)[1])
+        if sag is not None:
+            with sag.guard():
+                params.x = sag.apply(params.x)
+        perturbed = PerturbedSession.owning(unet)
+        if perturbed is not None and perturbed.step is not None:
+            rows = perturbed.step.host
+            with perturbed.guard():
+                params.x = perturbed.apply(params.x, rows.x, rows.sigma, rows.space, rows.out_uncond, rows.repaint_mask)
 
-    def _condition_dict(self, uncond, image_cond):
-        """The cond dict the webui's CFG denoiser builds for uncond rows (a fresh one: the host mutates it)."""
+    def _condition_dict(self, text, image_cond):
+        """The cond dict the webui's CFG denoiser builds for rows of `text` (a fresh one: the host mutates it)."""
         if self.webui.shared.sd_model.model.conditioning_key == "crossattn-adm":
-            return {"c_crossattn": [uncond], "c_adm": image_cond}
-        if isinstance(uncond, dict):
-            return {**uncond, "c_concat": [image_cond]}
-        return {"c_crossattn": [uncond], "c_concat": [image_cond]}
+            return {"c_crossattn": [text], "c_adm": image_cond}
+        if isinstance(text, dict):
+            return {**text, "c_concat": [image_cond]}
+        return {"c_crossattn": [text], "c_concat": [image_cond]}
 
     def register_callbacks(self) -> None:
         """The sampling callbacks, registered exactly once whatever reloads the script."""
@@ -158,13 +196,22 @@ def _rows(cond) -> int:
     return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[0]
 
 
-def _uncond_as_used(denoiser, text_cond, text_uncond):
-    """The uncond the host's UNet call saw: padded to the cond's length when the host padded it."""
+def _repeat_rows(cond, copies: int):
+    """A conditioning (tensor, or SDXL's dict of them) with its rows repeated `copies` times."""
+    if copies == 1:
+        return cond
+    if isinstance(cond, dict):
+        return {key: _repeat_rows(value, copies) for key, value in cond.items()}
+    return cond.repeat(copies, *([1] * (cond.ndim - 1)))
+
+
+def _conds_as_used(denoiser, text_cond, text_uncond):
+    """(cond, uncond) as the host's UNet call saw them: padded to one length when the host padded them."""
     if getattr(denoiser, "padded_cond_uncond_v0", False):
-        return denoiser.pad_cond_uncond_v0(text_cond, text_uncond)[1]
+        return denoiser.pad_cond_uncond_v0(text_cond, text_uncond)
     if getattr(denoiser, "padded_cond_uncond", False) and hasattr(denoiser, "pad_cond_uncond"):
-        return denoiser.pad_cond_uncond(text_cond, text_uncond)[1]
-    return text_uncond
+        return denoiser.pad_cond_uncond(text_cond, text_uncond)
+    return text_cond, text_uncond
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""The Forge family (Forge, Forge Neo, reForge, Forge Classic) as SAG's host.
+"""The Forge family (Forge, Forge Neo, reForge, Forge Classic) as the host of SAG, PAG and SEG.
 
 What they share and where they differ from A1111: the UNet is the model patcher's at
 `sd_model.forge_objects.unet.model.diffusion_model` (Forge and Neo: `backend`, reForge and Classic:
@@ -9,7 +9,9 @@ patcher's post-CFG functions the CFG result, both predictions as x0 (every sampl
 the uncond conditioning and the model options. So: `cfg_denoiser` arms the capture on the uncond chunk,
 and a post-CFG function set on a clone of the webui's UNet patcher (which the webui rebuilds before each
 sampling pass, so nothing stays patched) runs SAG's pass through the host's own batch function and adds
-the correction. The built-in SAG writes the `sag_*` infotext keys; when it is on, ours steps aside.
+the correction; a second one runs PAG's and SEG's pass over the host's cond (x repeated once per method,
+which the host's conditionings follow) and adds their guidance. The built-in SAG and PAG (Forge) and
+pamparamm's PAG and SEG scripts write infotext keys when they are on: the same method of ours steps aside.
 """
 import functools
 import importlib
@@ -17,10 +19,17 @@ from types import SimpleNamespace
 
 from ..core.capture import MiddleBlockCapture, UncondChunk, middle_block_attention
 from ..core.guidance import X0Space
+from ..core.perturbation import PerturbationHooks
+from ..core.perturbed import PerturbedSession
 from ..core.session import SagSession
 from ..ui import register_once
 
 BUILTIN_SAG_KEY = "sag_enabled"  # the infotext key the Forge hosts' built-in SAG writes when it is on
+# the infotext keys other PAG and SEG implementations write when they are on: Forge's built-in PAG, pamparamm's
+OTHER_IMPLEMENTATIONS = {"pag": {"pagi_enabled": "the webui's built-in PerturbedAttentionGuidance Integrated",
+                                 "pag_enabled": "the Perturbed-Attention Guidance of sd-perturbed-attention"},
+                         "seg": {"seg_enabled": "the Smoothed Energy Guidance of sd-perturbed-attention"}}
+SESSION_ATTRIBUTE = "guidance_session"  # marks our post-CFG functions with the session they serve
 # where the hosts keep their cond/uncond batch function: Forge and Neo, then reForge and Classic
 BATCH_FUNCTION_MODULES = ("backend.sampling.sampling_function", "ldm_patched.modules.samplers")
 
@@ -58,67 +67,85 @@ class ForgeAdapter:
         return None
 
     def release_model_hooks(self) -> None:
-        """Remove any capture left on the current model (after a failed generation, or on unload)."""
+        """Remove any hooks left on the current model (after a failed generation, or on unload)."""
         try:
-            _, attn = middle_block_attention(self.unet_of(self.webui.shared.sd_model))
+            unet = self.unet_of(self.webui.shared.sd_model)
         except Exception:
             return
-        MiddleBlockCapture.release(attn)
+        MiddleBlockCapture.release(middle_block_attention(unet)[1])
+        PerturbationHooks.release(unet)
 
     # ---- sampling ------------------------------------------------------------------------------------
 
     def before_sampling(self, p) -> None:
-        """Script.process_before_every_sampling: give this pass's UNet patcher SAG's post-CFG function."""
-        session = SagSession.of(p)
-        if session is None or not session.active:
-            return
+        """Script.process_before_every_sampling (each of our Scripts calls it; once per pass is enough): give
+        this pass's UNet patcher the post-CFG functions of the generation's sessions."""
+        for session, function in ((SagSession.of(p), self.post_cfg), (PerturbedSession.of(p), self.perturbed_post_cfg)):
+            if session is None or not session.active or self._ours(p.sd_model.forge_objects.unet, session):
+                continue
 
-        def post_cfg(args):  # a plain function: the patchers' clone() deep-copies model_options, but not functions
-            return self.post_cfg(session, args)
+            def post_cfg(args, session=session, function=function):  # a plain function: the patchers' clone()
+                return function(session, args)  # deep-copies model_options, but not functions
 
-        post_cfg.sag_session = session
-        with session.guard():
-            unet = p.sd_model.forge_objects.unet.clone()
-            unet.set_model_sampler_post_cfg_function(post_cfg)
-            p.sd_model.forge_objects.unet = unet
+            setattr(post_cfg, SESSION_ATTRIBUTE, session)
+            with session.guard():
+                unet = p.sd_model.forge_objects.unet.clone()
+                snf = any(getattr(params, "rescale_mode", None) == "snf" for params in getattr(session, "methods", {}).values())
+                unet.set_model_sampler_post_cfg_function(post_cfg, disable_cfg1_optimization=snf)
+                p.sd_model.forge_objects.unet = unet
+
+    @staticmethod
+    def _ours(patcher, session):
+        """Our post-CFG function for `session` in `patcher`'s options, or None."""
+        return next((fn for fn in patcher.model_options.get("sampler_post_cfg_function", [])
+                     if getattr(fn, SESSION_ATTRIBUTE, None) is session), None)
 
     def on_cfg_denoiser(self, params) -> None:
         denoiser = getattr(params, "denoiser", None)
         p = getattr(denoiser, "p", None)
-        session = SagSession.of(p)
-        if session is None or not session.active:
+        sag, perturbed = SagSession.of(p), PerturbedSession.of(p)
+        if not any(session is not None and session.active for session in (sag, perturbed)):
             self.release_model_hooks()  # left by a generation that never finished, if any
             return
-        if p.extra_generation_params.get(BUILTIN_SAG_KEY):
-            session.stop("the webui's built-in Self-Attention Guidance is on as well; turn one of them off")
-            return
-        with session.guard():
-            unet = self.unet_of(denoiser.inner_model.inner_model)
-            self.keep_post_cfg_function(session, denoiser)
-            session.begin_step(unet, UncondChunk(target=params.x.shape[0]), latent_size=params.x.shape[-2:],
-                               progress=denoiser.step / max(denoiser.total_steps or 1, 1),
-                               hires_pass=bool(getattr(p, "is_hr_pass", False)),
-                               host=denoiser.nmask if getattr(denoiser, "mask", None) is not None else None)
+        progress = denoiser.step / max(denoiser.total_steps or 1, 1)
+        hires_pass = bool(getattr(p, "is_hr_pass", False))
+        if sag is not None and sag.active:
+            if p.extra_generation_params.get(BUILTIN_SAG_KEY):
+                sag.stop("the webui's built-in Self-Attention Guidance is on as well; turn one of them off")
+            else:
+                with sag.guard():
+                    unet = self.unet_of(denoiser.inner_model.inner_model)
+                    self.keep_post_cfg_function(sag, denoiser)
+                    sag.begin_step(unet, UncondChunk(target=params.x.shape[0]), latent_size=params.x.shape[-2:],
+                                   progress=progress, hires_pass=hires_pass,
+                                   host=denoiser.nmask if getattr(denoiser, "mask", None) is not None else None)
+        if perturbed is not None and perturbed.active:
+            for key, others in OTHER_IMPLEMENTATIONS.items():
+                for infotext_key, name in others.items():
+                    if key in perturbed.methods and p.extra_generation_params.get(infotext_key):
+                        perturbed.stop(f"{name} is on as well; turn one of them off", keys={key})
+            with perturbed.guard():
+                if perturbed.active:
+                    unet = self.unet_of(denoiser.inner_model.inner_model)
+                    self.keep_post_cfg_function(perturbed, denoiser)
+                    perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass)
 
-    @staticmethod
-    def keep_post_cfg_function(session: SagSession, denoiser) -> None:
-        """Put SAG's post-CFG function in front of the sampler's own list, where the sampler brings one.
-        CFG++ samplers pass model options of their own with their post-CFG function, and Neo and reForge
-        merge them over the patcher's with `dict.update`, which drops SAG's; their dict lives for one
-        sampling pass."""
+    def keep_post_cfg_function(self, session, denoiser) -> None:
+        """Put our post-CFG function for `session` in front of the sampler's own list, where the sampler
+        brings one. CFG++ samplers pass model options of their own with their post-CFG function, and Neo
+        and reForge merge them over the patcher's with `dict.update`, which drops ours; their dict lives
+        for one sampling pass."""
         extra_args = getattr(getattr(denoiser, "sampler", None), "sampler_extra_args", None) or {}
         options = extra_args.get("model_options")
         if not options or "sampler_post_cfg_function" not in options:
             return
-        patcher = denoiser.inner_model.inner_model.forge_objects.unet
-        ours = next((fn for fn in patcher.model_options.get("sampler_post_cfg_function", [])
-                     if getattr(fn, "sag_session", None) is session), None)
+        ours = self._ours(denoiser.inner_model.inner_model.forge_objects.unet, session)
         theirs = options["sampler_post_cfg_function"]
         if ours is not None and ours not in theirs:
             options["sampler_post_cfg_function"] = [ours] + theirs
 
     def post_cfg(self, session: SagSession, args: dict):
-        """The patcher's post-CFG function: SAG's pass over the uncond rows, and the CFG result corrected."""
+        """SAG's post-CFG function: its pass over the uncond rows, and the CFG result corrected."""
         denoised = args["denoised"]
         if session.step is None:
             return denoised
@@ -132,6 +159,23 @@ class ForgeAdapter:
             session.end_step(args["input"], args["uncond_denoised"], args["sigma"], X0Space(), degraded_pass,
                              repaint_mask)
             denoised = session.apply(denoised)
+        return denoised
+
+    def perturbed_post_cfg(self, session: PerturbedSession, args: dict):
+        """PAG's and SEG's post-CFG function: one pass over the cond rows, once per method, and the
+        guided result."""
+        denoised = args["denoised"]
+        if session.step is None:
+            return denoised
+        x, sigma = args["input"], args["sigma"]
+
+        def perturbed_pass(rows, copies):
+            return self.webui.calc_cond_uncond_batch(args["model"], args["cond"], None, rows, sigma.repeat(copies),
+                                                     args["model_options"])[0]
+
+        with session.guard():
+            session.end_step(x, args["cond_denoised"], sigma, X0Space(), perturbed_pass)
+            denoised = session.apply(denoised, x, sigma, X0Space(), args["uncond_denoised"])
         return denoised
 
     def register_callbacks(self) -> None:

@@ -1,9 +1,7 @@
-"""What the webuis of the AUTOMATIC1111 family show and accept alike: the panel (`panel`), Settings
-(`settings`), infotext paste (`paste`), the X/Y/Z axes (`xyz`) and the API's argument check (`api`).
-They speak to the host through `modules.scripts`, `script_callbacks`, `shared` and gradio, which these
-webuis share."""
-
-TITLE = "Self-Attention Guidance"
+"""What the webuis of the AUTOMATIC1111 family show and accept alike, for each method: the panel
+(`panel`), Settings (`settings`), infotext paste (`paste`), the X/Y/Z axes (`xyz`) and the API's argument
+check (`api`). They speak to the host through `modules.scripts`, `script_callbacks`, `shared` and gradio,
+which these webuis share."""
 
 
 def register_once(script_callbacks, pairs) -> None:
@@ -14,8 +12,8 @@ def register_once(script_callbacks, pairs) -> None:
 
 
 def register_callbacks(forge_keys: bool = True) -> None:
-    """The UI's callbacks: Settings, paste (`forge_keys`: whether Forge's `sag_*` keys restore ours), the
-    API check and the X/Y/Z axes."""
+    """The UI's callbacks: Settings, paste (`forge_keys`: whether other implementations' keys, which Forge's
+    own SAG and PAG write, restore ours), the API check and the X/Y/Z axes."""
     from modules import script_callbacks
 
     from . import api, paste, settings, xyz

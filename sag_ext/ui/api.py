@@ -1,18 +1,20 @@
-"""Rejects bad SAG arguments in txt2img/img2img API requests with HTTP 422, before any sampling.
+"""Rejects bad SAG, PAG and SEG arguments in txt2img/img2img API requests with HTTP 422, before any sampling.
 
 The webui only logs exceptions raised inside script hooks, so a request cannot be refused from there;
-this plain ASGI middleware reads the request body first, checks the SAG entry of `alwayson_scripts`
+this plain ASGI middleware reads the request body first, checks our entries of `alwayson_scripts`
 and either answers 422 naming the field or hands the unchanged body on.
 """
 import json
 
 from ..core.params import InvalidParams, parse_script_args
+from .paste import METHODS
 
 GENERATION_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 
 
-def request_error(body: bytes, title: str):
-    """The message for a request whose SAG arguments are bad, or None (also for bodies that are not JSON)."""
+def request_error(body: bytes, methods=METHODS):
+    """The message for a request whose arguments for one of `methods` (params classes) are bad, or None
+    (also for bodies that are not JSON)."""
     try:
         request = json.loads(body)
     except ValueError:
@@ -20,15 +22,17 @@ def request_error(body: bytes, title: str):
     scripts = request.get("alwayson_scripts") if isinstance(request, dict) else None
     if not isinstance(scripts, dict):
         return None
+    titles = {params_class.METHOD.title.lower(): params_class for params_class in methods}
     for name, entry in scripts.items():
-        if name.lower() != title.lower():
+        params_class = titles.get(str(name).lower())
+        if params_class is None:
             continue
         where = f"alwayson_scripts[{name!r}]"
         args = entry.get("args", []) if isinstance(entry, dict) else None
         if not isinstance(args, list):
             return f"{where} must be an object with an \"args\" list"
         try:
-            parse_script_args(args, strict=True)
+            parse_script_args(args, strict=True, defaults=params_class())
         except InvalidParams as error:
             return f"{where}: {error}"
     return None
@@ -36,18 +40,16 @@ def request_error(body: bytes, title: str):
 
 def on_app_started(_demo, app) -> None:
     """Adds the argument check (HTTP 422) in front of the generation endpoints."""
-    from . import TITLE
-
     app.middleware_stack = None
-    app.add_middleware(ArgumentValidation, title=TITLE)
+    app.add_middleware(ArgumentValidation)
     app.build_middleware_stack()
 
 
 class ArgumentValidation:
-    """ASGI middleware: 422 for bad SAG arguments on the generation endpoints."""
+    """ASGI middleware: 422 for bad arguments of our methods on the generation endpoints."""
 
-    def __init__(self, app, title: str):
-        self.app, self.title = app, title
+    def __init__(self, app, methods=METHODS):
+        self.app, self.methods = app, methods
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in GENERATION_PATHS:
@@ -60,7 +62,7 @@ class ArgumentValidation:
             chunks.append(message.get("body", b""))
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        error = request_error(body, self.title)
+        error = request_error(body, self.methods)
         if error is not None:
             content = json.dumps({"error": "InvalidParams", "detail": error}).encode()
             await send({"type": "http.response.start", "status": 422,

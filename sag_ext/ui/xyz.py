@@ -1,45 +1,60 @@
-"""X/Y/Z plot axes. Each axis sets a `sag_<field>` attribute on the cell's processing object, which
-the generation start reads over the panel's values (the same path for panel, X/Y/Z and API)."""
-from ..core.params import ARG_NAMES
+"""X/Y/Z plot axes. Each axis sets a `<method>_<field>` attribute (`sag_scale`, `pag_layers`, ...) on the
+cell's processing object, which the generation start reads over the panel's values (the same path for
+panel, X/Y/Z and API)."""
+from ..core.params import SagParams, arg_names
+from ..core.perturbed_params import PagParams, SegParams
 
-AXIS_LABELS = {"enabled": "Enabled", "scale": "Scale", "blur_sigma": "Blur sigma", "threshold": "Threshold",
-               "start": "Start", "end": "End"}
-PREFIX = "[SAG] "
-
-
-def p_attribute(name: str) -> str:
-    return f"sag_{name}"
-
-
-def overrides(p) -> dict:
-    """The SAG fields an X/Y/Z cell set on `p`."""
-    return {name: getattr(p, p_attribute(name)) for name in ARG_NAMES if hasattr(p, p_attribute(name))}
+AXES = {  # the fields each method has an axis for, and the axis labels
+    SagParams: {"enabled": "Enabled", "scale": "Scale", "blur_sigma": "Blur sigma", "threshold": "Threshold",
+                "start": "Start", "end": "End"},
+    PagParams: {"enabled": "Enabled", "scale": "Scale", "start": "Start", "end": "End", "layers": "Layers",
+                "rescale": "CFG rescale"},
+    SegParams: {"enabled": "Enabled", "scale": "Scale", "blur_sigma": "Blur sigma", "start": "Start", "end": "End",
+                "layers": "Layers", "rescale": "CFG rescale"},
+}
 
 
-def _apply(name):
+def prefix(params_class) -> str:
+    return f"[{params_class.METHOD.abbreviation}] "
+
+
+def p_attribute(params_class, name: str) -> str:
+    return f"{params_class.METHOD.key}_{name}"
+
+
+def overrides(p, params_class=SagParams) -> dict:
+    """The method's fields an X/Y/Z cell set on `p`."""
+    return {name: getattr(p, p_attribute(params_class, name)) for name in arg_names(params_class)
+            if hasattr(p, p_attribute(params_class, name))}
+
+
+def _apply(params_class, name):
     def apply(p, value, values):
-        setattr(p, p_attribute(name), value == "True" if name == "enabled" else value)
+        setattr(p, p_attribute(params_class, name), value == "True" if name == "enabled" else value)
         if name != "enabled":
-            setattr(p, p_attribute("enabled"), True)  # an axis on a SAG parameter implies SAG on
+            setattr(p, p_attribute(params_class, "enabled"), True)  # an axis on a parameter implies the method on
     return apply
 
 
 def enabled_choices():
-    """The Enabled axis's values, as the webui's own boolean axes list them (not every host has its helper)."""
+    """The Enabled axes' values, as the webui's own boolean axes list them (not every host has its helper)."""
     return ["False", "True"]
 
 
 def add_axes(xyz_grid) -> None:
-    """Adds the [SAG] axes to the X/Y/Z plot script's module once (idempotent)."""
+    """Adds the methods' axes to the X/Y/Z plot script's module once (idempotent)."""
     present = {option.label for option in xyz_grid.axis_options}
-    for name, label in AXIS_LABELS.items():
-        if PREFIX + label in present:
-            continue
-        if name == "enabled":
-            option = xyz_grid.AxisOption(PREFIX + label, str, _apply(name), choices=enabled_choices)
-        else:
-            option = xyz_grid.AxisOption(PREFIX + label, float, _apply(name))
-        xyz_grid.axis_options.append(option)
+    for params_class, axes in AXES.items():
+        for name, label in axes.items():
+            label = prefix(params_class) + label
+            if label in present:
+                continue
+            if name == "enabled":
+                option = xyz_grid.AxisOption(label, str, _apply(params_class, name), choices=enabled_choices)
+            else:
+                kind = str if name in params_class.METHOD.texts else float
+                option = xyz_grid.AxisOption(label, kind, _apply(params_class, name))
+            xyz_grid.axis_options.append(option)
 
 
 def add_axes_to_script() -> None:

@@ -32,3 +32,11 @@ class Row(Block):
 class Accordion(Block):
     def __init__(self, label=None, **kwargs):
         super().__init__(label=label, **kwargs)
+
+
+class Textbox(Block):
+    pass
+
+
+class Number(Block):
+    pass

@@ -1,0 +1,15 @@
+"""The console lines a method writes: at most one per generation, saying it is off or changed nothing, and why."""
+import logging
+
+log = logging.getLogger("sd_webui_sag")
+
+
+def report_off(method, reason: str) -> None:
+    """`method` (a params.Method) is off for this generation."""
+    log.warning("[%s] %s is off for this generation: %s", method.abbreviation, method.title, reason)
+
+
+def report_unchanged(method, reasons: set, fallback: str) -> None:
+    """`method` ran but changed nothing in this generation, for `reasons` (or `fallback` where none was noted)."""
+    log.warning("[%s] %s changed nothing in this generation: %s", method.abbreviation, method.title,
+                "; ".join(sorted(reasons)) or fallback)

@@ -1,0 +1,196 @@
+"""The two attention changes of PAG and SEG, and the hooks that make them in chosen self-attention layers
+for chosen rows of a UNet call.
+
+    PAG (Ahn et al. 2024):  attention(q, k, v) = v          the identity attention map, never built
+    SEG (Hong 2024):        attention(G_sigma * q, k, v)    the query blurred over the token grid by a
+                                                            2-D gaussian; sigma = infinity: their mean
+
+The hooks read and change the host's own projections whichever way its attention calls them (its own
+forward, an attention optimisation, another extension's replace patch): SEG's on `to_q`'s output, PAG's
+on the input of `to_out`'s linear layer, which gets the host's own `to_v` output in place of the
+attention's. A pass armed with several changes runs them side by side: its rows are tiles of B images,
+tile i carrying change i (`PerturbationHooks.armed`).
+"""
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+OWNER_ATTRIBUTE = "_guidance_perturbation"
+
+
+class UnsupportedPerturbation(RuntimeError):
+    """A chosen layer ran in a way the perturbation cannot follow (another extension changed its input)."""
+
+
+def seg_kernel_size(sigma: float, height: int, width: int) -> int:
+    """SEG's gaussian kernel: ceil(6 sigma) + 1 taps made odd, capped by the grid as pamparamm's
+    `gaussian_blur_2d` caps it (by the width, to an odd size), and so that its reflect padding fits the
+    grid (where that reference would fail)."""
+    size = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
+    size = min(size, width - (width % 2 - 1))
+    return min(size, 2 * min(height, width) - 1)
+
+
+def smoothed_query(q: torch.Tensor, grid: tuple, sigma: float) -> torch.Tensor:
+    """SEG's query: (rows, h*w, channels) blurred over the (h, w) grid by a gaussian of `sigma` with
+    reflect padding, in q's dtype; sigma < 0 (infinity): every token's query is their mean."""
+    rows, tokens, channels = q.shape
+    if sigma < 0:
+        return q.mean(dim=1, keepdim=True).expand(rows, tokens, channels)
+    height, width = grid
+    size = seg_kernel_size(sigma, height, width)
+    half = (size - 1) * 0.5
+    pdf = torch.linspace(-half, half, size, device=q.device).div_(sigma).square_().mul_(-0.5).exp_()
+    kernel = (pdf / pdf.sum()).to(q.dtype)
+    weight = (kernel[:, None] * kernel[None, :]).expand(channels, 1, size, size)
+    image = q.transpose(1, 2).reshape(rows, channels, height, width)
+    pad = size // 2
+    blurred = F.conv2d(F.pad(image, (pad, pad, pad, pad), mode="reflect"), weight, groups=channels)
+    return blurred.reshape(rows, channels, tokens).transpose(1, 2)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One attention change in a pass: "identity" (PAG) or "smoothed_query" (SEG, `sigma`), made in the
+    self-attention modules `layers` (a set of ids)."""
+
+    kind: str
+    layers: frozenset
+    sigma: float = 0.0
+
+
+class PerturbationHooks:
+    """Hooks on one UNet and the self-attention layers any of a generation's changes names. Idle but while
+    `armed`."""
+
+    def __init__(self, unet: torch.nn.Module, layers: list, owner=None):
+        """`layers`: [(spatial transformer, attn1)] (layers.find_layers)."""
+        self.unet, self.owner = unet, owner
+        self._changes, self._tile = None, 0
+        self._images = 0  # the rows of the UNet call in progress
+        self._grids = {}  # id(spatial transformer) -> (h, w) of the call in progress
+        self._values = {}  # id(attn1) -> its to_v output in this call
+        self.fired = 0
+        self._handles = [unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)]
+        for transformer, attn in layers:
+            self._handles += [
+                transformer.register_forward_pre_hook(self._grid_recorder(transformer)),
+                attn.to_q.register_forward_hook(self._query_changer(transformer, attn)),
+                attn.to_v.register_forward_hook(self._value_keeper(attn)),
+                attn.to_out[0].register_forward_pre_hook(self._output_changer(attn)),
+            ]
+        setattr(unet, OWNER_ATTRIBUTE, self)
+
+    @staticmethod
+    def attached(unet: torch.nn.Module):
+        return getattr(unet, OWNER_ATTRIBUTE, None)
+
+    @staticmethod
+    def release(unet: torch.nn.Module) -> None:
+        hooks = PerturbationHooks.attached(unet)
+        if hooks is not None:
+            hooks.remove()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._changes = None
+        if getattr(self.unet, OWNER_ATTRIBUTE, None) is self:
+            delattr(self.unet, OWNER_ATTRIBUTE)
+
+    @contextlib.contextmanager
+    def armed(self, changes: list, tile: int):
+        """The UNet calls inside make `changes[i]` in the rows of tile i: rows are images in tiles of
+        `tile`, the tiles repeating in the order of `changes` (one call of len(changes) * tile rows, or
+        several calls of whole tiles). Raises UnsupportedPerturbation after a pass no chosen layer saw."""
+        self._changes, self._tile, self.fired = list(changes), tile, 0
+        try:
+            yield
+        finally:
+            self._changes, self._grids, self._values = None, {}, {}
+        if self.fired == 0:
+            raise UnsupportedPerturbation("the model ran without its chosen self-attention layers (a compiled or "
+                                          "replaced UNet?)")
+
+    # ---- the hooks -------------------------------------------------------------------------------------
+
+    def _before_unet(self, module, args, kwargs):
+        if self._changes is not None:
+            self._images = (args[0] if args else kwargs["x"]).shape[0]
+            self._grids, self._values = {}, {}
+
+    def _grid_recorder(self, transformer):
+        def record(module, args):
+            if self._changes is not None:
+                self._grids[id(transformer)] = tuple(args[0].shape[-2:])
+        return record
+
+    def _changes_in(self, attn, kind: str, rows: int) -> list:
+        """[(tile index, change)] of the changes of `kind` made in `attn`, for a layer call of `rows` rows."""
+        if self._images == 0 or rows % self._images:
+            raise UnsupportedPerturbation(f"a self-attention layer got {rows} rows in a UNet call of {self._images}")
+        if self._images % (len(self._changes) * self._tile):
+            raise UnsupportedPerturbation(f"a UNet call of {self._images} rows in a pass of {len(self._changes)} "
+                                          f"tiles of {self._tile}")
+        return [(index, change) for index, change in enumerate(self._changes)
+                if change.kind == kind and id(attn) in change.layers]
+
+    def _tile_view(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (rows, ...) viewed as (groups, changes, rows of a tile, ...), writing through. A tile has
+        more rows than images where another extension splits each image's tokens into tiles (Hypertile)."""
+        rows_per_tile = self._tile * tensor.shape[0] // self._images
+        return tensor.view(-1, len(self._changes), rows_per_tile, *tensor.shape[1:])
+
+    def _query_changer(self, transformer, attn):
+        def change(module, args, q):
+            if self._changes is None:
+                return None
+            found = self._changes_in(attn, "smoothed_query", q.shape[0])
+            if not found:
+                return None
+            grid = self._grids.get(id(transformer))
+            if grid is None or grid[0] * grid[1] != q.shape[1] or q.shape[0] != self._images:
+                raise UnsupportedPerturbation(f"SEG's query of {tuple(q.shape)} is not the {grid} grid of its block "
+                                              "(another extension splits self-attention's tokens)")
+            self.fired += 1
+            if len(self._changes) == 1:
+                return smoothed_query(q, grid, found[0][1].sigma)
+            q = q.clone()
+            view = self._tile_view(q)
+            for index, step in found:
+                rows = view[:, index]
+                rows.copy_(smoothed_query(rows.reshape(-1, *q.shape[1:]), grid, step.sigma).view(rows.shape))
+            return q
+        return change
+
+    def _value_keeper(self, attn):
+        def keep(module, args, v):
+            if self._changes is not None:
+                self._values[id(attn)] = v
+        return keep
+
+    def _output_changer(self, attn):
+        def change(module, args):
+            if self._changes is None:
+                return None
+            out = args[0]
+            found = self._changes_in(attn, "identity", out.shape[0])
+            if not found:
+                return None
+            v = self._values.pop(id(attn), None)
+            if v is None or v.shape != out.shape:
+                raise UnsupportedPerturbation(f"PAG's values {None if v is None else tuple(v.shape)} do not match "
+                                              f"the attention output {tuple(out.shape)}")
+            self.fired += 1
+            if len(self._changes) == 1:
+                return (v,) + tuple(args[1:])
+            out = out.clone()
+            view, values = self._tile_view(out), self._tile_view(v)
+            for index, _ in found:
+                view[:, index] = values[:, index]
+            return (out,) + tuple(args[1:])
+        return change

@@ -1,0 +1,266 @@
+"""PAG and SEG: their guidance equation, and one generation's state of both.
+
+Per sampling step, for the B positive-prompt ("cond") rows x with the model's prediction D (x0):
+
+    x0_c  = D(x; sigma, c)                        the host's own cond prediction
+    x0_p  = D(x; sigma, c) with the attention change in the chosen layers (perturbation.py)
+    term  = scale * (x0_c - x0_p)
+    out   = CFG + rescaled(term)                  rescale 0: CFG + term
+
+with the references' CFG rescale (pamparamm's `rescale_guidance`, after Lin et al.): `full` and
+`partial` multiply the term by rescale * std(x0_c) / std(r) + (1 - rescale), r being CFG + term
+(`full`) or x0_c + term (`partial`), per image; `snf` (saliency-adaptive noise fusion, Wang et al.) picks,
+per position, whichever of the CFG guidance and the term stands out more: out = x0_u + snf(CFG - x0_u,
+term). Everything is computed in x0 (the timestep samplers' eps converted there and back), so the
+rescales mean the same in every sampler. PAG and SEG on together share one pass: its rows are x once per
+method, each tile with its own change.
+"""
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .console import report_off, report_unchanged
+from .guidance import autocast_off
+from .layers import find_layers
+from .perturbation import Change, PerturbationHooks
+
+ATTRIBUTE = "_perturbed_session"  # where the webui's `p` holds its PAG/SEG session
+
+SCALE_ZERO = "the scale is 0 (in a hires pass: hires pass \"off\", or a hires scale of 0)"
+OUTSIDE_RANGE = "steps outside start..end"
+
+
+def _std(t: torch.Tensor) -> torch.Tensor:
+    return t.std(dim=tuple(range(1, t.ndim)), keepdim=True)
+
+
+def _blur3(t: torch.Tensor) -> torch.Tensor:
+    """pamparamm's `gaussian_blur_2d(t, 3, 1)`: a 3x3 gaussian of sigma 1 with reflect padding."""
+    pdf = torch.tensor([-1.0, 0.0, 1.0], device=t.device).square_().mul_(-0.5).exp_()
+    kernel = (pdf / pdf.sum()).to(t.dtype)
+    weight = (kernel[:, None] * kernel[None, :]).expand(t.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(t, (1, 1, 1, 1), mode="reflect"), weight, groups=t.shape[1])
+
+
+def saliency_fusion(cfg_guidance: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+    """snf: per position, the guidance whose blurred magnitude has the larger softmax over the image."""
+    b, c, h, w = term.shape
+
+    def saliency(t):
+        return torch.softmax(_blur3(t.abs()).reshape(b * c, h * w), dim=1).reshape(b, c, h, w)
+
+    return torch.where(saliency(term) > saliency(cfg_guidance), term, cfg_guidance)
+
+
+def guided(cfg: torch.Tensor, cond: torch.Tensor, perturbed: torch.Tensor, uncond: Optional[torch.Tensor],
+           scale: float, rescale: float = 0.0, mode: str = "full") -> torch.Tensor:
+    """The equation above on x0 tensors (B, C, H, W); `uncond` is needed by `snf` only (None: CFG + term)."""
+    term = scale * (cond - perturbed)
+    if mode == "snf":  # where the host ran no uncond rows (CFG 1) its uncond is zeros: CFG + term, as pamparamm's
+        return cfg + term if uncond is None else torch.where(uncond.any(), uncond + saliency_fusion(cfg - uncond, term),
+                                                            cfg + term)
+    if rescale == 0:
+        return cfg + term
+    reference = (cfg if mode == "full" else cond) + term
+    return cfg + term * (rescale * _std(cond) / _std(reference) + (1.0 - rescale))
+
+
+class NonFinitePass(RuntimeError):
+    """The perturbed pass gave inf or NaN; that step and the later ones were left unguided."""
+
+
+@dataclass
+class Step:
+    """A step with work: its methods' (params, scale), and what the adapter keeps of it for its pass."""
+
+    methods: list
+    host: Any
+
+
+class PerturbedSession:
+    """PAG's and SEG's state in one generation (either or both). Never shared between generations or tabs.
+
+    A host adapter drives it per denoiser call: `begin_step` before the UNet calls, `end_step` after them
+    (the perturbed pass), `apply` on the CFG result, `end_batch` when a batch ends. An exception inside
+    turns both off for the rest of the generation, with one console line each.
+    """
+
+    def __init__(self):
+        self.methods = {}  # method key -> params, in the order the generation added them
+        self.stopped_methods = set()
+        self.hooks: Optional[PerturbationHooks] = None
+        self.step: Optional[Step] = None
+        self.result = None  # (guided terms per method, what `apply` needs) of the step in progress
+        self.passes_finite: Optional[torch.Tensor] = None
+        self.guided_steps = {}  # method key -> device int
+        self.idle_reasons = {}  # method key -> set of reasons a step did nothing
+        self.started = False  # a step has begun: the session is sampling, no method joins any more
+        self.ended = set()  # the methods whose Script's postprocess ran
+
+    @staticmethod
+    def of(generation) -> Optional["PerturbedSession"]:
+        return getattr(generation, ATTRIBUTE, None)
+
+    @staticmethod
+    def for_generation(generation, key: str) -> "PerturbedSession":
+        """The session the method `key` joins: the generation's, where PAG's or SEG's Script made one for it
+        (they share it), or a new one where there is none or it is left from an earlier generation."""
+        session = PerturbedSession.of(generation)
+        if session is None or key in session.methods or session.started:
+            if session is not None:
+                session.close()
+            session = PerturbedSession()
+            setattr(generation, ATTRIBUTE, session)
+        return session
+
+    @staticmethod
+    def detach_from(generation) -> None:
+        setattr(generation, ATTRIBUTE, None)
+
+    @staticmethod
+    def owning(unet: torch.nn.Module) -> Optional["PerturbedSession"]:
+        return getattr(PerturbationHooks.attached(unet), "owner", None)
+
+    def add(self, params) -> None:
+        self.methods[params.METHOD.key] = params
+        self.idle_reasons.setdefault(params.METHOD.key, set())
+
+    def active_methods(self) -> list:
+        return [params for key, params in self.methods.items() if key not in self.stopped_methods]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.active_methods())
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Run host-facing work; an exception turns PAG and SEG off for this generation instead of reaching the host."""
+        try:
+            yield
+        except Exception as error:
+            self.stop(f"{type(error).__name__}: {error}")
+
+    def stop(self, reason: str, keys=None) -> None:
+        """Turn the methods `keys` (all if None) off for the rest of this generation, one line each."""
+        for params in self.active_methods():
+            if keys is None or params.METHOD.key in keys:
+                report_off(params.METHOD, reason)
+                self.stopped_methods.add(params.METHOD.key)
+        if not self.active:
+            self.close()
+
+    def close(self) -> None:
+        if self.hooks is not None:
+            self.hooks.remove()
+            self.hooks = None
+        self.step, self.result = None, None
+
+    def _hook(self, unet: torch.nn.Module) -> None:
+        """Hooks on the layers the methods name in `unet` (once per UNet); a method naming layers this
+        model lacks steps aside."""
+        if self.hooks is not None and self.hooks.unet is unet and PerturbationHooks.attached(unet) is self.hooks:
+            return
+        self.close()
+        PerturbationHooks.release(unet)
+        layers, self.changes = {}, {}
+        for params in self.active_methods():
+            try:
+                found = find_layers(unet, params.layers)
+            except ValueError as error:
+                self.stop(f"layers {params.layers!r}: {error}", keys={params.METHOD.key})
+                continue
+            layers.update((id(attn), (transformer, attn)) for transformer, attn in found)
+            kind = "smoothed_query" if hasattr(params, "blur_sigma") else "identity"
+            self.changes[params.METHOD.key] = Change(kind, frozenset(id(attn) for _, attn in found),
+                                                     getattr(params, "blur_sigma", 0.0))
+        if layers:
+            self.hooks = PerturbationHooks(unet, list(layers.values()), owner=self)
+
+    def begin_step(self, unet: torch.nn.Module, progress: float = 0.0, hires_pass: bool = False,
+                   host: Any = None) -> None:
+        """Before the UNet calls of a step: which methods guide it (`progress`: the step's place in its
+        pass, 0 first; steps outside a method's range or with scale 0 do no work at all)."""
+        self.step, self.result, self.started = None, None, True
+        if not self.active:
+            return
+        self._hook(unet)
+        methods = []
+        for params in self.active_methods():
+            scale = params.scale_for(hires_pass)
+            idle = SCALE_ZERO if scale == 0 else OUTSIDE_RANGE if not params.in_range(progress) else None
+            if idle:
+                self.idle_reasons[params.METHOD.key].add(idle)
+            else:
+                methods.append((params, scale))
+        if methods and self.hooks is not None:
+            self.step = Step(methods, host)
+
+    def end_step(self, x: torch.Tensor, out_cond: torch.Tensor, noise_level: torch.Tensor, space,
+                 perturbed_pass: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+        """After the host's UNet calls: one pass over x repeated once per method (`perturbed_pass(x_rows,
+        copies)` runs the model on them with the cond conditioning repeated `copies` times), each copy with
+        its method's attention change; keeps each method's perturbed x0."""
+        step = self.step
+        if step is None:
+            return
+        copies = len(step.methods)
+        changes = [self.changes[params.METHOD.key] for params, _ in step.methods]
+        with self.hooks.armed(changes, tile=x.shape[0]):
+            out = perturbed_pass(x.repeat(copies, *([1] * (x.ndim - 1))) if copies > 1 else x, copies)
+        if out.shape[0] != x.shape[0] * copies or out.shape[1:] != x.shape[1:]:
+            raise RuntimeError(f"the model answered the perturbed pass over {copies * x.shape[0]} rows with "
+                               f"{tuple(out.shape)}")
+        with autocast_off(x.device):
+            cond = space.pred_x0(x, out_cond, noise_level)
+            perturbed = [space.pred_x0(x, part.to(out_cond.dtype), noise_level) for part in out.chunk(copies)]
+            finite = torch.isfinite(out).all()
+        self.passes_finite = finite if self.passes_finite is None else self.passes_finite & finite
+        self.result = (cond, perturbed)
+
+    def apply(self, combined: torch.Tensor, x: torch.Tensor, noise_level: torch.Tensor, space,
+              out_uncond: Optional[torch.Tensor] = None, repaint_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The CFG result `combined` (in `space`) guided by this step's methods, in their order; nothing
+        without a pass. `out_uncond` (the uncond rows' output, None where the host ran none) is for snf."""
+        step, result = self.step, self.result
+        self.step, self.result = None, None
+        if step is None or result is None:
+            return combined
+        cond, perturbed = result
+        with autocast_off(x.device):
+            cfg = start = space.pred_x0(x, combined, noise_level)
+            uncond = None if out_uncond is None else space.pred_x0(x, out_uncond, noise_level)
+            for (params, scale), rows in zip(step.methods, perturbed):
+                cfg = guided(cfg, cond, rows, uncond, scale, params.rescale, params.rescale_mode)
+                key = params.METHOD.key
+                self.guided_steps[key] = self.guided_steps.get(key, 0) + self.passes_finite.int()
+            cfg = torch.where(self.passes_finite, cfg, start)  # after a non-finite pass, no guidance any more
+            if repaint_mask is not None:
+                cfg = start + (cfg - start) * repaint_mask
+            return space.output_from_x0(x, cfg, noise_level).to(combined.dtype)
+
+    def end_batch(self) -> None:
+        """When a batch ends (one host sync): NonFinitePass if a pass was not finite."""
+        if self.passes_finite is not None and not bool(self.passes_finite):
+            raise NonFinitePass("the perturbed pass gave inf or NaN (a float16 overflow in the model?); that "
+                                "step and the later ones were left unguided")
+
+    def changed_nothing(self, key: str) -> bool:
+        steps = self.guided_steps.get(key)
+        return steps is None or int(steps) == 0
+
+    def end(self, key: str, report: bool) -> bool:
+        """Script.postprocess of the method `key`: with `report`, one console line if it changed nothing in
+        this generation; True once every method of the session has ended (the hooks are then removed)."""
+        if key not in self.methods:
+            return False
+        params = self.methods[key]
+        if report and key not in self.stopped_methods and self.changed_nothing(key):
+            report_unchanged(params.METHOD, self.idle_reasons[key], "no sampling step reached it")
+        self.ended.add(key)
+        if set(self.methods) <= self.ended:
+            self.close()
+            return True
+        return False
