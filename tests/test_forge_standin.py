@@ -15,6 +15,7 @@ from harness.unets import CONTEXT_DIM, sd1_unet
 from sag_ext import hosts
 from sag_ext.core.capture import middle_block_attention
 from sag_ext.core.params import SagParams
+from sag_ext.core.perturbed import PerturbedSession
 from sag_ext.core.session import SagSession
 from sag_ext.hosts import a1111, forge
 
@@ -39,9 +40,10 @@ class ForgeHost:
         self.original_patcher = self.sd_model.forge_objects.unet
 
     def step(self, params=None, x=None, sigma=None, cond_tokens=77, cfg=CFG, builtin_sag=False, cloned_after=False,
-             finished=True, sampler_options=None, **denoiser_kwargs):
+             finished=True, sampler_options=None, other_keys=(), **denoiser_kwargs):
         """One sampling step as the webui runs it (a fresh pass: the patcher rebuilt, then
-        process_before_every_sampling), with SAG on `params` (None: off); `cloned_after`: another script
+        process_before_every_sampling), with the methods of `params` (one or a list; None: off);
+        `other_keys`: infotext keys other scripts wrote (another PAG on); `cloned_after`: another script
         clones the patcher after ours, as the hosts' built-in guidance does; `finished`: the generation
         ends (else it failed before its end, and its session is never closed); `sampler_options`: the
         model options the sampler passes with each call (a CFG++ sampler's). Returns (denoised, p)."""
@@ -49,8 +51,13 @@ class ForgeHost:
         p = SimpleNamespace(sd_model=self.sd_model, extra_generation_params={}, is_hr_pass=False)
         if builtin_sag:
             p.extra_generation_params["sag_enabled"] = True
-        if params is not None:
-            SagSession(params).attach_to(p)
+        p.extra_generation_params.update(dict(other_keys))
+        for each in [] if params is None else params if isinstance(params, list) else [params]:
+            if isinstance(each, SagParams):
+                SagSession(each).attach_to(p)
+            else:
+                PerturbedSession.for_generation(p, each.METHOD.key).add(each)
+        for _ in range(3):  # each of the three Scripts calls it
             self.adapter.before_sampling(p)
         if cloned_after:
             self.sd_model.forge_objects.unet = self.sd_model.forge_objects.unet.clone()
@@ -62,9 +69,9 @@ class ForgeHost:
         sigma = torch.full((BATCH,), 8.0) if sigma is None else sigma
         denoised = denoiser.forward(x, sigma, text(BATCH, seed=2), text(BATCH, cond_tokens, seed=1), cfg,
                                     **extra_args)
-        session = SagSession.of(p)
-        if session is not None and finished:
-            session.close()
+        for session in (SagSession.of(p), PerturbedSession.of(p)):
+            if session is not None and finished:
+                session.close()
         return denoised, p
 
 

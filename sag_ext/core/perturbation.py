@@ -9,7 +9,7 @@ The hooks read and change the host's own projections whichever way its attention
 forward, an attention optimisation, another extension's replace patch): SEG's on `to_q`'s output, PAG's
 on the input of `to_out`'s linear layer, which gets the host's own `to_v` output in place of the
 attention's. A pass armed with several changes runs them side by side: its rows are tiles of B images,
-tile i carrying change i (`PerturbationHooks.armed`).
+tile i carrying change i, in one call or several (`PerturbationHooks.armed`).
 """
 import contextlib
 import math
@@ -71,11 +71,13 @@ class PerturbationHooks:
         self.unet, self.owner = unet, owner
         self._changes, self._tile = None, 0
         self._images = 0  # the rows of the UNet call in progress
+        self._first = self._seen = 0  # the pass's images before that call, and so far
+        self._indices = {}  # (change, layer rows, device) -> the rows it changes in that call
         self._grids = {}  # id(spatial transformer) -> (h, w) of the call in progress
         self._values = {}  # id(attn1) -> its to_v output in this call
         self.fired = 0
         self._handles = [unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)]
-        for transformer, attn in layers:
+        for transformer, attn in {id(attn): (transformer, attn) for transformer, attn in layers}.values():
             self._handles += [
                 transformer.register_forward_pre_hook(self._grid_recorder(transformer)),
                 attn.to_q.register_forward_hook(self._query_changer(transformer, attn)),
@@ -105,9 +107,9 @@ class PerturbationHooks:
     @contextlib.contextmanager
     def armed(self, changes: list, tile: int):
         """The UNet calls inside make `changes[i]` in the rows of tile i: rows are images in tiles of
-        `tile`, the tiles repeating in the order of `changes` (one call of len(changes) * tile rows, or
-        several calls of whole tiles). Raises UnsupportedPerturbation after a pass no chosen layer saw."""
-        self._changes, self._tile, self.fired = list(changes), tile, 0
+        `tile`, the tiles repeating in the order of `changes`, counted across the calls (one call of
+        len(changes) * tile rows, or several). Raises UnsupportedPerturbation after a pass no chosen layer saw."""
+        self._changes, self._tile, self.fired, self._seen = list(changes), tile, 0, 0
         try:
             yield
         finally:
@@ -121,7 +123,8 @@ class PerturbationHooks:
     def _before_unet(self, module, args, kwargs):
         if self._changes is not None:
             self._images = (args[0] if args else kwargs["x"]).shape[0]
-            self._grids, self._values = {}, {}
+            self._first, self._seen = self._seen, self._seen + self._images  # the pass's images before this call
+            self._grids, self._values, self._indices = {}, {}, {}
 
     def _grid_recorder(self, transformer):
         def record(module, args):
@@ -129,27 +132,34 @@ class PerturbationHooks:
                 self._grids[id(transformer)] = tuple(args[0].shape[-2:])
         return record
 
-    def _changes_in(self, attn, kind: str, rows: int) -> list:
-        """[(tile index, change)] of the changes of `kind` made in `attn`, for a layer call of `rows` rows."""
+    def _rows_of(self, attn, kind: str, tensor: torch.Tensor) -> list:
+        """[(change, rows)] of the changes of `kind` made in `attn`, for a layer call over `tensor`: rows is
+        None for all of them, else an index. A layer call has more rows than the UNet call's images where
+        another extension splits each image's tokens into tiles (Hypertile); they stay image by image."""
+        rows = tensor.shape[0]
         if self._images == 0 or rows % self._images:
             raise UnsupportedPerturbation(f"a self-attention layer got {rows} rows in a UNet call of {self._images}")
-        if self._images % (len(self._changes) * self._tile):
-            raise UnsupportedPerturbation(f"a UNet call of {self._images} rows in a pass of {len(self._changes)} "
-                                          f"tiles of {self._tile}")
-        return [(index, change) for index, change in enumerate(self._changes)
-                if change.kind == kind and id(attn) in change.layers]
-
-    def _tile_view(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` (rows, ...) viewed as (groups, changes, rows of a tile, ...), writing through. A tile has
-        more rows than images where another extension splits each image's tokens into tiles (Hypertile)."""
-        rows_per_tile = self._tile * tensor.shape[0] // self._images
-        return tensor.view(-1, len(self._changes), rows_per_tile, *tensor.shape[1:])
+        found = []
+        for index, change in enumerate(self._changes):
+            if change.kind != kind or id(attn) not in change.layers:
+                continue
+            key = (index, rows, tensor.device)
+            if key not in self._indices:
+                images = [image for image in range(self._images)
+                          if (self._first + image) // self._tile % len(self._changes) == index]
+                per_image = rows // self._images
+                self._indices[key] = (None if len(images) == self._images else
+                                      torch.tensor([image * per_image + t for image in images for t in range(per_image)],
+                                                   device=tensor.device))
+            if self._indices[key] is None or self._indices[key].numel():
+                found.append((change, self._indices[key]))
+        return found
 
     def _query_changer(self, transformer, attn):
         def change(module, args, q):
             if self._changes is None:
                 return None
-            found = self._changes_in(attn, "smoothed_query", q.shape[0])
+            found = self._rows_of(attn, "smoothed_query", q)
             if not found:
                 return None
             grid = self._grids.get(id(transformer))
@@ -157,13 +167,11 @@ class PerturbationHooks:
                 raise UnsupportedPerturbation(f"SEG's query of {tuple(q.shape)} is not the {grid} grid of its block "
                                               "(another extension splits self-attention's tokens)")
             self.fired += 1
-            if len(self._changes) == 1:
-                return smoothed_query(q, grid, found[0][1].sigma)
+            if found[0][1] is None:
+                return smoothed_query(q, grid, found[0][0].sigma)
             q = q.clone()
-            view = self._tile_view(q)
-            for index, step in found:
-                rows = view[:, index]
-                rows.copy_(smoothed_query(rows.reshape(-1, *q.shape[1:]), grid, step.sigma).view(rows.shape))
+            for step, rows in found:
+                q[rows] = smoothed_query(q[rows], grid, step.sigma)
             return q
         return change
 
@@ -178,7 +186,7 @@ class PerturbationHooks:
             if self._changes is None:
                 return None
             out = args[0]
-            found = self._changes_in(attn, "identity", out.shape[0])
+            found = self._rows_of(attn, "identity", out)
             if not found:
                 return None
             v = self._values.pop(id(attn), None)
@@ -186,11 +194,10 @@ class PerturbationHooks:
                 raise UnsupportedPerturbation(f"PAG's values {None if v is None else tuple(v.shape)} do not match "
                                               f"the attention output {tuple(out.shape)}")
             self.fired += 1
-            if len(self._changes) == 1:
+            if found[0][1] is None:
                 return (v,) + tuple(args[1:])
             out = out.clone()
-            view, values = self._tile_view(out), self._tile_view(v)
-            for index, _ in found:
-                view[:, index] = values[:, index]
+            for _, rows in found:
+                out[rows] = v[rows]
             return (out,) + tuple(args[1:])
         return change

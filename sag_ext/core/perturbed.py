@@ -165,19 +165,19 @@ class PerturbedSession:
             return
         self.close()
         PerturbationHooks.release(unet)
-        layers, self.changes = {}, {}
+        layers, self.changes = [], {}
         for params in self.active_methods():
             try:
                 found = find_layers(unet, params.layers)
             except ValueError as error:
                 self.stop(f"layers {params.layers!r}: {error}", keys={params.METHOD.key})
                 continue
-            layers.update((id(attn), (transformer, attn)) for transformer, attn in found)
+            layers += found
             kind = "smoothed_query" if hasattr(params, "blur_sigma") else "identity"
             self.changes[params.METHOD.key] = Change(kind, frozenset(id(attn) for _, attn in found),
                                                      getattr(params, "blur_sigma", 0.0))
         if layers:
-            self.hooks = PerturbationHooks(unet, list(layers.values()), owner=self)
+            self.hooks = PerturbationHooks(unet, layers, owner=self)
 
     def begin_step(self, unet: torch.nn.Module, progress: float = 0.0, hires_pass: bool = False,
                    host: Any = None) -> None:

@@ -6,10 +6,20 @@ import torch
 COND, UNCOND = 0, 1
 
 
+def repeat_to_batch_size(tensor, batch_size):
+    """Forge's `backend.sampling.condition.repeat_to_batch_size`: a conditioning tiled (or cut) to the rows of x."""
+    if tensor.shape[0] > batch_size:
+        return tensor[:batch_size]
+    if tensor.shape[0] < batch_size:
+        return tensor.repeat([math.ceil(batch_size / tensor.shape[0])] + [1] * (tensor.ndim - 1))[:batch_size]
+    return tensor
+
+
 def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
-    """(cond prediction, uncond prediction) over B rows each. Every cond entry is a chunk of B rows; the
-    chunks that can share a call with the first one left (same text shape) run in reverse list order
-    (uncond first), as many per UNet call as `model.max_rows` allows; the others (a longer prompt) after."""
+    """(cond prediction, uncond prediction) over the rows of x_in each. Every cond entry is a chunk of those
+    rows, its conditioning tiled to them (`process_cond`); the chunks that can share a call with the first
+    one left (same text shape) run in reverse list order (uncond first), as many per UNet call as
+    `model.max_rows` allows; the others (a longer prompt) after."""
     out_cond, out_uncond = torch.zeros_like(x_in), torch.zeros_like(x_in)
     count_cond, count_uncond = torch.full_like(x_in, 1e-37), torch.full_like(x_in, 1e-37)
     to_run = [(entry, COND) for entry in cond] + [(entry, UNCOND) for entry in (uncond or [])]
@@ -24,7 +34,7 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
         chunks = [kind for _, kind in picked]
         transformer_options = {**model_options.get("transformer_options", {}), "cond_or_uncond": chunks[:],
                                "sigmas": timestep}
-        context = torch.cat([entry["crossattn"] for entry, _ in picked])
+        context = torch.cat([repeat_to_batch_size(entry["crossattn"], x_in.shape[0]) for entry, _ in picked])
         output = model.apply_model(torch.cat([x_in] * len(chunks)), torch.cat([timestep] * len(chunks)),
                                    context, transformer_options).chunk(len(chunks))
         for (entry, kind), out in zip(picked, output):

@@ -43,11 +43,17 @@ class Processing:
         return SAMPLERS[self.sampler_name](self, noise, list(self.timesteps), extra_args)
 
 
-def process_images(p, script, script_args):
-    script.process(p, *script_args)
+def process_images(p, script, script_args, others=()):
+    """A generation with the AlwaysVisible `script` and `others`, pairs of (script, its arguments), each
+    hook run for every script in that order."""
+    runs = [(script, script_args)] + list(others)
+    for each, args in runs:
+        each.process(p, *args)
     samples = p.sample()
     images = torch.sigmoid(samples[:, :3])  # stands in for the VAE decode: (B, 3, H, W) in 0..1
-    script.postprocess_batch(p, *script_args, images=images, batch_number=0)
+    for each, args in runs:
+        each.postprocess_batch(p, *args, images=images, batch_number=0)
     p.infotext = dict(p.extra_generation_params)  # the host writes the infotexts after postprocess_batch
-    script.postprocess(p, samples, *script_args)
+    for each, args in runs:
+        each.postprocess(p, samples, *args)
     return samples

@@ -1,0 +1,384 @@
+"""PAG and SEG through both adapters and the Scripts: the stand-in of the A1111 host (tests/webui_standin)
+and of Forge's sampling (tests/forge_standin), against the float64 reference; one pass for both methods,
+the generation's lifecycle and the webui experience."""
+import json
+import logging
+
+import pytest
+import torch
+
+import perturbed_reference as ref
+from forge_standin.sampling import COND
+from harness.diffusion import CompVisDenoiser, sd_alphas_cumprod
+from harness.unets import CONTEXT_DIM
+from modules import infotext_utils, processing, script_callbacks
+from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
+from sag_ext import generation
+from sag_ext.core.layers import find_layers
+from sag_ext.core.params import SagParams, arg_names, parse_script_args
+from sag_ext.core.perturbation import PerturbationHooks
+from sag_ext.core.perturbed_params import PagParams, SegParams
+from sag_ext.ui import api, xyz
+from script_loader import load_script_module
+from test_forge_standin import BATCH, CFG, ForgeHost, text
+from test_host_standin import kd_inputs, make_p, one_step
+
+PAG = PagParams(enabled=True, scale=2.0)
+SEG = SegParams(enabled=True, scale=2.5, blur_sigma=-1.0, layers="m0,u0.0")
+SEG_FINITE = SegParams(enabled=True, scale=2.5, blur_sigma=1.0)
+
+
+@pytest.fixture
+def scripts(host):
+    module = load_script_module()
+    return {SagParams: module.SelfAttentionGuidanceScript(), PagParams: module.PerturbedAttentionGuidanceScript(),
+            SegParams: module.SmoothedEnergyGuidanceScript()}
+
+
+def args_of(params):
+    return [getattr(params, name) for name in arg_names(type(params))]
+
+
+def generate(scripts, p, *params):
+    """A generation with each method of `params` on, through the three Scripts (the others off)."""
+    runs = []
+    for params_class, script in scripts.items():
+        chosen = next((each for each in params if isinstance(each, params_class)), params_class())
+        runs.append((script, args_of(chosen)))
+    return processing.process_images(p, runs[0][0], runs[0][1], others=runs[1:])
+
+
+def perturbed_hooks(host):
+    return PerturbationHooks.attached(host.sd_model.model.diffusion_model)
+
+
+def reference_x0(unet, params_list, x, sigma, cond):
+    """x0 of the cond rows with each method's change, from the float64 reference model; [plain] + one per method."""
+    def denoiser(model):
+        return CompVisDenoiser(lambda x_in, t, c: model(x_in, t, context=c), sd_alphas_cumprod().double())
+
+    paths = {id(module): name for name, module in unet.named_modules()}
+    models = [ref.perturbed_unet(unet, [], "plain")]
+    for params in params_list:
+        names = [paths[id(attn)] for _, attn in find_layers(unet, params.layers)]
+        kind = "smoothed_query" if isinstance(params, SegParams) else "identity"
+        models.append(ref.perturbed_unet(unet, names, kind, getattr(params, "blur_sigma", 0.0)))
+    with torch.no_grad():
+        return [denoiser(model)(x.double(), sigma.double(), cond.double()) for model in models]
+
+
+def expected_guidance(unet, params_list, x, sigma, cond):
+    """The methods' sum of scale * (x0_c - x0_perturbed) (no rescale: their terms add)."""
+    plain, *perturbed = reference_x0(unet, params_list, x, sigma, cond)
+    return sum(params.scale * (plain - rows) for params, rows in zip(params_list, perturbed))
+
+
+# ---- A1111: the image against the reference ----------------------------------------------------------
+
+@pytest.mark.parametrize("methods", [[PAG], [SEG], [SEG_FINITE], [PAG, SEG]], ids=["pag", "seg", "seg_sigma_1", "pag_seg"])
+def test_a1111_step_matches_the_float64_reference(host, scripts, methods):
+    x, sigma = kd_inputs(2)
+
+    def step(*params):
+        runs = [(scripts[type(each)], args_of(each)) for each in params] or [(scripts[PagParams], [False])]
+        p = make_p()
+        for script, args in runs[1:]:
+            script.process(p, *args)
+        out = one_step(runs[0][0], p, runs[0][1], x=x, sigma=sigma)  # processes the first and ends it
+        for script, args in runs[1:]:
+            script.postprocess(p, None, *args)
+        return out
+
+    off, on = step(), step(*methods)
+    want = expected_guidance(host.sd_model.model.diffusion_model, methods, x, sigma, make_p().cond)
+    assert want.abs().max() > 1e-2
+    torch.testing.assert_close((on - off).double(), want, atol=2e-4, rtol=0)
+
+
+def test_a1111_both_sampler_families_agree(host, scripts):
+    a = sd_alphas_cumprod()[600]
+    x_kd, sigma = kd_inputs(2, 600)
+    x0 = {}
+    for params in (PagParams(), PAG):
+        kd = one_step(scripts[PagParams], make_p(), args_of(params), x=x_kd, sigma=sigma)
+        x_t = x_kd * a.sqrt()
+        eps = one_step(scripts[PagParams], make_p(), args_of(params), denoiser_class=CFGDenoiserTimesteps, x=x_t,
+                       sigma=torch.full((2,), 600.0))
+        x0[params.enabled] = kd, (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    for kd, ts in x0.values():
+        torch.testing.assert_close(ts, kd, atol=1e-4, rtol=1e-4)
+    assert (x0[True][0] - x0[False][0]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("methods,calls", [([PAG], [4, 2]), ([SEG], [4, 2]), ([PAG, SEG], [4, 4]),
+                                           ([SagParams(enabled=True), PAG, SEG], [4, 2, 4])],
+                         ids=["pag", "seg", "pag_seg", "sag_pag_seg"])
+def test_a1111_one_pass_per_step_for_pag_and_seg_together(host, scripts, methods, calls):
+    p = make_p()
+    generate(scripts, p, *methods)
+    assert host.sd_model.calls == calls * len(p.timesteps)
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
+def test_a1111_generation_contract(host, scripts, sampler, caplog):
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        off = generate(scripts, make_p(sampler_name=sampler))
+        p = make_p(sampler_name=sampler)
+        on = generate(scripts, p, PAG, SEG)
+        again = generate(scripts, make_p(sampler_name=sampler), PAG, SEG)
+        off_after = generate(scripts, make_p(sampler_name=sampler))
+    assert (on - off).abs().max() > 1e-3 and torch.equal(on, again) and torch.equal(off, off_after)
+    assert p.infotext == {"PAG Scale": 2.0, "SEG Scale": 2.5, "SEG Blur Sigma": -1.0, "SEG Layers": "m0,u0.0"}
+    assert perturbed_hooks(host) is None and not caplog.text and not script_callbacks.reported_errors
+
+
+def test_a1111_cfg_1_still_guided(host, scripts):
+    off = generate(scripts, make_p(cfg_scale=1.0))
+    on = generate(scripts, make_p(cfg_scale=1.0), PAG)
+    assert (on - off).abs().max() > 1e-3
+
+
+def test_a1111_sdxl_style_dict_conds(host, scripts):
+    from standin_model import StandInSDModel
+    from harness.unets import sdxl_like_unet
+
+    host.sd_model = StandInSDModel(sdxl_like_unet(), CONTEXT_DIM)
+
+    def dict_p():
+        p = make_p()
+        p.cond = {"crossattn": p.cond, "vector": torch.zeros(2, 8)}
+        p.uncond = {"crossattn": p.uncond, "vector": torch.zeros(2, 8)}
+        return p
+
+    off = generate(scripts, dict_p())
+    on = generate(scripts, dict_p(), PAG, SEG)
+    assert (on - off).abs().max() > 1e-3 and perturbed_hooks(host) is None
+
+
+def test_a1111_img2img_guidance_stays_in_the_repainted_area(host, scripts):
+    keep = torch.zeros(1, 1, 32, 32)
+    keep[..., :16] = 1
+
+    def masked_p():
+        return make_p(init_latent=torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(9)), mask=keep)
+
+    x, sigma = kd_inputs(2)
+    off = one_step(scripts[PagParams], masked_p(), [False], x=x, sigma=sigma)
+    on = one_step(scripts[PagParams], masked_p(), args_of(PAG), x=x, sigma=sigma)
+    change = (on - off).abs()
+    assert change[..., :16].max() == 0 and change[..., 16:].max() > 1e-3
+
+
+def test_a1111_and_prompts_step_aside_with_one_line(host, scripts, caplog):
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        off = generate(scripts, make_p(and_prompt=True))
+        on = generate(scripts, make_p(and_prompt=True), PAG)
+    assert torch.equal(on, off)
+    assert caplog.text.count("[PAG]") == 1 and "AND prompts" in caplog.text
+
+
+def test_a1111_layers_the_model_lacks_turn_only_that_method_off(host, scripts, caplog):
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        pag_alone = generate(scripts, make_p(), PAG)
+        p = make_p()
+        both = generate(scripts, p, PAG, SegParams(enabled=True, layers="d7"))
+    torch.testing.assert_close(both, pag_alone, atol=1e-5, rtol=0)
+    assert caplog.text.count("[SEG]") == 1 and "d7: this model has 2 such blocks" in caplog.text
+    assert "[PAG]" not in caplog.text and "SEG Scale" not in p.infotext and "PAG Scale" in p.infotext
+
+
+def test_a1111_an_error_in_the_pass_steps_aside_for_that_generation(host, scripts, caplog, monkeypatch):
+    off = generate(scripts, make_p())
+    from sag_ext.core import perturbed
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(perturbed.PerturbedSession, "end_step", broken)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        p = make_p()
+        on = generate(scripts, p, PAG, SEG)
+    assert torch.equal(on, off) and perturbed_hooks(host) is None
+    assert caplog.text.count("[PAG]") == 1 and caplog.text.count("[SEG]") == 1 and "out of memory" in caplog.text
+    assert "PAG Scale" not in p.infotext
+
+
+def test_a1111_non_finite_pass_gives_the_off_image(host, scripts, caplog, monkeypatch):
+    off = generate(scripts, make_p())
+    unet = host.sd_model.model.diffusion_model
+    original = unet.forward
+
+    def overflowing(x, *args, **kwargs):
+        out = original(x, *args, **kwargs)
+        return out * float("inf") if x.shape[0] == 2 and PerturbationHooks.attached(unet)._changes else out
+
+    monkeypatch.setattr(unet, "forward", overflowing)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        on = generate(scripts, make_p(), PAG)
+    assert torch.equal(on, off) and "inf or NaN" in caplog.text and caplog.text.count("[PAG]") == 1
+
+
+def test_a1111_nothing_changed_is_said_once(host, scripts, caplog):
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        p = make_p()
+        generate(scripts, p, PagParams(enabled=True, start=0.9, end=1.0), SegParams(enabled=True, scale=0.0))
+    assert caplog.text.count("[PAG]") == 1 and caplog.text.count("[SEG]") == 1
+    assert "steps outside start..end" in caplog.text and "the scale is 0" in caplog.text
+    assert "PAG Scale" not in p.infotext and "SEG Scale" not in p.infotext
+
+
+def test_a1111_hires_control(host, scripts):
+    p = make_p()
+    p.is_hr_pass = True
+    off = generate(scripts, p)
+    for params, changed in ((PagParams(enabled=True, hires="off"), False), (PagParams(enabled=True, hires="own",
+                                                                                      hires_scale=1.0), True)):
+        p = make_p()
+        p.is_hr_pass = True
+        assert (generate(scripts, p, params) - off).abs().max() > 1e-3 if changed else \
+            torch.equal(generate(scripts, p, params), off)
+
+
+# ---- Forge: the image against the reference ------------------------------------------------------------
+
+def forge_expected(host, methods, x, sigma):
+    return expected_guidance(host.unet, methods, x, sigma, text(BATCH, seed=1))
+
+
+@pytest.mark.parametrize("methods", [[PAG], [SEG], [PAG, SEG]], ids=["pag", "seg", "pag_seg"])
+@pytest.mark.parametrize("max_rows,cond_tokens", [(1 << 30, 77), (BATCH, 77), (1 << 30, 154)],
+                         ids=["one_call", "memory_short", "long_prompt"])
+def test_forge_step_matches_the_float64_reference(methods, max_rows, cond_tokens):
+    host = ForgeHost(max_rows)
+    x = torch.randn(BATCH, 4, 32, 32, generator=torch.Generator().manual_seed(5)) * 8
+    sigma = torch.full((BATCH,), 8.0)
+    off, _ = host.step(None, cond_tokens=cond_tokens)
+    calls = list(host.model.calls)
+    on, _ = host.step(methods, cond_tokens=cond_tokens)
+    assert host.model.calls == calls + [(BATCH * len(methods), [COND])]  # one pass over the cond rows, once per method
+    if cond_tokens == 77:
+        want = forge_expected(host, methods, x, sigma)
+        assert want.abs().max() > 1e-2
+        torch.testing.assert_close((on - off).double(), want, atol=2e-4, rtol=0)
+    else:
+        assert (on - off).abs().max() > 1e-2
+
+
+def test_forge_cfg_1_still_guided():
+    host = ForgeHost()
+    off, _ = host.step(None, cfg=1.0)
+    on, _ = host.step([PAG], cfg=1.0)
+    assert host.model.calls == [(BATCH, [COND]), (BATCH, [COND])]
+    x = torch.randn(BATCH, 4, 32, 32, generator=torch.Generator().manual_seed(5)) * 8
+    torch.testing.assert_close((on - off).double(), forge_expected(host, [PAG], x, torch.full((BATCH,), 8.0)),
+                               atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("key,stepping_aside", [("pagi_enabled", "PAG"), ("pag_enabled", "PAG"), ("seg_enabled", "SEG")])
+def test_forge_another_pag_or_seg_on_makes_ours_step_aside(key, stepping_aside, caplog):
+    host = ForgeHost()
+    alone = {"PAG": [SEG], "SEG": [PAG]}[stepping_aside]
+    want, _ = host.step(alone)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        got, _ = host.step([PAG, SEG], other_keys={key: True})
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert caplog.text.count("[") == 1 and f"[{stepping_aside}]" in caplog.text and "is on as well" in caplog.text
+
+
+def test_forge_all_three_methods_add_one_function_each_and_leave_nothing():
+    host = ForgeHost()
+    on, p = host.step([SagParams(enabled=True), PAG, SEG])
+    functions = p.sd_model.forge_objects.unet.model_options["sampler_post_cfg_function"]
+    assert len(functions) == 2
+    assert host.model.calls == [(4, [1, 0]), (BATCH, [COND]), (2 * BATCH, [COND])]
+    assert PerturbationHooks.attached(host.unet) is None
+    assert "sampler_post_cfg_function" not in host.original_patcher.model_options
+
+
+def test_forge_cfg_pp_samplers_keep_our_function():
+    host = ForgeHost()
+    plain, _ = host.step([PAG])
+    theirs = [lambda args: args["denoised"]]
+    kept, _ = host.step([PAG], sampler_options={"sampler_post_cfg_function": theirs})
+    torch.testing.assert_close(kept, plain, atol=0, rtol=0)
+
+
+# ---- the webui experience ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("route", [infotext_utils.paste_values, infotext_utils.api_values])
+@pytest.mark.parametrize("params", [PAG, PagParams(enabled=True, scale=4.5, start=0.1, end=0.8, layers="m0,u0.4",
+                                                   rescale=0.5, rescale_mode="partial", hires="own", hires_scale=1.5),
+                                    SEG, SegParams(enabled=True, blur_sigma=10.0, rescale=0.7)])
+def test_infotext_round_trip(scripts, route, params):
+    script = scripts[type(params)]
+    script.ui(False)
+    written = {key: str(value) for key, value in params.infotext(has_hires_pass=True).items()}
+    pasted = route(script.infotext_fields, dict(written))
+    assert parse_script_args(pasted, defaults=type(params)())[0] == params
+
+
+@pytest.mark.parametrize("infotext,want", [
+    ({"pagi_enabled": "True", "pagi_scale": "4.5", "pagi_attenuation": "0", "pagi_start_step": "0.2",
+      "pagi_end_step": "0.9"}, PagParams(enabled=True, scale=4.5, start=0.2, end=0.9)),  # Forge's built-in PAG
+    ({"pag_enabled": "True", "pag_scale": "2.5", "pag_rescale": "0.3", "pag_rescale_mode": "partial", "pag_block": "output",
+      "pag_block_id": "1", "pag_block_list": ""}, PagParams(enabled=True, scale=2.5, rescale=0.3, rescale_mode="partial",
+                                                             layers="u1")),  # pamparamm's
+    ({"seg_enabled": "True", "seg_scale": "3", "seg_blur_sigma": "10", "seg_block_list": "m0,u0.4"},
+     SegParams(enabled=True, scale=3.0, blur_sigma=10.0, layers="m0,u0.4")),
+])
+def test_other_implementations_keys_paste_in_a1111(scripts, infotext, want):
+    script = scripts[type(want)]
+    script.ui(False)
+    pasted = infotext_utils.paste_values(script.infotext_fields, dict(infotext))
+    assert parse_script_args(pasted, defaults=type(want)())[0] == want
+
+
+def test_other_implementations_keys_stay_theirs_in_forge_hosts(scripts):
+    from sag_ext import ui
+    from sag_ext.ui.panel import build_ui
+
+    ui.register_callbacks(forge_keys=False)
+    script = scripts[PagParams]
+    build_ui(script, PagParams, forge_keys=False)
+    pasted = infotext_utils.paste_values(script.infotext_fields, {"pagi_enabled": "True", "pagi_scale": "4.5"})
+    assert pasted[0] is False and all(value is None for value in pasted[1:])
+
+
+@pytest.mark.parametrize("title,args,message", [
+    ("Perturbed-Attention Guidance", [{"layers": "x9"}], "layers: 'x9' is not a block"),
+    ("Perturbed-Attention Guidance", [{"rescale_mode": "half"}], "rescale_mode must be one of full, partial, snf"),
+    ("Perturbed-Attention Guidance", [{"scale": 31}], "scale must be within 0.0..30.0"),
+    ("Smoothed Energy Guidance", [{"blur_sigma": "inf"}], "blur_sigma must be a number"),
+    ("smoothed energy guidance", [{"layer": "m0"}], "unknown key 'layer'"),
+])
+def test_bad_api_arguments_are_named(title, args, message):
+    body = json.dumps({"alwayson_scripts": {title: {"args": args}}}).encode()
+    error = api.request_error(body)
+    assert error is not None and message in error and error.startswith(f"alwayson_scripts[{title!r}]")
+
+
+def test_dict_arguments_reach_the_generation(host, scripts):
+    p = make_p()
+    scripts[SegParams].process(p, {"blur_sigma": -5, "layers": "m0, u0.0"})
+    assert api.request_error(json.dumps({"alwayson_scripts": {"smoothed energy guidance": {
+        "args": [{"blur_sigma": -5}]}}}).encode()) is None
+    assert p._perturbed_session.methods["seg"] == SegParams(enabled=True, blur_sigma=-1.0, layers="m0,u0.0")
+    scripts[SegParams].postprocess(p, None)
+
+
+def test_xyz_layers_axis(host):
+    import xyz_grid
+
+    xyz.add_axes(xyz_grid)
+    options = {option.label: option for option in xyz_grid.axis_options}
+    p = make_p()
+    options["[PAG] Layers"].apply(p, "m0,u0.4", ["m0", "m0,u0.4"])
+    params, _ = generation.generation_params(p, [False], PagParams)
+    assert (params.enabled, params.layers) == (True, "m0,u0.4")
+    xyz_grid.axis_options[:] = xyz_grid.axis_options[:1]
+
+
+def test_settings_defaults_reach_the_panel(host, scripts):
+    host.opts.pag_default_scale, host.opts.seg_default_layers = 5.0, "u0"
+    assert scripts[PagParams].ui(False)[1].value == 5.0
+    assert next(control.value for control in scripts[SegParams].ui(False) if control.label == "SEG layers") == "u0"
