@@ -12,8 +12,9 @@ ui.register_callbacks(forge_keys=host.reads_forge_infotext)
 host.register_callbacks()
 
 
-class GuidanceScript(scripts.Script):
-    """One method's panel and generation hooks; `params_class` names the method."""
+class GuidanceScript:
+    """One method's panel and generation hooks; `params_class` names the method. Not a Script itself: the
+    webui registers every Script subclass a script file's namespace holds."""
 
     params_class = SagParams
 
@@ -39,13 +40,13 @@ class GuidanceScript(scripts.Script):
         generation.end(p, self.params_class, processed)
 
 
-class SelfAttentionGuidanceScript(GuidanceScript):
+class SelfAttentionGuidanceScript(GuidanceScript, scripts.Script):
     params_class = SagParams
 
 
-class PerturbedAttentionGuidanceScript(GuidanceScript):
+class PerturbedAttentionGuidanceScript(GuidanceScript, scripts.Script):
     params_class = PagParams
 
 
-class SmoothedEnergyGuidanceScript(GuidanceScript):
+class SmoothedEnergyGuidanceScript(GuidanceScript, scripts.Script):
     params_class = SegParams

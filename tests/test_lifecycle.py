@@ -191,3 +191,13 @@ def test_bad_arguments_are_clamped_or_refused_with_a_message(host, script, caplo
         script.process(p, True, "strong")
     assert "scale 9.0 is outside -2.0..5.0, using 5.0" in caplog.text
     assert "scale must be a number" in caplog.text and p._sag_session is None
+
+
+def test_the_script_file_declares_one_script_per_method(host):
+    """The webui registers every Script subclass in the file's namespace: a shared base class that were one
+    would be a second "Self-Attention Guidance", which the API's script name reaches instead of SAG's."""
+    from modules import scripts
+
+    classes = scripts.script_classes(load_script_module())
+    assert sorted(cls().title() for cls in classes) == ["Perturbed-Attention Guidance", "Self-Attention Guidance",
+                                                        "Smoothed Energy Guidance"]

@@ -1,4 +1,5 @@
-"""Helpers for the end-to-end tests: SAG requests, image decoding, the on/off/reproducibility check."""
+"""Helpers for the end-to-end tests: requests with SAG (or PAG, SEG), image decoding, the
+on/off/reproducibility check."""
 from __future__ import annotations
 
 import base64
@@ -14,6 +15,9 @@ TITLE = "self-attention guidance"
 ON = [True, 0.8, 2.0, 1.0]
 OFF = [False]
 SAG_KEYS = ("SAG Scale", "SAG Blur Sigma")
+PAG, SEG = "perturbed-attention guidance", "smoothed energy guidance"
+KEYS = {TITLE: SAG_KEYS, PAG: ("PAG Scale",), SEG: ("SEG Scale", "SEG Blur Sigma")}  # written whenever it acted
+TAGS = {TITLE: "SAG", PAG: "PAG", SEG: "SEG"}  # of the console lines and infotext keys
 SIZE = 128  # latent 16: a 2x2 middle grid on SD1, 4x4 on SDXL
 BASE = {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": 4, "sampler_name": "Euler a",
         "width": SIZE, "height": SIZE, "seed": 11, "cfg_scale": 5}
@@ -40,15 +44,17 @@ def encode(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def with_sag(payload: dict, args) -> dict:
+def with_sag(payload: dict, args, title: str = TITLE) -> dict:
+    """`payload` with the method `title`'s arguments `args`, or, for a dict `args`, each title's."""
     payload = copy.deepcopy(payload)
-    payload.setdefault("alwayson_scripts", {})[TITLE] = {"args": args}
+    for name, arguments in (args.items() if isinstance(args, dict) else [(title, args)]):
+        payload.setdefault("alwayson_scripts", {})[name] = {"args": arguments}
     return payload
 
 
-def generate(webui, endpoint: str, payload: dict, args):
-    """(images, infotexts) of one request with the SAG arguments `args`."""
-    result = webui.post(f"/sdapi/v1/{endpoint}", with_sag(payload, args))
+def generate(webui, endpoint: str, payload: dict, args, title: str = TITLE):
+    """(images, infotexts) of one request with the method `title`'s arguments `args` (see with_sag)."""
+    result = webui.post(f"/sdapi/v1/{endpoint}", with_sag(payload, args, title))
     info = json.loads(result["info"])
     return [decode(image) for image in result["images"]], info["infotexts"]
 
@@ -66,21 +72,23 @@ class LogWatch:
 
 
 def check_sag_case(webui, endpoint: str, payload: dict, images_expected: int = 1, must_change: bool = True, on_args=ON,
-                   off_after_on: bool = True):
+                   off_after_on: bool = True, title: str = TITLE):
     """The contract of every case: on differs from off, on is reproducible, off after on equals off before,
-    the infotext carries the SAG keys exactly when on, and the server log shows no traceback.
-    `off_after_on=False` (a sweep, where a host's other cases check it) leaves out the SAG-off generation
-    after on and the warm-up before."""
+    the infotext carries the method's keys exactly when on, and the server log shows no traceback.
+    `off_after_on=False` (a sweep, where a host's other cases check it) leaves out the off generation
+    after on and the warm-up before. `title` names the method (SAG), or, with a dict `on_args`, the
+    methods are its keys."""
+    titles = list(on_args) if isinstance(on_args, dict) else [title]
     watch = LogWatch(webui)
     if off_after_on:
         generate(webui, endpoint, payload, OFF)  # warm-up: the webui's first img2img of a size differs slightly
     off_before, off_infos = generate(webui, endpoint, payload, OFF)
-    on, on_infos = generate(webui, endpoint, payload, on_args)
-    on_again, _ = generate(webui, endpoint, payload, on_args)
+    on, on_infos = generate(webui, endpoint, payload, on_args, title)
+    on_again, _ = generate(webui, endpoint, payload, on_args, title)
     off_after = generate(webui, endpoint, payload, OFF)[0] if off_after_on else []
     log = watch.new_text()
 
-    assert "Traceback" not in log and "[SAG]" not in log, log[-4000:]
+    assert "Traceback" not in log and not any(f"[{TAGS[name]}]" in log for name in titles), log[-4000:]
     assert len(on) == len(off_before) == images_expected
     for a, b in zip(off_before, off_after):
         np.testing.assert_array_equal(a, b, err_msg="SAG off after on differs from SAG off before")
@@ -89,8 +97,8 @@ def check_sag_case(webui, endpoint: str, payload: dict, images_expected: int = 1
     if must_change:
         for index, (a, b) in enumerate(zip(on, off_before)):
             assert np.abs(a - b).max() > 0, f"SAG on did not change image {index}"
-    assert all(key in text for text in on_infos for key in SAG_KEYS)
-    assert not any("SAG" in text for text in off_infos)
+    assert all(key in text for text in on_infos for name in titles for key in KEYS[name]), on_infos[0]
+    assert not any(f"{TAGS[name]} " in text for text in off_infos for name in titles), off_infos[0]
     return on, off_before
 
 

@@ -6,6 +6,12 @@ ScriptClassData = namedtuple("ScriptClassData", ["script_class", "path", "basedi
 scripts_data = []  # the loaded script files; the X/Y/Z plot's is added by tests that need it
 
 
+def script_classes(module) -> list:
+    """The Scripts the webui registers from a loaded script file (modules/scripts.py `load_scripts`): every
+    class in the module's namespace that subclasses Script, imported ones too."""
+    return [value for value in module.__dict__.values() if isinstance(value, type) and issubclass(value, Script)]
+
+
 class Script:
     infotext_fields = None
     paste_field_names = None
