@@ -48,7 +48,7 @@ class ForgeHost:
         ends (else it failed before its end, and its session is never closed); `sampler_options`: the
         model options the sampler passes with each call (a CFG++ sampler's). Returns (denoised, p)."""
         self.sd_model.forge_objects.unet = self.original_patcher
-        p = SimpleNamespace(sd_model=self.sd_model, extra_generation_params={}, is_hr_pass=False)
+        p = SimpleNamespace(sd_model=self.sd_model, extra_generation_params={}, is_hr_pass=False, cfg_scale=cfg)
         if builtin_sag:
             p.extra_generation_params["sag_enabled"] = True
         p.extra_generation_params.update(dict(other_keys))
@@ -163,20 +163,27 @@ def test_a_cfg_pp_samplers_own_post_cfg_function_keeps_ours(forge_host):
     assert (on - off).abs().max() > 1e-3
 
 
-def test_cfg_1_gets_no_correction(forge_host):
-    """At CFG 1 Forge runs no uncond chunk, and its post-CFG functions get an uncond prediction of zeros:
-    SAG must not compute a correction from it."""
+def test_a_pass_at_cfg_1_runs_the_uncond_and_corrects_as_the_reference(forge_host):
+    """At CFG 1 Forge runs no uncond chunk unless a post-CFG function disables that optimisation; SAG does,
+    as ComfyUI's node and the hosts' built-in SAG: the correction is the reference's (SAG's term does not
+    depend on the CFG scale)."""
     off, _ = forge_host.step(None, cfg=1.0)
-    on, p = forge_host.step(PARAMS, cfg=1.0)
     assert forge_host.model.calls == [(BATCH, [COND])]
-    assert torch.equal(on, off)
-    assert SagSession.of(p).changed_nothing()
+    on, p = forge_host.step(PARAMS, cfg=1.0)
+    assert forge_host.model.calls == [(2 * BATCH, [UNCOND, COND]), (BATCH, [COND])]
+    want = reference_correction(forge_host, torch.randn(BATCH, 4, 32, 32, generator=torch.Generator().manual_seed(5)) * 8,
+                                torch.full((BATCH,), 8.0), PARAMS)
+    torch.testing.assert_close((on - off).double(), want, atol=1e-4, rtol=0)
 
 
 def test_skipped_uncond_steps_get_no_correction(forge_host):
+    """Skip early CFG and NGMS turn steps of a pass at a higher CFG scale to CFG 1: their uncond stays
+    skipped (the user's choice), and SAG, which gets an uncond prediction of zeros there, corrects nothing."""
     off, _ = forge_host.step(None, skip_uncond=lambda step: True)
-    on, _ = forge_host.step(PARAMS, skip_uncond=lambda step: True)
+    on, p = forge_host.step(PARAMS, skip_uncond=lambda step: True)
+    assert forge_host.model.calls == [(BATCH, [COND])]
     assert torch.equal(on, off)
+    assert SagSession.of(p).changed_nothing()
 
 
 def test_img2img_correction_stays_in_the_repainted_area(forge_host):

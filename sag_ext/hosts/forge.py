@@ -15,6 +15,7 @@ pamparamm's PAG and SEG scripts write infotext keys when they are on: the same m
 """
 import functools
 import importlib
+import math
 from types import SimpleNamespace
 
 from ..core.capture import MiddleBlockCapture, UncondChunk, middle_block_attention
@@ -79,8 +80,18 @@ class ForgeAdapter:
 
     def before_sampling(self, p) -> None:
         """Script.process_before_every_sampling (each of our Scripts calls it; once per pass is enough): give
-        this pass's UNet patcher the post-CFG functions of the generation's sessions."""
-        for session, function in ((SagSession.of(p), self.post_cfg), (PerturbedSession.of(p), self.perturbed_post_cfg)):
+        this pass's UNet patcher the post-CFG functions of the generation's sessions.
+
+        At CFG 1 the hosts run no uncond rows unless a post-CFG function asks for them: SAG asks, in a pass
+        whose CFG scale is 1, as ComfyUI's node and the hosts' built-in SAG do (not on the steps of a pass
+        with a higher scale that Skip early CFG or NGMS turn to CFG 1: their uncond stays skipped, as in
+        AUTOMATIC1111's webui); PAG and SEG ask only for the `snf` rescale, as pamparamm's scripts."""
+        cfg_scale = getattr(p, "hr_cfg", None) if getattr(p, "is_hr_pass", False) else getattr(p, "cfg_scale", None)
+        pass_at_cfg_1 = cfg_scale is not None and math.isclose(cfg_scale, 1.0)
+        perturbed = PerturbedSession.of(p)
+        snf = perturbed is not None and any(params.rescale_mode == "snf" for params in perturbed.methods.values())
+        for session, function, needs_uncond in ((SagSession.of(p), self.post_cfg, pass_at_cfg_1),
+                                                (perturbed, self.perturbed_post_cfg, snf)):
             if session is None or not session.active or self._ours(p.sd_model.forge_objects.unet, session):
                 continue
 
@@ -90,8 +101,7 @@ class ForgeAdapter:
             setattr(post_cfg, SESSION_ATTRIBUTE, session)
             with session.guard():
                 unet = p.sd_model.forge_objects.unet.clone()
-                snf = any(getattr(params, "rescale_mode", None) == "snf" for params in getattr(session, "methods", {}).values())
-                unet.set_model_sampler_post_cfg_function(post_cfg, disable_cfg1_optimization=snf)
+                unet.set_model_sampler_post_cfg_function(post_cfg, disable_cfg1_optimization=needs_uncond)
                 p.sd_model.forge_objects.unet = unet
 
     @staticmethod

@@ -1,6 +1,6 @@
 """The case contract in a real Forge-family webui on a CUDA GPU, in its default half precision, at SD1.5
-512² (batch 2) and SDXL 1024², ours beside the built-in SAG at the same seed, and the adaptive-step
-samplers the host lists.
+512² (batch 2) and SDXL 1024², for SAG, PAG and SEG; ours beside the built-in SAG and PAG at the same seed,
+and the adaptive-step samplers the host lists.
 
 Runs only with ``SAG_E2E_DEVICE=cuda`` (``tests/e2e/gpu/run.sh forge-contract`` sets Forge up on a GPU
 machine); the checkpoints are ``sd15`` and ``sdxl`` (every part at the real sizes, random weights).
@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pytest
 
-from e2e.sag_api import BASE, OFF, ON, TITLE, LogWatch, check_sag_case
+from e2e.sag_api import BASE, OFF, ON, PAG, SEG, TITLE, LogWatch, check_sag_case
 from e2e.forge.test_forge_host import (ADAPTIVE_SAMPLERS, find_builtin, images_of, ours_beside_the_builtin,
                                       with_scripts)
 from harness.server import ForgeWebUI, WebUIError
@@ -39,6 +39,36 @@ def test_contract(gpu_forge, sampler):
     on, off = check_sag_case(webui, "txt2img", case, images_expected=case.get("batch_size", 1))
     for image in on + off:
         assert image.std() > 5, "a flat image (a NaN or an overflow that slipped through)"
+
+
+@pytest.mark.parametrize("methods", [{PAG: [True, 3.0]}, {SEG: [True, 3.0, -1.0]}, {SEG: [True, 3.0, 10.0]},
+                                     {PAG: [True, 3.0], SEG: [True, 3.0]}],
+                         ids=["pag", "seg", "seg_sigma_10", "pag_seg"])
+def test_perturbed_contract(gpu_forge, methods):
+    checkpoint, webui = gpu_forge
+    case = CASES[checkpoint]
+    on, off = check_sag_case(webui, "txt2img", case, images_expected=case.get("batch_size", 1), on_args=methods)
+    for image in on + off:
+        assert image.std() > 5, "a flat image (a NaN or an overflow that slipped through)"
+
+
+def test_beside_the_builtin_pag(gpu_forge, record_property):
+    """Ours and Forge's built-in PAG (middle block, scale 3) at the same seed, in fp16: the mean difference."""
+    checkpoint, webui = gpu_forge
+    found = find_builtin(webui, "perturbedattentionguidance")
+    if found is None:
+        pytest.skip("this host has no built-in PAG")
+    name, count = found
+    case = CASES[checkpoint]
+    off, _ = images_of(webui, with_scripts(case, {}))
+    ours, _ = images_of(webui, with_scripts(case, {PAG: [True, 3.0]}))
+    theirs, _ = images_of(webui, with_scripts(case, {name: [True, 3.0, 0.0, 0.0, 1.0][:count]}))
+    ours_vs_theirs, ours_vs_off = (float(np.mean([np.abs(a - b).mean() for a, b in zip(ours, other)]))
+                                   for other in (theirs, off))
+    record_property("mean_abs_ours_vs_builtin_pag", ours_vs_theirs)
+    record_property("mean_abs_ours_vs_off", ours_vs_off)
+    print(f"\n{checkpoint}: PAG mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
+    assert ours_vs_off > 1.0 and ours_vs_theirs < 0.1 * ours_vs_off
 
 
 def test_beside_the_builtin_sag(gpu_forge, record_property):

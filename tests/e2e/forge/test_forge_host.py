@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from e2e.sag_api import (BASE, OFF, ON, TITLE, LogWatch, check_sag_case, check_unchanged_with_one_line, decode,
-                         encode, generate)
+                         encode, generate, options)
 from harness.server import WebUIError
 from e2e.test_e2e_ux import script_info
 
@@ -47,14 +47,14 @@ def images_of(webui, payload):
     return [decode(image) for image in result["images"]], json.loads(result["info"])["infotexts"]
 
 
-def ours_beside_the_builtin(webui, case, record_property, label=""):
-    """SAG off, ours and the host's built-in SAG at the same seed and parameters (`case`): the mean
-    |ours - built-in| and |ours - off| over the images (of 255), recorded and printed, and the built-in's
-    infotexts."""
+def ours_beside_the_builtin(webui, case, record_property, label="", on=ON):
+    """SAG off, ours and the host's built-in SAG at the same seed and parameters (`case`, SAG's arguments
+    `on`): the mean |ours - built-in| and |ours - off| over the images (of 255), recorded and printed, and the
+    built-in's infotexts."""
     name, count = builtin(webui, "selfattentionguidance")
     off, _ = images_of(webui, with_scripts(case, {}))
-    ours, _ = images_of(webui, with_scripts(case, {TITLE: ON}))
-    theirs, infotexts = images_of(webui, with_scripts(case, {name: ON[:count]}))
+    ours, _ = images_of(webui, with_scripts(case, {TITLE: on}))
+    theirs, infotexts = images_of(webui, with_scripts(case, {name: on[:count]}))
     ours_vs_theirs, ours_vs_off = (float(np.mean([np.abs(a - b).mean() for a, b in zip(ours, other)]))
                                    for other in (theirs, off))
     record_property("mean_abs_ours_vs_builtin", ours_vs_theirs)
@@ -144,10 +144,32 @@ def test_inpaint(webui):
                                       "denoising_strength": 0.8})
 
 
-def test_cfg_1_changes_nothing_and_says_why(webui):
-    """At CFG 1 the host runs no negative-prompt pass: no correction, one line."""
-    log = check_unchanged_with_one_line(webui, "txt2img", {**BASE, "cfg_scale": 1})
+def test_cfg_1_guided_as_the_builtin_sag(webui, record_property):
+    """At CFG 1 SAG has the host run the negative-prompt pass, as ComfyUI's node and the built-in SAG do:
+    the contract, and the built-in's image."""
+    case = {**BASE, "cfg_scale": 1}
+    check_sag_case(webui, "txt2img", case)
+    if find_builtin(webui, "selfattentionguidance") is not None:
+        ours_vs_theirs, ours_vs_off, _ = ours_beside_the_builtin(webui, case, record_property, label="CFG 1: ")
+        assert ours_vs_theirs < 0.05 * ours_vs_off
+
+
+def test_skip_early_cfg_steps_stay_skipped_and_unguided(webui):
+    """Skip early CFG turns every step of a CFG-5 pass into CFG 1: the user's skip stands (no negative-prompt
+    pass), so SAG corrects nothing and says why once."""
+    with options(webui, skip_early_cond=1.0):
+        log = check_unchanged_with_one_line(webui, "txt2img", BASE)
     assert CHANGED_NOTHING in log and "CFG 1" in log
+
+
+def test_hires_fix_at_the_apis_hires_cfg_beside_the_builtin_sag(webui, record_property):
+    """256 px, hires x1.5 (Latent, 2 steps, denoise 0.6), with the API's default hires CFG (1 in these
+    hosts), SAG 0.75: SAG acts in the hires pass too, as the built-in SAG does."""
+    case = {**BASE, "width": 256, "height": 256, **HIRES}
+    case.pop("hr_cfg")
+    ours_vs_theirs, ours_vs_off, _ = ours_beside_the_builtin(webui, case, record_property, label="hires, CFG 1: ",
+                                                             on=[True, 0.75, 2.0, 1.0])
+    assert ours_vs_theirs < 0.05 * ours_vs_off
 
 
 # ---- beside the host's own guidance ---------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from e2e.conftest import kept_data_dir
 from e2e.forge.test_forge_host import HIRES, builtin, gradient, images_of, with_scripts
+from e2e.neighbours.neighbourhood import NEIGHBOURS
 from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, encode, generate
-from harness.server import WebUIError
+from harness.server import ForgeWebUI, WebUIError
 
 PAG_ON = [True, 3.0]
 SEG_ON = [True, 3.0, -1.0]
@@ -88,3 +90,54 @@ def test_layers_the_model_lacks_step_aside_with_one_line(webui):
     log = watch.new_text()
     np.testing.assert_array_equal(on[0], off[0])
     assert log.count("[PAG]") == 1 and "d9: this model has 6 such blocks" in log and "PAG Scale" not in infotexts[0]
+
+
+# ---- beside pamparamm's sd-perturbed-attention (reForge; its scripts have our titles: a webui of its own) ----
+
+@pytest.fixture(scope="module")
+def pamparamm_webui(checkpoint_cache):
+    neighbour = NEIGHBOURS["perturbed_attention"]
+    if neighbour.path() is None:
+        pytest.skip(neighbour.skip_reason())
+    with ForgeWebUI(checkpoint_cache=checkpoint_cache, with_extension=False, extra_extensions=[neighbour.path()],
+                    data_dir=kept_data_dir("pamparamm")) as server:
+        yield server
+
+
+def pamparamm_args(scale, layers="", rescale=0.0, rescale_mode="full", blur_sigma=None):
+    """Their scripts' positional arguments (PAG: adaptive scale where SEG has its blur sigma); no hires
+    override, no sigma range."""
+    fifth = 0.0 if blur_sigma is None else blur_sigma
+    return [True, scale, rescale, rescale_mode, fifth, "middle", 0, layers, False, 7.0, scale, 0.0, "full", fifth,
+            -1.0, -1.0]
+
+
+SIDE_BY_SIDE = {  # ours {title: args}, theirs {title: args}, at 256 px (a 4x4 middle grid)
+    "pag": ({PAG: [{"scale": 3.0}]}, {PAG: pamparamm_args(3.0)}),
+    "pag_two_blocks_rescaled": ({PAG: [{"scale": 3.0, "layers": "m0,u1", "rescale": 0.5}]},
+                                {PAG: pamparamm_args(3.0, "m0,u1", rescale=0.5)}),
+    "seg": ({SEG: [{"scale": 3.0, "blur_sigma": -1}]}, {SEG: pamparamm_args(3.0, blur_sigma=-1.0)}),
+    "seg_sigma_1_partial": ({SEG: [{"scale": 3.0, "blur_sigma": 1.0, "rescale": 0.7, "rescale_mode": "partial"}]},
+                            {SEG: pamparamm_args(3.0, rescale=0.7, rescale_mode="partial", blur_sigma=1.0)}),
+    "pag_seg": ({PAG: [{"scale": 2.0}], SEG: [{"scale": 2.0}]},
+                {PAG: pamparamm_args(2.0), SEG: pamparamm_args(2.0, blur_sigma=-1.0)}),
+}
+
+
+@pytest.mark.parametrize("case", list(SIDE_BY_SIDE))
+def test_ours_and_pamparamms_side_by_side(webui, pamparamm_webui, case, record_property):
+    """The same seed, model and settings in two webuis of the same host: the SAG-off images are the same,
+    and ours equals pamparamm's PAG and SEG but for float rounding (the difference is recorded)."""
+    ours_args, theirs_args = SIDE_BY_SIDE[case]
+    payload = {**BASE, "width": 256, "height": 256}
+    off, _ = images_of(webui, with_scripts(payload, {}))
+    their_off, _ = images_of(pamparamm_webui, with_scripts(payload, {}))
+    np.testing.assert_array_equal(off[0], their_off[0])
+    ours, _ = images_of(webui, with_scripts(payload, ours_args))
+    theirs, infotexts = images_of(pamparamm_webui, with_scripts(payload, theirs_args))
+    ours_vs_theirs, ours_vs_off = (float(np.abs(ours[0] - other[0]).mean()) for other in (theirs, off))
+    record_property("mean_abs_ours_vs_pamparamm", ours_vs_theirs)
+    record_property("mean_abs_ours_vs_off", ours_vs_off)
+    print(f"\n{case}: mean |ours - pamparamm's| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
+    assert any(key in infotexts[0] for key in ("pag_enabled", "seg_enabled"))
+    assert ours_vs_off > 0.5 and ours_vs_theirs < 0.01 * ours_vs_off

@@ -57,6 +57,10 @@ NEIGHBOURS = {
     # /sdapi/v1/options without them (no `hypertile_*` keys any more).
     "controlnet": Neighbour("Mikubill/sd-webui-controlnet", "56cec5b2958edf3b1807b7e7b2b1b5186dbd2f81",
                             "sd-webui-controlnet", shared=False),
+    # PAG and SEG for reForge and Forge (tests/e2e/forge): compared with ours, each in a webui of its own
+    # (its scripts' titles are ours)
+    "perturbed_attention": Neighbour("pamparamm/sd-perturbed-attention", "904319bff623b185f15047e231a446d615ee48c6",
+                                     "sd-perturbed-attention", shared=False),
 }
 ORDER_PREFIX = {"before": "0-", "after": "zz-"}  # "0-x" < "sd-webui-sag" < "zz-x"
 
