@@ -156,7 +156,8 @@ def test_both_sampler_families_agree(host, script):
     assert (x0_kd[True] - x0_kd[False]).abs().max() > 1e-3
 
 
-def test_sdxl_style_dict_conds(host, script):
+def use_sdxl_like_model(host):
+    """An SDXL-like UNet in the stand-in host; returns a maker of generations with SDXL's dict conds."""
     from standin_model import StandInSDModel
     from harness.unets import sdxl_like_unet
 
@@ -167,7 +168,11 @@ def test_sdxl_style_dict_conds(host, script):
         p.cond = {"crossattn": p.cond, "vector": torch.zeros(2, 8)}
         p.uncond = {"crossattn": p.uncond, "vector": torch.zeros(2, 8)}
         return p
+    return dict_p
 
+
+def test_sdxl_style_dict_conds(host, script):
+    dict_p = use_sdxl_like_model(host)
     off = processing.process_images(dict_p(), script, OFF)
     on = processing.process_images(dict_p(), script, ON)
     assert (on - off).abs().max() > 1e-3 and hooks_on(host) == 0

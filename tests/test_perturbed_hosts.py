@@ -10,7 +10,6 @@ import torch
 import perturbed_reference as ref
 from forge_standin.sampling import COND
 from harness.diffusion import CompVisDenoiser, sd_alphas_cumprod
-from harness.unets import CONTEXT_DIM
 from modules import infotext_utils, processing, script_callbacks
 from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
 from sag_ext import generation
@@ -21,7 +20,7 @@ from sag_ext.core.perturbed_params import PagParams, SegParams
 from sag_ext.ui import api, xyz
 from script_loader import load_script_module
 from test_forge_standin import BATCH, CFG, ForgeHost, text
-from test_host_standin import kd_inputs, make_p, one_step
+from test_host_standin import kd_inputs, make_p, one_step, use_sdxl_like_model
 
 PAG = PagParams(enabled=True, scale=2.0)
 SEG = SegParams(enabled=True, scale=2.5, blur_sigma=-1.0, layers="m0,u0.0")
@@ -139,17 +138,7 @@ def test_a1111_cfg_1_still_guided(host, scripts):
 
 
 def test_a1111_sdxl_style_dict_conds(host, scripts):
-    from standin_model import StandInSDModel
-    from harness.unets import sdxl_like_unet
-
-    host.sd_model = StandInSDModel(sdxl_like_unet(), CONTEXT_DIM)
-
-    def dict_p():
-        p = make_p()
-        p.cond = {"crossattn": p.cond, "vector": torch.zeros(2, 8)}
-        p.uncond = {"crossattn": p.uncond, "vector": torch.zeros(2, 8)}
-        return p
-
+    dict_p = use_sdxl_like_model(host)
     off = generate(scripts, dict_p())
     on = generate(scripts, dict_p(), PAG, SEG)
     assert (on - off).abs().max() > 1e-3 and perturbed_hooks(host) is None

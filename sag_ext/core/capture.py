@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from .guidance import autocast_off
+from .hooks import MarkedHooks
 
 CHUNK_ELEMENTS = 1 << 22  # float32 scores per query chunk (16 MiB)
 OWNER_ATTRIBUTE = "_sag_capture"
@@ -96,12 +97,14 @@ class UncondChunk:
         return index * size, (index + 1) * size, 0
 
 
-class MiddleBlockCapture:
+class MiddleBlockCapture(MarkedHooks):
     """Hooks on one UNet, its middle-block transformer and that transformer's first attn1; one capture per
     attn1 instance.
 
     Use: `arm(rows)` with a row selection before the UNet calls of a step, `take()` after them.
     """
+
+    ATTRIBUTE = OWNER_ATTRIBUTE
 
     def __init__(self, unet: torch.nn.Module, transformer: torch.nn.Module, attn: torch.nn.Module, owner=None,
                  chunk_elements: int = CHUNK_ELEMENTS):
@@ -120,18 +123,6 @@ class MiddleBlockCapture:
             attn.to_k.register_forward_hook(self._after_to_k),
         ]
         setattr(attn, OWNER_ATTRIBUTE, self)
-
-    @staticmethod
-    def attached(attn: torch.nn.Module):
-        """The capture attached to `attn`, if any."""
-        return getattr(attn, OWNER_ATTRIBUTE, None)
-
-    @staticmethod
-    def release(attn: torch.nn.Module) -> None:
-        """Remove whatever capture (ours or a stale one) is attached to `attn`."""
-        capture = MiddleBlockCapture.attached(attn)
-        if capture is not None:
-            capture.remove()
 
     def is_attached_to(self, attn: torch.nn.Module) -> bool:
         return bool(self._handles) and getattr(attn, OWNER_ATTRIBUTE, None) is self

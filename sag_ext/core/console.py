@@ -1,4 +1,6 @@
-"""The console lines a method writes: at most one per generation, saying it is off or changed nothing, and why."""
+"""The console lines a method writes: at most one per generation, saying it is off or changed nothing, and
+why; and the guard that turns an error inside a method into such a line."""
+import contextlib
 import logging
 
 log = logging.getLogger("sd_webui_sag")
@@ -13,3 +15,15 @@ def report_unchanged(method, reasons: set, fallback: str) -> None:
     """`method` ran but changed nothing in this generation, for `reasons` (or `fallback` where none was noted)."""
     log.warning("[%s] %s changed nothing in this generation: %s", method.abbreviation, method.title,
                 "; ".join(sorted(reasons)) or fallback)
+
+
+class StepsAside:
+    """A session whose `stop(reason)` turns its method(s) off for the generation with one console line."""
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Run host-facing work; an exception stops the method for this generation instead of reaching the host."""
+        try:
+            yield
+        except Exception as error:
+            self.stop(f"{type(error).__name__}: {error}")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .hooks import MarkedHooks
+
 OWNER_ATTRIBUTE = "_guidance_perturbation"
 
 
@@ -62,9 +64,11 @@ class Change:
     sigma: float = 0.0
 
 
-class PerturbationHooks:
+class PerturbationHooks(MarkedHooks):
     """Hooks on one UNet and the self-attention layers any of a generation's changes names. Idle but while
     `armed`."""
+
+    ATTRIBUTE = OWNER_ATTRIBUTE
 
     def __init__(self, unet: torch.nn.Module, layers: list, owner=None):
         """`layers`: [(spatial transformer, attn1)] (layers.find_layers)."""
@@ -85,16 +89,6 @@ class PerturbationHooks:
                 attn.to_out[0].register_forward_pre_hook(self._output_changer(attn)),
             ]
         setattr(unet, OWNER_ATTRIBUTE, self)
-
-    @staticmethod
-    def attached(unet: torch.nn.Module):
-        return getattr(unet, OWNER_ATTRIBUTE, None)
-
-    @staticmethod
-    def release(unet: torch.nn.Module) -> None:
-        hooks = PerturbationHooks.attached(unet)
-        if hooks is not None:
-            hooks.remove()
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -15,14 +15,13 @@ term). Everything is computed in x0 (the timestep samplers' eps converted there 
 rescales mean the same in every sampler. PAG and SEG on together share one pass: its rows are x once per
 method, each tile with its own change.
 """
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from .console import report_off, report_unchanged
+from .console import StepsAside, report_off, report_unchanged
 from .guidance import autocast_off
 from .layers import find_layers
 from .perturbation import Change, PerturbationHooks
@@ -80,7 +79,7 @@ class Step:
     host: Any
 
 
-class PerturbedSession:
+class PerturbedSession(StepsAside):
     """PAG's and SEG's state in one generation (either or both). Never shared between generations or tabs.
 
     A host adapter drives it per denoiser call: `begin_step` before the UNet calls, `end_step` after them
@@ -134,14 +133,6 @@ class PerturbedSession:
     @property
     def active(self) -> bool:
         return bool(self.active_methods())
-
-    @contextlib.contextmanager
-    def guard(self):
-        """Run host-facing work; an exception turns PAG and SEG off for this generation instead of reaching the host."""
-        try:
-            yield
-        except Exception as error:
-            self.stop(f"{type(error).__name__}: {error}")
 
     def stop(self, reason: str, keys=None) -> None:
         """Turn the methods `keys` (all if None) off for the rest of this generation, one line each."""

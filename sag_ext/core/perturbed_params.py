@@ -24,8 +24,7 @@ def _blur_sigma(value: float) -> float:
 
 
 PAG_FIELDS = ("enabled", "scale", "start", "end", "hires", "hires_scale", "layers", "rescale", "rescale_mode")
-SEG_FIELDS = ("enabled", "scale", "blur_sigma", "start", "end", "hires", "hires_scale", "layers", "rescale",
-              "rescale_mode")
+SEG_FIELDS = PAG_FIELDS + ("blur_sigma",)
 BLOCK_LETTERS = {"input": "d", "middle": "m", "output": "u"}
 
 
@@ -57,13 +56,8 @@ def _pag_other_keys(infotext: dict) -> Optional[dict]:
 
 
 @dataclass(frozen=True)
-class PagParams(StepSchedule):
-    """Perturbed-Attention Guidance for one generation; positional script arguments in this field order."""
-
-    METHOD: ClassVar[Method] = Method(
-        key="pag", abbreviation="PAG", title="Perturbed-Attention Guidance", ranges=COMMON_RANGES,
-        infotext_keys=_infotext_keys("PAG", PAG_FIELDS), always_written=("scale",),
-        choices={"rescale_mode": RESCALE_MODES}, texts={"layers": normalised_layers}, other_keys=_pag_other_keys)
+class PerturbedParams(StepSchedule):
+    """The fields PAG and SEG share; positional script arguments come in field order."""
 
     enabled: bool = False
     scale: float = 3.0
@@ -77,8 +71,18 @@ class PagParams(StepSchedule):
 
 
 @dataclass(frozen=True)
-class SegParams(StepSchedule):
-    """Smoothed Energy Guidance for one generation; positional script arguments in this field order."""
+class PagParams(PerturbedParams):
+    """Perturbed-Attention Guidance for one generation."""
+
+    METHOD: ClassVar[Method] = Method(
+        key="pag", abbreviation="PAG", title="Perturbed-Attention Guidance", ranges=COMMON_RANGES,
+        infotext_keys=_infotext_keys("PAG", PAG_FIELDS), always_written=("scale",),
+        choices={"rescale_mode": RESCALE_MODES}, texts={"layers": normalised_layers}, other_keys=_pag_other_keys)
+
+
+@dataclass(frozen=True)
+class SegParams(PerturbedParams):
+    """Smoothed Energy Guidance for one generation: PAG's fields and the blur sigma, last."""
 
     METHOD: ClassVar[Method] = Method(
         key="seg", abbreviation="SEG", title="Smoothed Energy Guidance",
@@ -86,20 +90,7 @@ class SegParams(StepSchedule):
         always_written=("scale", "blur_sigma"), choices={"rescale_mode": RESCALE_MODES},
         texts={"layers": normalised_layers}, other_keys=_pamparamm_keys("seg", ("blur_sigma",)))
 
-    enabled: bool = False
-    scale: float = 3.0
     blur_sigma: float = INFINITE_BLUR
-    start: float = 0.0
-    end: float = 1.0
-    hires: str = "same"
-    hires_scale: float = 3.0
-    layers: str = "m0"
-    rescale: float = 0.0
-    rescale_mode: str = "full"
 
     def __post_init__(self):
         object.__setattr__(self, "blur_sigma", _blur_sigma(self.blur_sigma))
-
-    @property
-    def infinite_blur(self) -> bool:
-        return self.blur_sigma < 0

@@ -8,14 +8,13 @@ why for `report_unchanged`. While sampling, nothing is read back from the device
 from parameters and shapes, the step runs no pass; what depends on tensor values (an empty mask, a
 non-finite pass) is decided on the device after the pass, and read once, when the batch ends.
 """
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
 from .capture import MiddleBlockCapture, middle_block_attention
-from .console import report_off, report_unchanged
+from .console import StepsAside, report_off, report_unchanged
 from .guidance import (MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degraded_input, guided,
                        latent_too_small, mask_empty_by_construction)
 from .params import SagParams
@@ -51,7 +50,7 @@ class Step:
     host: Any
 
 
-class SagSession:
+class SagSession(StepsAside):
     """SAG state of one generation. Never shared between generations or tabs."""
 
     def __init__(self, params: SagParams, collect_preview: bool = False):
@@ -81,14 +80,6 @@ class SagSession:
     @staticmethod
     def detach_from(generation) -> None:
         setattr(generation, ATTRIBUTE, None)
-
-    @contextlib.contextmanager
-    def guard(self):
-        """Run host-facing work; an exception stops SAG for this generation instead of reaching the host."""
-        try:
-            yield
-        except Exception as error:
-            self.stop(f"{type(error).__name__}: {error}")
 
     def stop(self, reason: str) -> None:
         """Turn SAG off for the rest of this generation, with one log line."""

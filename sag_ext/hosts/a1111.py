@@ -130,12 +130,17 @@ class A1111Adapter:
                     return
                 perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass, host=step_rows(slice(0, count)))
 
-    def on_cfg_denoised(self, params) -> None:
+    def _sessions_of_the_model(self):
+        """(SAG's, PAG and SEG's) sessions owning the hooks on the model in use (each None if none does): those
+        whose step is in progress."""
         try:
             unet = self.unet()
         except UnsupportedModel:
-            return
-        sag = SagSession.owning(middle_block_attention(unet)[1])
+            return None, None
+        return SagSession.owning(middle_block_attention(unet)[1]), PerturbedSession.owning(unet)
+
+    def on_cfg_denoised(self, params) -> None:
+        sag, perturbed = self._sessions_of_the_model()
         if sag is not None and sag.step is not None:
             rows: StepRows = sag.step.host
 
@@ -146,7 +151,6 @@ class A1111Adapter:
             with sag.guard():
                 sag.end_step(rows.x, params.x[-rows.x.shape[0]:], rows.sigma, rows.space, degraded_pass,
                              rows.repaint_mask)
-        perturbed = PerturbedSession.owning(unet)
         if perturbed is not None and perturbed.step is not None:
             rows = perturbed.step.host
             count = rows.x.shape[0]
@@ -161,15 +165,10 @@ class A1111Adapter:
                 perturbed.end_step(rows.x, params.x[:count], rows.sigma, rows.space, perturbed_pass)
 
     def on_cfg_after_cfg(self, params) -> None:
-        try:
-            unet = self.unet()
-        except UnsupportedModel:
-            return
-        sag = SagSession.owning(middle_block_attention(unet)[1])
+        sag, perturbed = self._sessions_of_the_model()
         if sag is not None:
             with sag.guard():
                 params.x = sag.apply(params.x)
-        perturbed = PerturbedSession.owning(unet)
         if perturbed is not None and perturbed.step is not None:
             rows = perturbed.step.host
             with perturbed.guard():

@@ -41,7 +41,7 @@ def test_contract(gpu_forge, sampler):
         assert image.std() > 5, "a flat image (a NaN or an overflow that slipped through)"
 
 
-@pytest.mark.parametrize("methods", [{PAG: [True, 3.0]}, {SEG: [True, 3.0, -1.0]}, {SEG: [True, 3.0, 10.0]},
+@pytest.mark.parametrize("methods", [{PAG: [True, 3.0]}, {SEG: [{"blur_sigma": -1}]}, {SEG: [{"blur_sigma": 10}]},
                                      {PAG: [True, 3.0], SEG: [True, 3.0]}],
                          ids=["pag", "seg", "seg_sigma_10", "pag_seg"])
 def test_perturbed_contract(gpu_forge, methods):

@@ -12,10 +12,10 @@ from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, en
 from harness.server import ForgeWebUI, WebUIError
 
 PAG_ON = [True, 3.0]
-SEG_ON = [True, 3.0, -1.0]
+SEG_ON = [{"scale": 3.0, "blur_sigma": -1}]
 
 
-@pytest.mark.parametrize("methods", [{PAG: PAG_ON}, {SEG: SEG_ON}, {SEG: [True, 3.0, 1.0, 0.0, 1.0, "same", 3.0, "m0,u0"]},
+@pytest.mark.parametrize("methods", [{PAG: PAG_ON}, {SEG: SEG_ON}, {SEG: [True, 3.0, 0.0, 1.0, "same", 3.0, "m0,u0", 0.0, "full", 1.0]},
                                      {PAG: PAG_ON, SEG: SEG_ON}, {TITLE: [True, 0.8], PAG: PAG_ON, SEG: SEG_ON}],
                          ids=["pag", "seg", "seg_sigma_1_two_blocks", "pag_seg", "sag_pag_seg"])
 def test_contract(webui, methods):
