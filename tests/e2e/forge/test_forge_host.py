@@ -160,10 +160,20 @@ def beside_a_builtin_that_may_refuse_cfg_1(webui, case, record_property, label, 
     assert ours_vs_theirs < 0.05 * ours_vs_off
 
 
+DROPS_THE_NEGATIVE_PROMPT = "Skipping unconditional conditioning when CFG = 1"  # Forge's console line
+
+
 def test_cfg_1_guided_as_the_reference(webui, record_property):
     """At CFG 1 SAG has the host run the negative-prompt pass, as ComfyUI's node does: the contract, and
-    the built-in SAG's image where it acts at CFG 1."""
+    the built-in SAG's image where it acts at CFG 1 (reForge). A host that drops the negative prompt's
+    conditioning at CFG 1 (Forge) leaves SAG nothing to work from: the image unchanged, one line."""
     case = {**BASE, "cfg_scale": 1}
+    watch = LogWatch(webui)
+    generate(webui, "txt2img", case, OFF)
+    if DROPS_THE_NEGATIVE_PROMPT in watch.new_text():
+        log = check_unchanged_with_one_line(webui, "txt2img", case)
+        assert CHANGED_NOTHING in log and "CFG 1" in log
+        return
     check_sag_case(webui, "txt2img", case)
     beside_a_builtin_that_may_refuse_cfg_1(webui, case, record_property, "CFG 1: ")
 
