@@ -60,14 +60,16 @@ def test_forge_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
         return [(s, {"peak_mib": 100.0 + s, "plain_pass_ms": plain_ms}) for s in seconds]
 
     # the machine is twice as fast in the last repeat: the medians mix repeats, the pairs do not
-    timed = {"off": runs([1.0, 1.0, 0.5]), "on": runs([1.5, 1.6, 0.8]), "builtin": runs([1.4, 1.5, 0.75]),
-             "plain": runs([1.0, 1.0, 0.5], plain_ms=25.0)}
+    timed = {"off": runs([1.0, 1.0, 0.5]), "sag": runs([1.5, 1.6, 0.8]), "builtin": runs([1.4, 1.5, 0.75]),
+             "pag_seg": runs([2.0, 2.0, 1.0]), "plain": runs([1.0, 1.0, 0.5], plain_ms=25.0)}
     row = forge_gpu.row("sd15-512-b1", "GPU", "Forge abc", timed)
     assert (row["t_off_s"], row["t_sag_s"], row["t_builtin_s"]) == (1.0, 1.5, 1.4)
     assert row["floor_ratio"] == 1.5 and row["plain_pass_ms"] == 25.0
     assert (row["peak_off_mib"], row["peak_sag_mib"], row["peak_builtin_mib"]) == (101.0, 101.6, 101.5)
     assert (row["sag_off_paired"], row["builtin_off_paired"]) == (1.6, 1.5)
     assert (row["host"], row["repeats"]) == ("Forge abc", 3)
+    assert (row["t_pag_seg_s"], row["pag_seg_off_paired"], row["peak_pag_seg_mib"]) == (2.0, 2.0, 102.0)
+    assert (row["t_pag_s"], row["peak_pag_mib"], row["pag_off_paired"]) == (None, None, None)  # not measured
 
     del timed["builtin"]  # a host without a built-in SAG (Forge Neo): its cells are empty, ours as before
     row = forge_gpu.row("sd15-512-b1", "GPU", "Forge Neo abc", timed)
