@@ -164,8 +164,7 @@ class PerturbedSession(StepsAside):
                 self.stop(f"layers {params.layers!r}: {error}", keys={params.METHOD.key})
                 continue
             layers += found
-            kind = "smoothed_query" if hasattr(params, "blur_sigma") else "identity"
-            self.changes[params.METHOD.key] = Change(kind, frozenset(id(attn) for _, attn in found),
+            self.changes[params.METHOD.key] = Change(params.CHANGE, frozenset(id(attn) for _, attn in found),
                                                      getattr(params, "blur_sigma", 0.0))
         if layers:
             self.hooks = PerturbationHooks(unet, layers, owner=self)

@@ -74,6 +74,7 @@ class PerturbedParams(StepSchedule):
 class PagParams(PerturbedParams):
     """Perturbed-Attention Guidance for one generation."""
 
+    CHANGE: ClassVar[str] = "identity"  # its attention change (perturbation.Change.kind)
     METHOD: ClassVar[Method] = Method(
         key="pag", abbreviation="PAG", title="Perturbed-Attention Guidance", ranges=COMMON_RANGES,
         infotext_keys=_infotext_keys("PAG", PAG_FIELDS), always_written=("scale",),
@@ -84,6 +85,7 @@ class PagParams(PerturbedParams):
 class SegParams(PerturbedParams):
     """Smoothed Energy Guidance for one generation: PAG's fields and the blur sigma, last."""
 
+    CHANGE: ClassVar[str] = "smoothed_query"
     METHOD: ClassVar[Method] = Method(
         key="seg", abbreviation="SEG", title="Smoothed Energy Guidance",
         ranges={**COMMON_RANGES, "blur_sigma": (-math.inf, 9999.0)}, infotext_keys=_infotext_keys("SEG", SEG_FIELDS),
