@@ -51,12 +51,25 @@ def start(p, args, host, defaults_class) -> None:
     if reason:
         report_off(method, reason)
         return
-    p.extra_generation_params.update(params.infotext(has_hires_pass=bool(getattr(p, "enable_hr", False))))
+    written = params.infotext(has_hires_pass=bool(getattr(p, "enable_hr", False)))
+    p.extra_generation_params.update(written)
     if method.key == "sag":
         preview = options.get("preview", False) if getattr(p, "is_api", False) else option("mask_preview", False)
-        SagSession(params, collect_preview=preview).attach_to(p)
+        session = SagSession(params, collect_preview=preview)
+        session.attach_to(p)
     else:
-        PerturbedSession.for_generation(p, method.key).add(params)
+        session = PerturbedSession.for_generation(p, method.key)
+        session.add(params)
+    session.infotext[method.key] = written
+
+
+def drop_infotext(p, session, key: str) -> None:
+    """Remove the infotext entries the method `key` wrote, where they are still its own: sd-webui-incantations
+    writes `PAG Scale` and `SEG Blur Sigma` too, and a method of ours that stepped aside for it leaves its
+    entries alone (an entry is ours if it is the very value object we wrote)."""
+    for name, value in session.infotext.pop(key, {}).items():
+        if p.extra_generation_params.get(name) is value:
+            del p.extra_generation_params[name]
 
 
 def finish_batch(p, images, defaults_class) -> None:
@@ -69,8 +82,7 @@ def finish_batch(p, images, defaults_class) -> None:
             with session.guard():
                 session.end_batch()
             if session.changed_nothing(method.key):
-                for key in method.infotext_keys.values():
-                    p.extra_generation_params.pop(key, None)
+                drop_infotext(p, session, method.key)
         return
     session = SagSession.of(p)
     if session is None:
@@ -78,8 +90,7 @@ def finish_batch(p, images, defaults_class) -> None:
     with session.guard():
         session.end_batch()
     if session.changed_nothing():
-        for key in method.infotext_keys.values():
-            p.extra_generation_params.pop(key, None)
+        drop_infotext(p, session, method.key)
     blurred_share = session.take_blurred_share()
     if blurred_share is None:
         return

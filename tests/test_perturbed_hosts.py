@@ -371,3 +371,44 @@ def test_settings_defaults_reach_the_panel(host, scripts):
     host.opts.pag_default_scale, host.opts.seg_default_layers = 5.0, "u0"
     assert scripts[PagParams].ui(False)[1].value == 5.0
     assert next(control.value for control in scripts[SegParams].ui(False) if control.label == "SEG layers") == "u0"
+
+
+class IncantationsStandIn:
+    """What sd-webui-incantations' PAG does to a generation that matters here: before sampling it writes
+    `PAG Active` and its own `PAG Scale` (our key's name) into the infotext (it guides in hooks of its own,
+    left out here)."""
+
+    def process(self, p, *args):
+        p.extra_generation_params.update({"PAG Active": True, "PAG Scale": 5.0})
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        pass
+
+    def postprocess(self, p, processed, *args):
+        pass
+
+
+def test_a1111_incantations_pag_on_too_makes_ours_step_aside_and_keeps_its_keys(host, scripts, caplog):
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        off = generate(scripts, make_p())
+        p = make_p()
+        on = processing.process_images(p, scripts[PagParams], args_of(PAG), others=[(IncantationsStandIn(), [])])
+    assert torch.equal(on, off)
+    assert caplog.text.count("[PAG]") == 1 and "sd-webui-incantations is on as well" in caplog.text
+    assert p.infotext["PAG Scale"] == 5.0 and p.infotext["PAG Active"] is True  # theirs, left alone
+
+
+def test_xyz_attributes_are_not_incantations(host):
+    """sd-webui-incantations' axes set `pag_scale`, `seg_blur_sigma`, ... on the cell's object: ours differ."""
+    import xyz_grid
+
+    xyz.add_axes(xyz_grid)
+    options = {option.label: option for option in xyz_grid.axis_options}
+    p = make_p()
+    options["[PAG] Scale"].apply(p, 2.0, [2.0])
+    options["[SEG] Blur sigma"].apply(p, 4.0, [4.0])
+    assert not any(hasattr(p, name) for name in ("pag_scale", "pag_enabled", "seg_blur_sigma", "seg_enabled"))
+    p.pag_scale, p.seg_blur_sigma = 9.0, 9.0  # incantations' cell values
+    assert generation.generation_params(p, [False], PagParams)[0].scale == 2.0
+    assert generation.generation_params(p, [False], SegParams)[0].blur_sigma == 4.0
+    xyz_grid.axis_options[:] = xyz_grid.axis_options[:1]

@@ -89,6 +89,7 @@ class PerturbedSession(StepsAside):
 
     def __init__(self):
         self.methods = {}  # method key -> params, in the order the generation added them
+        self.infotext = {}  # method key -> the infotext entries it wrote (generation.drop_infotext)
         self.stopped_methods = set()
         self.hooks: Optional[PerturbationHooks] = None
         self.step: Optional[Step] = None
@@ -142,6 +143,14 @@ class PerturbedSession(StepsAside):
                 self.stopped_methods.add(params.METHOD.key)
         if not self.active:
             self.close()
+
+    def step_aside_for_others(self, written: dict, others: dict) -> None:
+        """Turn off each method whose other implementation is on as well (never twice): `others` maps a
+        method key to {infotext key it writes when on: its name}; `written` is the generation's infotext."""
+        for key, implementations in others.items():
+            for infotext_key, name in implementations.items():
+                if key in self.methods and key not in self.stopped_methods and written.get(infotext_key):
+                    self.stop(f"{name} is on as well; turn one of them off", keys={key})
 
     def close(self) -> None:
         if self.hooks is not None:

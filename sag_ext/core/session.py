@@ -55,6 +55,7 @@ class SagSession(StepsAside):
 
     def __init__(self, params: SagParams, collect_preview: bool = False):
         self.params = params
+        self.infotext = {}  # method key -> the infotext entries it wrote (generation.drop_infotext)
         self.active = params.enabled and params.blur_sigma > 0
         self.idle_reasons = set() if params.blur_sigma > 0 else {BLUR_ZERO}  # why steps changed nothing
         self.capture: Optional[MiddleBlockCapture] = None

@@ -25,6 +25,11 @@ from ..core.session import SagSession
 from ..ui import register_once
 
 
+# the infotext keys other PAG and SEG implementations write when they are on: sd-webui-incantations'
+OTHER_IMPLEMENTATIONS = {"pag": {"PAG Active": "the Perturbed-Attention Guidance of sd-webui-incantations"},
+                         "seg": {"SEG Active": "the Smoothed Energy Guidance of sd-webui-incantations"}}
+
+
 class UnsupportedModel(RuntimeError):
     """The model in use has nothing SAG can hook."""
 
@@ -124,7 +129,10 @@ class A1111Adapter:
                                latent_size=params.x.shape[-2:], progress=progress, hires_pass=hires_pass,
                                host=step_rows(slice(-count, None)))
         if perturbed is not None and perturbed.active:
+            perturbed.step_aside_for_others(p.extra_generation_params, OTHER_IMPLEMENTATIONS)
             with perturbed.guard():
+                if not perturbed.active:
+                    return
                 if params.x.shape[0] != 2 * count:
                     perturbed.stop("AND prompts (several positive prompts per image) are not supported")
                     return

@@ -130,10 +130,7 @@ class ForgeAdapter:
                                    progress=progress, hires_pass=hires_pass,
                                    host=denoiser.nmask if getattr(denoiser, "mask", None) is not None else None)
         if perturbed is not None and perturbed.active:
-            for key, others in OTHER_IMPLEMENTATIONS.items():
-                for infotext_key, name in others.items():
-                    if key in perturbed.methods and p.extra_generation_params.get(infotext_key):
-                        perturbed.stop(f"{name} is on as well; turn one of them off", keys={key})
+            perturbed.step_aside_for_others(p.extra_generation_params, OTHER_IMPLEMENTATIONS)
             with perturbed.guard():
                 if perturbed.active:
                     unet = self.unet_of(denoiser.inner_model.inner_model)

@@ -1,6 +1,5 @@
-"""X/Y/Z plot axes. Each axis sets a `<method>_<field>` attribute (`sag_scale`, `pag_layers`, ...) on the
-cell's processing object, which the generation start reads over the panel's values (the same path for
-panel, X/Y/Z and API)."""
+"""X/Y/Z plot axes. Each axis sets an attribute of the method's field (`p_attribute`) on the cell's processing
+object, which the generation start reads over the panel's values (the same path for panel, X/Y/Z and API)."""
 from ..core.params import SagParams, arg_names
 from ..core.perturbed_params import PagParams, SegParams
 
@@ -19,7 +18,10 @@ def prefix(params_class) -> str:
 
 
 def p_attribute(params_class, name: str) -> str:
-    return f"{params_class.METHOD.key}_{name}"
+    """`sag_scale` for SAG (as always); `sd_webui_sag_pag_scale`, ... for PAG and SEG: sd-webui-incantations'
+    own axes set `pag_scale`, `seg_blur_sigma`, ... on the same object."""
+    key = params_class.METHOD.key
+    return f"{key}_{name}" if key == "sag" else f"sd_webui_sag_{key}_{name}"
 
 
 def overrides(p, params_class=SagParams) -> dict:
