@@ -40,8 +40,8 @@ def smoothed_query(q: torch.Tensor, grid: tuple, sigma: float) -> torch.Tensor:
     """SEG's query: (rows, h*w, channels) blurred over the (h, w) grid by a gaussian of `sigma` with
     reflect padding, in q's dtype; sigma < 0 (infinity): every token's query is their mean."""
     rows, tokens, channels = q.shape
-    if sigma < 0:
-        return q.mean(dim=1, keepdim=True).expand(rows, tokens, channels)
+    if sigma < 0:  # contiguous, as the projection was: some attention optimisations view q's rows
+        return q.mean(dim=1, keepdim=True).expand(rows, tokens, channels).contiguous()
     height, width = grid
     size = seg_kernel_size(sigma, height, width)
     half = (size - 1) * 0.5

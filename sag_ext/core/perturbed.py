@@ -92,8 +92,9 @@ class PerturbedSession(StepsAside):
         self.infotext = {}  # method key -> the infotext entries it wrote (generation.drop_infotext)
         self.stopped_methods = set()
         self.hooks: Optional[PerturbationHooks] = None
+        self.changes = {}  # method key -> its perturbation.Change in the hooked UNet
         self.step: Optional[Step] = None
-        self.result = None  # (guided terms per method, what `apply` needs) of the step in progress
+        self.result = None  # (cond x0, [perturbed x0 per method]) of the step in progress
         self.passes_finite: Optional[torch.Tensor] = None
         self.guided_steps = {}  # method key -> device int
         self.idle_reasons = {}  # method key -> set of reasons a step did nothing
