@@ -10,6 +10,7 @@ from PIL import Image
 
 from .core.params import InvalidParams, SagParams, params_from, parse_script_args
 from .core.perturbed import PerturbedSession
+from .core.perturbed_params import PagParams
 from .core.preview import overlay
 from .core.console import report_off
 from .core.session import SagSession
@@ -60,6 +61,7 @@ def start(p, args, host, defaults_class) -> None:
     else:
         session = PerturbedSession.for_generation(p, method.key)
         session.add(params)
+        session.rows_in_host_call = bool(option("in_webui_call", True, params_class=PagParams))
     session.infotext[method.key] = written
 
 

@@ -40,13 +40,14 @@ class ForgeHost:
         self.original_patcher = self.sd_model.forge_objects.unet
 
     def step(self, params=None, x=None, sigma=None, cond_tokens=77, cfg=CFG, builtin_sag=False, cloned_after=False,
-             finished=True, sampler_options=None, other_keys=(), **denoiser_kwargs):
+             finished=True, sampler_options=None, other_keys=(), in_call=True, **denoiser_kwargs):
         """One sampling step as the webui runs it (a fresh pass: the patcher rebuilt, then
         process_before_every_sampling), with the methods of `params` (one or a list; None: off);
         `other_keys`: infotext keys other scripts wrote (another PAG on); `cloned_after`: another script
         clones the patcher after ours, as the hosts' built-in guidance does; `finished`: the generation
         ends (else it failed before its end, and its session is never closed); `sampler_options`: the
-        model options the sampler passes with each call (a CFG++ sampler's). Returns (denoised, p)."""
+        model options the sampler passes with each call (a CFG++ sampler's); `in_call`: PAG's and SEG's rows
+        may ride in the host's call (the setting). Returns (denoised, p)."""
         self.sd_model.forge_objects.unet = self.original_patcher
         p = SimpleNamespace(sd_model=self.sd_model, extra_generation_params={}, is_hr_pass=False, cfg_scale=cfg)
         if builtin_sag:
@@ -57,6 +58,7 @@ class ForgeHost:
                 SagSession(each).attach_to(p)
             else:
                 PerturbedSession.for_generation(p, each.METHOD.key).add(each)
+                PerturbedSession.of(p).rows_in_host_call = in_call
         for _ in range(3):  # each of the three Scripts calls it
             self.adapter.before_sampling(p)
         if cloned_after:
@@ -87,13 +89,13 @@ def reference_correction(host, x, sigma, params):
     _, attn = middle_block_attention(host.unet)
     seen = []
     handle = attn.register_forward_hook(lambda module, args, output: seen.append(args[0]))
-    x0_uncond = host.model.apply_model(x, sigma, uncond, {"cond_or_uncond": [UNCOND]})
+    x0_uncond = host.model.apply_model(x, sigma, c_crossattn=uncond, transformer_options={"cond_or_uncond": [UNCOND]})
     handle.remove()
     with torch.no_grad():
         mass = ref.full_softmax_mass(attn.to_q(seen[0]), attn.to_k(seen[0]), attn.heads)
 
     def model(x_in, s):
-        return host.model.apply_model(x_in.float(), s, uncond, {"cond_or_uncond": [COND]})
+        return host.model.apply_model(x_in.float(), s, c_crossattn=uncond, transformer_options={"cond_or_uncond": [COND]})
     return ref.sag_x0_correction(model, x, sigma, x0_uncond, mass, (4, 4), params.threshold, params.blur_sigma,
                                  params.scale)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import perturbed_reference as ref
-from forge_standin.sampling import COND
+from forge_standin.sampling import COND, UNCOND
 from harness.diffusion import CompVisDenoiser, sd_alphas_cumprod
 from modules import infotext_utils, processing, script_callbacks
 from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
@@ -17,6 +17,7 @@ from sag_ext.core.layers import find_layers
 from sag_ext.core.params import SagParams, arg_names, parse_script_args
 from sag_ext.core.perturbation import PerturbationHooks
 from sag_ext.core.perturbed_params import PagParams, SegParams
+from sag_ext.hosts import forge
 from sag_ext.ui import api, xyz
 from script_loader import load_script_module
 from test_forge_standin import BATCH, CFG, ForgeHost, text
@@ -109,13 +110,52 @@ def test_a1111_both_sampler_families_agree(host, scripts):
     assert (x0[True][0] - x0[False][0]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("methods,calls", [([PAG], [4, 2]), ([SEG], [4, 2]), ([PAG, SEG], [4, 4]),
-                                           ([SagParams(enabled=True), PAG, SEG], [4, 2, 4])],
+@pytest.mark.parametrize("methods,separate,in_call", [([PAG], [4, 2], [6]), ([SEG], [4, 2], [6]),
+                                                       ([PAG, SEG], [4, 4], [8]),
+                                                       ([SagParams(enabled=True), PAG, SEG], [4, 4, 2], [8, 2])],
                          ids=["pag", "seg", "pag_seg", "sag_pag_seg"])
-def test_a1111_one_pass_per_step_for_pag_and_seg_together(host, scripts, methods, calls):
+def test_a1111_pag_and_seg_rows_ride_in_the_webui_call(host, scripts, methods, separate, in_call):
+    """One call per step with PAG and SEG (SAG's pass after it), or with the setting off, one pass of their own."""
     p = make_p()
-    generate(scripts, p, *methods)
-    assert host.sd_model.calls == calls * len(p.timesteps)
+    with_rows = generate(scripts, p, *methods)
+    assert host.sd_model.calls == in_call * len(p.timesteps)
+    host.sd_model.calls.clear()
+    host.opts.pag_in_webui_call = False
+    alone = generate(scripts, make_p(), *methods)
+    assert host.sd_model.calls == separate * len(p.timesteps)
+    torch.testing.assert_close(with_rows, alone, atol=1e-4, rtol=1e-4)  # rounding, over a whole generation
+
+
+LAYOUTS = {"one_call": {}, "chunked": {"batch_cond_uncond": False}, "padded": {"pad_cond_uncond": True},
+           "uncond_call": {}, "skipped_uncond": {"skip_early_cond": 1.0}}
+
+
+@pytest.mark.parametrize("layout,calls", [("one_call", [8]), ("chunked", [2, 2, 2, 2]), ("padded", [8]),
+                                          ("uncond_call", [4, 2, 2]), ("skipped_uncond", [6])])
+def test_a1111_rows_in_the_webui_call_in_every_batch_layout(host, scripts, layout, calls):
+    """Chunks of B rows, a longer prompt padded or in calls of its own, skipped uncond rows: the rows in the
+    webui's call give the separate pass's step."""
+    x, sigma = kd_inputs(2)
+    cond_tokens = 154 if layout in ("padded", "uncond_call") else 77
+
+    def step(in_call, seg=SEG, pag=PAG):
+        host.opts.pag_in_webui_call = in_call
+        p = make_p(cond_tokens=cond_tokens)
+        scripts[SegParams].process(p, *args_of(seg))
+        out = one_step(scripts[PagParams], p, args_of(pag), x=x, sigma=sigma)
+        scripts[SegParams].postprocess(p, None, *args_of(seg))
+        return out
+
+    for option, value in LAYOUTS[layout].items():
+        setattr(host.opts, option, value)
+    off = step(True, SegParams(), PagParams())
+    separate = step(False)
+    host.sd_model.calls.clear()
+    with_rows = step(True)
+    assert host.sd_model.calls == calls and perturbed_hooks(host) is None
+    # float32 sums over other batch splits differ at rounding level; a row from the wrong place by the guidance
+    assert (separate - off).abs().max() > 1e-2
+    torch.testing.assert_close(with_rows, separate, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("sampler", ["Euler", "DDIM"])
@@ -192,19 +232,24 @@ def test_a1111_an_error_in_the_pass_steps_aside_for_that_generation(host, script
     assert "PAG Scale" not in p.infotext
 
 
-def test_a1111_non_finite_pass_gives_the_off_image(host, scripts, caplog, monkeypatch):
+@pytest.mark.parametrize("in_call", [True, False], ids=["in_call", "separate"])
+def test_a1111_non_finite_pass_gives_the_off_image(host, scripts, caplog, monkeypatch, in_call):
+    host.opts.pag_in_webui_call = in_call
     off = generate(scripts, make_p())
     unet = host.sd_model.model.diffusion_model
     original = unet.forward
 
-    def overflowing(x, *args, **kwargs):
+    def overflowing(x, *args, **kwargs):  # our rows: the call's middle third, or a call of their own
         out = original(x, *args, **kwargs)
-        return out * float("inf") if x.shape[0] == 2 and PerturbationHooks.attached(unet)._changes else out
+        if PerturbationHooks.attached(unet)._changes:
+            out[slice(2, 4) if in_call else slice(None)] = float("inf")
+        return out
 
     monkeypatch.setattr(unet, "forward", overflowing)
     with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
         on = generate(scripts, make_p(), PAG)
-    assert torch.equal(on, off) and "inf or NaN" in caplog.text and caplog.text.count("[PAG]") == 1
+    torch.testing.assert_close(on, off, atol=5e-4, rtol=0)  # the off image, but for rounding in a larger batch
+    assert "inf or NaN" in caplog.text and caplog.text.count("[PAG]") == 1
 
 
 def test_a1111_nothing_changed_is_said_once(host, scripts, caplog):
@@ -234,17 +279,26 @@ def forge_expected(host, methods, x, sigma):
     return expected_guidance(host.unet, methods, x, sigma, text(BATCH, seed=1))
 
 
+def with_our_rows(calls, copies):
+    """The host's UNet calls with our `copies` chunks of B rows added to the one holding the cond chunk."""
+    return [(rows + copies * BATCH, chunks + [COND] * copies) if COND in chunks else (rows, chunks)
+            for rows, chunks in calls]
+
+
+@pytest.mark.parametrize("in_call", [True, False], ids=["in_call", "separate"])
 @pytest.mark.parametrize("methods", [[PAG], [SEG], [PAG, SEG]], ids=["pag", "seg", "pag_seg"])
 @pytest.mark.parametrize("max_rows,cond_tokens", [(1 << 30, 77), (BATCH, 77), (1 << 30, 154)],
                          ids=["one_call", "memory_short", "long_prompt"])
-def test_forge_step_matches_the_float64_reference(methods, max_rows, cond_tokens):
+def test_forge_step_matches_the_float64_reference(methods, max_rows, cond_tokens, in_call):
     host = ForgeHost(max_rows)
     x = torch.randn(BATCH, 4, 32, 32, generator=torch.Generator().manual_seed(5)) * 8
     sigma = torch.full((BATCH,), 8.0)
     off, _ = host.step(None, cond_tokens=cond_tokens)
     calls = list(host.model.calls)
-    on, _ = host.step(methods, cond_tokens=cond_tokens)
-    assert host.model.calls == calls + [(BATCH * len(methods), [COND])]  # one pass over the cond rows, once per method
+    on, _ = host.step(methods, cond_tokens=cond_tokens, in_call=in_call)
+    # in the host's call that holds the cond chunk, or one pass over the cond rows, once per method
+    assert host.model.calls == (with_our_rows(calls, len(methods)) if in_call else
+                                calls + [(BATCH * len(methods), [COND])])
     if cond_tokens == 77:
         want = forge_expected(host, methods, x, sigma)
         assert want.abs().max() > 1e-2
@@ -257,10 +311,74 @@ def test_forge_cfg_1_still_guided():
     host = ForgeHost()
     off, _ = host.step(None, cfg=1.0)
     on, _ = host.step([PAG], cfg=1.0)
-    assert host.model.calls == [(BATCH, [COND]), (BATCH, [COND])]
+    assert host.model.calls == [(2 * BATCH, [COND, COND])]
     x = torch.randn(BATCH, 4, 32, 32, generator=torch.Generator().manual_seed(5)) * 8
     torch.testing.assert_close((on - off).double(), forge_expected(host, [PAG], x, torch.full((BATCH,), 8.0)),
                                atol=2e-4, rtol=0)
+
+
+def another_unet_wrapper(apply_model, args):
+    """A neighbour's UNet function wrapper (MultiDiffusion's place): it runs the call its own way."""
+    return apply_model(args["input"], args["timestep"], **args["c"])
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_forge_another_unet_wrapper_gets_the_separate_pass(when):
+    """Set before ours, ours stays out; set after, it replaces ours: either way the pass is a call of its own."""
+    host = ForgeHost()
+    want, _ = host.step([PAG, SEG], in_call=False)
+    patcher = host.original_patcher
+    if when == "before":
+        patcher.model_options["model_function_wrapper"] = another_unet_wrapper
+    else:
+        original = host.adapter.before_sampling
+
+        def then_theirs(p):
+            original(p)
+            p.sd_model.forge_objects.unet.model_options["model_function_wrapper"] = another_unet_wrapper
+        host.adapter.before_sampling = then_theirs
+    got, p = host.step([PAG, SEG])
+    assert host.model.calls == [(2 * BATCH, [UNCOND, COND]), (2 * BATCH, [COND])]
+    assert p.sd_model.forge_objects.unet.model_options["model_function_wrapper"] is another_unet_wrapper
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_forge_a_call_that_cannot_carry_our_rows_falls_back_with_one_line(caplog, monkeypatch):
+    host = ForgeHost()
+    want, _ = host.step([PAG], in_call=False)
+    original = host.model.apply_model
+
+    def short_of_memory(x, *args, **kwargs):
+        if x.shape[0] > 2 * BATCH:
+            raise RuntimeError("CUDA out of memory")
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(host.model, "apply_model", short_of_memory)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        got, _ = host.step([PAG])
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert caplog.text.count("[PAG]") == 1 and "out of memory" in caplog.text and "call of their own" in caplog.text
+
+
+def test_forge_conditioning_of_our_rows():
+    """Every per-row input follows the cond chunk (ControlNet's outputs too); the options name our chunks."""
+    rows, chunks = slice(2, 4), [UNCOND, COND]
+    ramp = torch.arange(4.0)
+    c = {"c_crossattn": ramp.view(4, 1, 1).expand(4, 3, 2), "y": ramp.view(4, 1), "control_model": object(),
+         "control": {"input": [None, ramp.view(4, 1, 1, 1)], "middle": [ramp.view(4, 1)], "output": []},
+         "transformer_options": {"cond_or_uncond": chunks, "sigmas": torch.ones(2), "cond_mark": torch.tensor([1., 1, 0, 0]),
+                                 "cond_indices": [2, 3], "uncond_indices": [0, 1], "patches": {}}}
+    got = forge._conditioning_with_rows_repeated(c, rows, 2, 4, chunks)
+    want_rows = torch.tensor([0., 1, 2, 3, 2, 3, 2, 3])
+    assert torch.equal(got["c_crossattn"][:, 0, 0], want_rows) and torch.equal(got["y"][:, 0], want_rows)
+    assert torch.equal(got["control"]["input"][1].flatten(), want_rows) and got["control"]["input"][0] is None
+    assert torch.equal(got["control"]["middle"][0].flatten(), want_rows) and got["control_model"] is c["control_model"]
+    options = got["transformer_options"]
+    assert options["cond_or_uncond"] == [UNCOND, COND, COND, COND] and torch.equal(options["sigmas"], torch.ones(2))
+    assert options["cond_mark"].tolist() == [1, 1, 0, 0, 0, 0, 0, 0] and options["cond_indices"] == [2, 3, 4, 5, 6, 7]
+    assert options["uncond_indices"] == [0, 1] and c["transformer_options"]["cond_or_uncond"] == chunks
+    with pytest.raises(forge.CannotCarry):
+        forge._conditioning_with_rows_repeated({**c, "y": torch.zeros(1, 3)}, rows, 2, 4, chunks)
 
 
 @pytest.mark.parametrize("key,stepping_aside", [("pagi_enabled", "PAG"), ("pag_enabled", "PAG"), ("seg_enabled", "SEG")])
@@ -279,9 +397,11 @@ def test_forge_all_three_methods_add_one_function_each_and_leave_nothing():
     on, p = host.step([SagParams(enabled=True), PAG, SEG])
     functions = p.sd_model.forge_objects.unet.model_options["sampler_post_cfg_function"]
     assert len(functions) == 2
-    assert host.model.calls == [(4, [1, 0]), (BATCH, [COND]), (2 * BATCH, [COND])]
+    assert host.model.calls == [(8, [UNCOND, COND, COND, COND]), (BATCH, [COND])]  # SAG's pass: the uncond as cond
     assert PerturbationHooks.attached(host.unet) is None
-    assert "sampler_post_cfg_function" not in host.original_patcher.model_options
+    assert not {"sampler_post_cfg_function", "model_function_wrapper"} & set(host.original_patcher.model_options)
+    separate, _ = host.step([SagParams(enabled=True), PAG, SEG], in_call=False)
+    torch.testing.assert_close(on, separate, atol=1e-4, rtol=0)
 
 
 def test_forge_cfg_pp_samplers_keep_our_function():

@@ -17,6 +17,12 @@ def report_unchanged(method, reasons: set, fallback: str) -> None:
                 "; ".join(sorted(reasons)) or fallback)
 
 
+def report_separate_pass(methods: list, reason: str) -> None:
+    """`methods`' rows could not ride in the webui's own UNet call: they run in a call of their own."""
+    log.warning("[%s] the webui's UNet call could not carry its rows (%s); for the rest of this generation they "
+                "run in a call of their own", "/".join(method.abbreviation for method in methods), reason)
+
+
 class StepsAside:
     """A session whose `stop(reason)` turns its method(s) off for the generation with one console line."""
 

@@ -8,8 +8,8 @@ for chosen rows of a UNet call.
 The hooks read and change the host's own projections whichever way its attention calls them (its own
 forward, an attention optimisation, another extension's replace patch): SEG's on `to_q`'s output, PAG's
 on the input of `to_out`'s linear layer, which gets the host's own `to_v` output in place of the
-attention's. A pass armed with several changes runs them side by side: its rows are tiles of B images,
-tile i carrying change i, in one call or several (`PerturbationHooks.armed`).
+attention's. Armed with several changes, the hooks make them side by side: the rows are tiles of B images,
+tile i carrying change i or none (the host's own rows), in one call or several (`PerturbationHooks.arm`).
 """
 import contextlib
 import math
@@ -98,19 +98,31 @@ class PerturbationHooks(MarkedHooks):
         if getattr(self.unet, OWNER_ATTRIBUTE, None) is self:
             delattr(self.unet, OWNER_ATTRIBUTE)
 
-    @contextlib.contextmanager
-    def armed(self, changes: list, tile: int):
-        """The UNet calls inside make `changes[i]` in the rows of tile i: rows are images in tiles of
+    def arm(self, changes: list, tile: int) -> None:
+        """The UNet calls from now on make `changes[i]` in the rows of tile i: rows are images in tiles of
         `tile`, the tiles repeating in the order of `changes`, counted across the calls (one call of
-        len(changes) * tile rows, or several). Raises UnsupportedPerturbation after a pass no chosen layer saw."""
+        len(changes) * tile rows, or several); a None change leaves its tile (the host's own rows) alone."""
         self._changes, self._tile, self.fired, self._seen = list(changes), tile, 0, 0
-        try:
-            yield
-        finally:
-            self._changes, self._grids, self._values = None, {}, {}
-        if self.fired == 0:
+        self._grids, self._values = {}, {}
+
+    def disarm(self, check: bool = True) -> None:
+        """Idle again. With `check`, raises UnsupportedPerturbation if the calls since `arm` passed no chosen
+        layer."""
+        armed, self._changes, self._grids, self._values = self._changes is not None, None, {}, {}
+        if check and armed and self.fired == 0:
             raise UnsupportedPerturbation("the model ran without its chosen self-attention layers (a compiled or "
                                           "replaced UNet?)")
+
+    @contextlib.contextmanager
+    def armed(self, changes: list, tile: int):
+        """`arm` for the calls inside (see there); disarmed on the way out, whatever happens."""
+        self.arm(changes, tile)
+        try:
+            yield
+        except BaseException:
+            self.disarm(check=False)
+            raise
+        self.disarm()
 
     # ---- the hooks -------------------------------------------------------------------------------------
 
@@ -135,7 +147,7 @@ class PerturbationHooks(MarkedHooks):
             raise UnsupportedPerturbation(f"a self-attention layer got {rows} rows in a UNet call of {self._images}")
         found = []
         for index, change in enumerate(self._changes):
-            if change.kind != kind or id(attn) not in change.layers:
+            if change is None or change.kind != kind or id(attn) not in change.layers:
                 continue
             key = (index, rows, tensor.device)
             if key not in self._indices:

@@ -13,7 +13,9 @@ with the references' CFG rescale (pamparamm's `rescale_guidance`, after Lin et a
 per position, whichever of the CFG guidance and the term stands out more: out = x0_u + snf(CFG - x0_u,
 term). Everything is computed in x0 (the timestep samplers' eps converted there and back), so the
 rescales mean the same in every sampler. PAG and SEG on together share one pass: its rows are x once per
-method, each tile with its own change.
+method, each tile with its own change. Those rows need nothing from the host's cond/uncond call, so an
+adapter may put them into that very call (`arm_host_call`), as diffusers' PAG pipelines batch them: the
+launch-bound steps then cost one call, not two; where it cannot, the pass is a call of its own.
 """
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -21,7 +23,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .console import StepsAside, report_off, report_unchanged
+from .console import StepsAside, report_off, report_separate_pass, report_unchanged
 from .guidance import autocast_off
 from .layers import find_layers
 from .perturbation import Change, PerturbationHooks
@@ -77,6 +79,9 @@ class Step:
 
     methods: list
     host: Any
+    in_host_call: bool = False  # the step's rows ride in the host's own UNet call
+    host_call_closed: bool = False  # too late for that: the pass has begun
+    host_call_out: Optional[torch.Tensor] = None  # their output, once that call ran
 
 
 class PerturbedSession(StepsAside):
@@ -100,6 +105,7 @@ class PerturbedSession(StepsAside):
         self.idle_reasons = {}  # method key -> set of reasons a step did nothing
         self.started = False  # a step has begun: the session is sampling, no method joins any more
         self.ended = set()  # the methods whose Script's postprocess ran
+        self.rows_in_host_call = True  # the adapter may put the pass's rows into the host's call (a setting)
 
     @staticmethod
     def of(generation) -> Optional["PerturbedSession"]:
@@ -184,6 +190,8 @@ class PerturbedSession(StepsAside):
         """Before the UNet calls of a step: which methods guide it (`progress`: the step's place in its
         pass, 0 first; steps outside a method's range or with scale 0 do no work at all)."""
         self.step, self.result, self.started = None, None, True
+        if self.hooks is not None:
+            self.hooks.disarm(check=False)  # a host call that raised left them armed
         if not self.active:
             return
         self._hook(unet)
@@ -198,18 +206,54 @@ class PerturbedSession(StepsAside):
         if methods and self.hooks is not None:
             self.step = Step(methods, host)
 
+    def _changes_of_step(self) -> list:
+        return [self.changes[params.METHOD.key] for params, _ in self.step.methods]
+
+    def wants_host_call(self) -> bool:
+        """Whether the step's rows may still go into the host's UNet call."""
+        step = self.step
+        return (step is not None and self.rows_in_host_call and self.hooks is not None and not step.in_host_call
+                and not step.host_call_closed)
+
+    def arm_host_call(self, tiles_before: int, tiles_after: int, tile: int) -> int:
+        """The step's rows go into the host's own UNet call (or its chunks), laid out as `tiles_before` tiles
+        of `tile` host rows, one tile per method (x and the cond conditioning, repeated), `tiles_after` host
+        tiles: the hooks change just ours. Returns the number of our tiles; `keep_host_call_rows` after."""
+        changes = self._changes_of_step()
+        self.hooks.arm([None] * tiles_before + changes + [None] * tiles_after, tile)
+        self.step.in_host_call = True
+        return len(changes)
+
+    def keep_host_call_rows(self, out: torch.Tensor) -> None:
+        """After the host's call: `out`, the output of our tiles. UnsupportedPerturbation if no chosen layer ran."""
+        self.hooks.disarm()
+        self.step.host_call_out = out
+
+    def abandon_host_call(self, reason: str) -> None:
+        """The host's call ran without our rows after all (`reason`): this step's pass and the later ones are
+        calls of their own, said in one console line."""
+        self.hooks.disarm(check=False)
+        self.step.in_host_call, self.step.host_call_closed = False, True
+        if self.rows_in_host_call:
+            self.rows_in_host_call = False
+            report_separate_pass([params.METHOD for params in self.active_methods()], reason)
+
     def end_step(self, x: torch.Tensor, out_cond: torch.Tensor, noise_level: torch.Tensor, space,
-                 perturbed_pass: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
-        """After the host's UNet calls: one pass over x repeated once per method (`perturbed_pass(x_rows,
-        copies)` runs the model on them with the cond conditioning repeated `copies` times), each copy with
-        its method's attention change; keeps each method's perturbed x0."""
+                 perturbed_pass: Optional[Callable[[torch.Tensor, int], torch.Tensor]] = None) -> None:
+        """After the host's UNet calls: the perturbed x0 of each method, from our rows in the host's call or
+        else from one pass over x repeated once per method (`perturbed_pass(x_rows, copies)` runs the model on
+        them with the cond conditioning repeated `copies` times), each copy with its method's change."""
         step = self.step
         if step is None:
             return
-        copies = len(step.methods)
-        changes = [self.changes[params.METHOD.key] for params, _ in step.methods]
-        with self.hooks.armed(changes, tile=x.shape[0]):
-            out = perturbed_pass(x.repeat(copies, *([1] * (x.ndim - 1))) if copies > 1 else x, copies)
+        copies, step.host_call_closed = len(step.methods), True
+        if step.host_call_out is not None:
+            out = step.host_call_out
+        else:
+            if step.in_host_call:
+                raise RuntimeError("the webui's UNet call returned without the rows put into it")
+            with self.hooks.armed(self._changes_of_step(), tile=x.shape[0]):
+                out = perturbed_pass(x.repeat(copies, *([1] * (x.ndim - 1))) if copies > 1 else x, copies)
         if out.shape[0] != x.shape[0] * copies or out.shape[1:] != x.shape[1:]:
             raise RuntimeError(f"the model answered the perturbed pass over {copies * x.shape[0]} rows with "
                                f"{tuple(out.shape)}")

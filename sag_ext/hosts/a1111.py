@@ -123,20 +123,33 @@ class A1111Adapter:
                             params.text_uncond, EpsSpace(denoiser.alphas) if timesteps else X0Space(),
                             denoiser.nmask if denoiser.mask is not None else None, denoiser)
 
+        if perturbed is not None and perturbed.active:  # first: its rows in the host's call change the layout
+            perturbed.step_aside_for_others(p.extra_generation_params, OTHER_IMPLEMENTATIONS)
+            with perturbed.guard():
+                self._begin_perturbed_step(perturbed, params, unet, count, progress, hires_pass, step_rows)
         if sag is not None and sag.active:
             with sag.guard():
                 sag.begin_step(unet, LastRowsOfStep(total=params.x.shape[0], target=count),
                                latent_size=params.x.shape[-2:], progress=progress, hires_pass=hires_pass,
                                host=step_rows(slice(-count, None)))
-        if perturbed is not None and perturbed.active:
-            perturbed.step_aside_for_others(p.extra_generation_params, OTHER_IMPLEMENTATIONS)
-            with perturbed.guard():
-                if not perturbed.active:
-                    return
-                if params.x.shape[0] != 2 * count:
-                    perturbed.stop("AND prompts (several positive prompts per image) are not supported")
-                    return
-                perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass, host=step_rows(slice(0, count)))
+
+    @staticmethod
+    def _begin_perturbed_step(perturbed, params, unet, count, progress, hires_pass, step_rows) -> None:
+        """PAG's and SEG's step: its rows go into the webui's own UNet call, between the cond and the uncond
+        rows (which the webui reads from the front and from the end); in chunks of B rows, or with the uncond
+        in a call of its own, each call still holds whole tiles of B."""
+        if not perturbed.active:
+            return
+        if params.x.shape[0] != 2 * count:
+            perturbed.stop("AND prompts (several positive prompts per image) are not supported")
+            return
+        perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass, host=step_rows(slice(0, count)))
+        if not perturbed.wants_host_call():
+            return
+        copies = perturbed.arm_host_call(tiles_before=1, tiles_after=1, tile=count)
+        params.x, params.sigma, params.image_cond = (_with_cond_rows_repeated(t, count, copies)
+                                                     for t in (params.x, params.sigma, params.image_cond))
+        params.text_cond = _repeat_rows(params.text_cond, 1 + copies)
 
     def _sessions_of_the_model(self):
         """(SAG's, PAG and SEG's) sessions owning the hooks on the model in use (each None if none does): those
@@ -149,17 +162,7 @@ class A1111Adapter:
 
     def on_cfg_denoised(self, params) -> None:
         sag, perturbed = self._sessions_of_the_model()
-        if sag is not None and sag.step is not None:
-            rows: StepRows = sag.step.host
-
-            def degraded_pass(x):
-                uncond = _conds_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)[1]
-                return params.inner_model(x, rows.sigma, cond=self._condition_dict(uncond, rows.image_cond))
-
-            with sag.guard():
-                sag.end_step(rows.x, params.x[-rows.x.shape[0]:], rows.sigma, rows.space, degraded_pass,
-                             rows.repaint_mask)
-        if perturbed is not None and perturbed.step is not None:
+        if perturbed is not None and perturbed.step is not None:  # first: the hooks are idle for SAG's pass
             rows = perturbed.step.host
             count = rows.x.shape[0]
 
@@ -170,7 +173,19 @@ class A1111Adapter:
 
             rows.out_uncond = params.x[-count:]
             with perturbed.guard():
+                if perturbed.step.in_host_call:
+                    perturbed.keep_host_call_rows(params.x[count:count * (1 + len(perturbed.step.methods))])
                 perturbed.end_step(rows.x, params.x[:count], rows.sigma, rows.space, perturbed_pass)
+        if sag is not None and sag.step is not None:
+            rows: StepRows = sag.step.host
+
+            def degraded_pass(x):
+                uncond = _conds_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)[1]
+                return params.inner_model(x, rows.sigma, cond=self._condition_dict(uncond, rows.image_cond))
+
+            with sag.guard():
+                sag.end_step(rows.x, params.x[-rows.x.shape[0]:], rows.sigma, rows.space, degraded_pass,
+                             rows.repaint_mask)
 
     def on_cfg_after_cfg(self, params) -> None:
         sag, perturbed = self._sessions_of_the_model()
@@ -210,6 +225,11 @@ def _repeat_rows(cond, copies: int):
     if isinstance(cond, dict):
         return {key: _repeat_rows(value, copies) for key, value in cond.items()}
     return cond.repeat(copies, *([1] * (cond.ndim - 1)))
+
+
+def _with_cond_rows_repeated(t: torch.Tensor, count: int, copies: int) -> torch.Tensor:
+    """The webui's batch (the `count` cond rows first) with those rows repeated `copies` times after them."""
+    return torch.cat([t[:count]] * (1 + copies) + [t[count:]])
 
 
 def _conds_as_used(denoiser, text_cond, text_uncond):

@@ -10,13 +10,19 @@ the uncond conditioning and the model options. So: `cfg_denoiser` arms the captu
 and a post-CFG function set on a clone of the webui's UNet patcher (which the webui rebuilds before each
 sampling pass, so nothing stays patched) runs SAG's pass through the host's own batch function and adds
 the correction; a second one runs PAG's and SEG's pass over the host's cond (x repeated once per method,
-which the host's conditionings follow) and adds their guidance. The built-in SAG and PAG (Forge) and
+which the host's conditionings follow) and adds their guidance. That pass rides in the host's own call
+where it can: a UNet function wrapper on the same clone adds its rows to the call that holds the cond chunk
+(x, timestep and every per-row conditioning, ControlNet's outputs included, repeated from that chunk);
+where another wrapper is set (MultiDiffusion) or the call cannot carry them, the pass is a call of its
+own. The built-in SAG and PAG (Forge) and
 pamparamm's PAG and SEG scripts write infotext keys when they are on: the same method of ours steps aside.
 """
 import functools
 import importlib
 import math
 from types import SimpleNamespace
+
+import torch
 
 from ..core.capture import MiddleBlockCapture, UncondChunk, middle_block_attention
 from ..core.guidance import X0Space
@@ -33,6 +39,12 @@ OTHER_IMPLEMENTATIONS = {"pag": {"pagi_enabled": "the webui's built-in Perturbed
 SESSION_ATTRIBUTE = "guidance_session"  # marks our post-CFG functions with the session they serve
 # where the hosts keep their cond/uncond batch function: Forge and Neo, then reForge and Classic
 BATCH_FUNCTION_MODULES = ("backend.sampling.sampling_function", "ldm_patched.modules.samplers")
+COND = 0  # a cond chunk in `cond_or_uncond`
+UNET_WRAPPER = "model_function_wrapper"  # the model options' key of the UNet function wrapper
+
+
+class CannotCarry(ValueError):
+    """A UNet call whose conditioning we cannot extend by rows."""
 
 
 class UnsupportedModel(RuntimeError):
@@ -102,6 +114,8 @@ class ForgeAdapter:
             with session.guard():
                 unet = p.sd_model.forge_objects.unet.clone()
                 unet.set_model_sampler_post_cfg_function(post_cfg, disable_cfg1_optimization=needs_uncond)
+                if session is perturbed and session.rows_in_host_call and UNET_WRAPPER not in unet.model_options:
+                    unet.set_model_unet_function_wrapper(functools.partial(self.unet_call, session))
                 p.sd_model.forge_objects.unet = unet
 
     @staticmethod
@@ -135,7 +149,9 @@ class ForgeAdapter:
                 if perturbed.active:
                     unet = self.unet_of(denoiser.inner_model.inner_model)
                     self.keep_post_cfg_function(perturbed, denoiser)
-                    perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass)
+                    one_prompt = _rows(params.text_cond) == params.x.shape[0]  # AND prompts: several conds
+                    perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass,
+                                         host=tuple(params.x.shape) if one_prompt else None)
 
     def keep_post_cfg_function(self, session, denoiser) -> None:
         """Put our post-CFG function for `session` in front of the sampler's own list, where the sampler
@@ -185,11 +201,72 @@ class ForgeAdapter:
             denoised = session.apply(denoised, x, sigma, X0Space(), args["uncond_denoised"])
         return denoised
 
+    def unet_call(self, session: PerturbedSession, apply_model, args: dict):
+        """The UNet function wrapper: the host's call, and where it holds the step's one cond chunk, PAG's and
+        SEG's rows after its chunks (one chunk per method, from the cond chunk), their output kept for
+        `perturbed_post_cfg`. A call that cannot carry them runs as it came."""
+        x, timestep, c, chunks = args["input"], args["timestep"], args["c"], args["cond_or_uncond"]
+        step = session.step
+        if not session.wants_host_call() or step.host is None or chunks.count(COND) != 1:
+            return apply_model(x, timestep, **c)
+        size = x.shape[0] // len(chunks)
+        if (size,) + tuple(x.shape[1:]) != step.host:  # a tile or an area of the image: not the cond rows
+            return apply_model(x, timestep, **c)
+        copies, rows = len(step.methods), slice(chunks.index(COND) * size, (chunks.index(COND) + 1) * size)
+        try:
+            more = [_with_rows_repeated(t, rows, copies, x.shape[0]) for t in (x, timestep)]
+            conditioning = _conditioning_with_rows_repeated(c, rows, copies, x.shape[0], chunks)
+        except CannotCarry as error:
+            session.abandon_host_call(str(error))
+            return apply_model(x, timestep, **c)
+        session.arm_host_call(tiles_before=len(chunks), tiles_after=0, tile=size)
+        try:
+            out = apply_model(*more, **conditioning)
+        except Exception as error:  # the host's own call, alone, tells whose error it was
+            session.abandon_host_call(f"{type(error).__name__}: {error}")
+            return apply_model(x, timestep, **c)
+        with session.guard():
+            session.keep_host_call_rows(out[x.shape[0]:])
+        return out[:x.shape[0]]
+
     def register_callbacks(self) -> None:
         """The sampling callbacks, registered exactly once whatever reloads the script."""
         callbacks = self.webui.script_callbacks
         register_once(callbacks, ((callbacks.on_cfg_denoiser, self.on_cfg_denoiser),
                                   (callbacks.on_script_unloaded, self.release_model_hooks)))
+
+
+def _rows(cond) -> int:
+    return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[0]
+
+
+def _with_rows_repeated(value, rows: slice, copies: int, total: int):
+    """A per-row input of a UNet call of `total` rows (a tensor, or lists and dicts of them, as ControlNet's
+    outputs) with `rows` repeated `copies` times after them; anything else as it is."""
+    if isinstance(value, dict):
+        return {key: _with_rows_repeated(item, rows, copies, total) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_rows_repeated(item, rows, copies, total) for item in value)
+    if not torch.is_tensor(value):
+        return value
+    if value.ndim == 0 or value.shape[0] != total:
+        raise CannotCarry(f"a conditioning of {tuple(value.shape)} in a call of {total} rows")
+    return torch.cat([value] + [value[rows]] * copies)
+
+
+def _conditioning_with_rows_repeated(c: dict, rows: slice, copies: int, total: int, chunks: list) -> dict:
+    """The host's keyword arguments of `apply_model` for the call with our chunks: per-row conditionings
+    repeated; the transformer options naming them cond chunks (`cond_or_uncond`, and where the host has
+    them, `cond_mark` and `cond_indices`)."""
+    options = dict(c.get("transformer_options") or {})
+    options["cond_or_uncond"] = list(chunks) + [COND] * copies
+    if "cond_mark" in options:
+        options["cond_mark"] = _with_rows_repeated(options["cond_mark"], rows, copies, total)
+    if "cond_indices" in options:
+        options["cond_indices"] = list(options["cond_indices"]) + list(range(total, total + copies * (rows.stop - rows.start)))
+    return {key: options if key == "transformer_options" else
+            value if key == "control_model" else _with_rows_repeated(value, rows, copies, total)
+            for key, value in c.items()}
 
 
 def batch_function():

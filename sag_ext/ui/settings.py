@@ -66,6 +66,10 @@ def on_ui_settings() -> None:
             label = f"Default {LABELS[name]} shown in the panel"
             add(f"{method.key}_{setting}", shared.OptionInfo(getattr(defaults, name), label, *component(params_class, name),
                                                             section=section, **category).needs_reload_ui())
+        if params_class is PagParams:
+            add("pag_in_webui_call", shared.OptionInfo(
+                True, "Run PAG's and SEG's rows in the webui's own UNet call (same image; one call less per step)",
+                section=section, **category))
         if params_class is SagParams:
             add("sag_mask_preview", shared.OptionInfo(False, "Show a mask preview (where SAG acted) in the gallery",
                                                       section=section, **category))

@@ -32,11 +32,21 @@ def calc_cond_uncond_batch(model, cond, uncond, x_in, timestep, model_options):
         for index in sorted(to_batch, reverse=True):
             to_run.pop(index)
         chunks = [kind for _, kind in picked]
+        rows = x_in.shape[0]
         transformer_options = {**model_options.get("transformer_options", {}), "cond_or_uncond": chunks[:],
-                               "sigmas": timestep}
-        context = torch.cat([repeat_to_batch_size(entry["crossattn"], x_in.shape[0]) for entry, _ in picked])
-        output = model.apply_model(torch.cat([x_in] * len(chunks)), torch.cat([timestep] * len(chunks)),
-                                   context, transformer_options).chunk(len(chunks))
+                               "sigmas": timestep,
+                               "cond_mark": torch.tensor([kind for kind in chunks for _ in range(rows)]).to(timestep),
+                               "cond_indices": [i * rows + r for i, kind in enumerate(chunks) if kind == COND for r in range(rows)],
+                               "uncond_indices": [i * rows + r for i, kind in enumerate(chunks) if kind == UNCOND for r in range(rows)]}
+        c = {"c_crossattn": torch.cat([repeat_to_batch_size(entry["crossattn"], rows) for entry, _ in picked]),
+             "transformer_options": transformer_options}
+        input_x, timestep_ = torch.cat([x_in] * len(chunks)), torch.cat([timestep] * len(chunks))
+        if "model_function_wrapper" in model_options:
+            output = model_options["model_function_wrapper"](model.apply_model, {
+                "input": input_x, "timestep": timestep_, "c": c, "cond_or_uncond": chunks})
+        else:
+            output = model.apply_model(input_x, timestep_, **c)
+        output = output.chunk(len(chunks))
         for (entry, kind), out in zip(picked, output):
             weight = entry.get("strength", 1.0)
             if kind == COND:
