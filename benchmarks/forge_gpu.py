@@ -1,27 +1,31 @@
-"""Whole generations in a real Forge webui on a CUDA GPU: off, this extension's SAG, PAG, SEG and PAG with SEG,
-and Forge's built-in SAG and PAG.
+"""Whole generations in a real Forge webui on a CUDA GPU: off, this extension's SAG, PAG, SEG, PAG with SEG and
+all three, PAG with its rows in a call of their own, and Forge's built-in SAG and PAG.
 
 Runs on a GPU machine through `tests/e2e/gpu/run.sh forge-bench` (which sets up Forge there from
 `pack.py --forge`). One Forge webui per checkpoint is started with the e2e harness on the GPU in Forge's
 default half precision, with this extension and the probe extension `benchmarks/forge_probe` (peak CUDA
-memory per generation; a plain pass per step on request). For each configuration (20 steps Euler a, CFG 5,
-SAG scale 0.5, blur sigma 2, threshold 1 for both SAGs; PAG scale 3 on the middle block for both PAGs; SEG
-scale 3, sigma infinite), after warm-up rounds, each repeat runs every variant once, in an order that
+memory per generation; isolated plain calls per step on request). For each configuration (20 steps Euler a,
+CFG 5, SAG scale 0.5, blur sigma 2, threshold 1 for both SAGs; PAG scale 3 on the middle block for both PAGs;
+SEG scale 3, sigma infinite), after warm-up rounds, each repeat runs every variant once, in an order that
 rotates from repeat to repeat:
 
-* t_off_s, t_<c>_s for each variant c (sag, builtin: the built-in SAG, pag, seg, pag_seg, builtin_pag):
-  the median wall time of a whole txt2img request;
-* floor_ratio = 1 + steps * plain_pass_ms / 1000 / t_off_s, the cost of exactly one extra pass per step,
-  where plain_pass_ms is the median (over the steps, then the generations) of one isolated model call over
-  the B uncond rows through Forge's own batch function, in a SAG-off generation;
+* t_off_s, t_<c>_s for each variant c (sag, builtin: the built-in SAG, pag, seg, pag_seg, all: SAG+PAG+SEG,
+  pag_separate: PAG with the setting "in the webui's own UNet call" off, builtin_pag): the median wall time
+  of a whole txt2img request;
+* call_ms: {tiles: ms}, the median (over the steps, then the generations) of one isolated call of Forge's
+  batch function over 1, 2, 3 and 4 tiles of B rows (2: the step's own cond/uncond call; 3 and 4: that call
+  with PAG's or PAG's and SEG's rows), in an off generation;
+* floor_<c> = 1 + steps * extra_ms / 1000 / t_off_s, the least a variant's work can cost: SAG's pass is a
+  call of B rows of its own (extra = T1), PAG's or SEG's rows in the step's call (T3 - T2; the built-in PAG
+  and pag_separate do the same work), both (T4 - T2), all three (T4 - T2 + T1);
 * peak_off_mib, peak_<c>_mib: the peak CUDA memory allocated during the generation;
-* <c>_off_paired: the median over the repeats of each repeat's own ratio to its SAG-off
-  generation (the variants of a repeat run back to back), which drifts of the machine's speed between
-  repeats do not move; where a generation is bound by the host's Python (SDXL at 1024² on an H200), such
-  drifts reach tens of percent.
+* <c>_off_paired: the median over the repeats of each repeat's own ratio to its off generation (the
+  variants of a repeat run back to back), which drifts of the machine's speed between repeats do not move;
+  where a generation is bound by the host's Python (SDXL at 1024² on an H200), such drifts reach tens of
+  percent.
 
 `--profile DIR` writes, per configuration, the profiler's operator tables of one generation off and one
-with ours on into DIR.
+with the first variant on into DIR.
 
     python benchmarks/forge_gpu.py --json benchmarks/results/forge-gpu-<commit>.json [--configs ...]
 """
@@ -43,6 +47,7 @@ from harness.server import ForgeWebUI  # noqa: E402
 PROBE = ROOT / "benchmarks" / "forge_probe"
 CONFIGS = {  # name: (checkpoint, size, batch, warm-up rounds, repeats)
     "sd15-512-b1": ("sd15", 512, 1, 2, 20),
+    "sd15-512-b4": ("sd15", 512, 4, 2, 10),
     "sdxl-1024-b1": ("sdxl", 1024, 1, 2, 10),
     "sdxl-2048-b1": ("sdxl", 2048, 1, 1, 2),
 }
@@ -51,30 +56,39 @@ BUILTIN = "selfattentionguidance integrated (sd 1.x, sd 2.x, sdxl)"
 BUILTIN_PAG = "perturbedattentionguidance integrated"
 SAG_ARGS = [True, 0.5, 2.0, 1.0]
 PAG, SEG = {"perturbed-attention guidance": [True, 3.0]}, {"smoothed energy guidance": [{"scale": 3.0}]}
-VARIANTS = {  # label in the rows: the scripts on (off: none)
-    "sag": {OURS: SAG_ARGS}, "builtin": {BUILTIN: SAG_ARGS}, "pag": PAG, "seg": SEG, "pag_seg": {**PAG, **SEG},
-    "builtin_pag": {BUILTIN_PAG: [True, 3.0, 0.0, 0.0, 1.0]},
+IN_CALL_OFF = {"pag_in_webui_call": False}
+VARIANTS = {  # label in the rows: (the scripts on, settings overridden); off: none
+    "sag": ({OURS: SAG_ARGS}, {}), "builtin": ({BUILTIN: SAG_ARGS}, {}), "pag": (PAG, {}), "seg": (SEG, {}),
+    "pag_seg": ({**PAG, **SEG}, {}), "all": ({OURS: SAG_ARGS, **PAG, **SEG}, {}), "pag_separate": (PAG, IN_CALL_OFF),
+    "builtin_pag": ({BUILTIN_PAG: [True, 3.0, 0.0, 0.0, 1.0]}, {}),
+}
+FLOORS = {  # variant: {tiles: sign} of the isolated calls whose times sum to its least extra work per step
+    "sag": {1: 1}, "builtin": {1: 1}, "pag": {3: 1, 2: -1}, "seg": {3: 1, 2: -1}, "pag_seg": {4: 1, 2: -1},
+    "all": {4: 1, 2: -1, 1: 1}, "pag_separate": {3: 1, 2: -1}, "builtin_pag": {3: 1, 2: -1},
 }
 
 
-def payload(size, batch, scripts):
+def payload(size, batch, scripts, settings=None):
     return {"prompt": "a photo of a cat", "negative_prompt": "blurry", "steps": STEPS, "sampler_name": "Euler a",
             "width": size, "height": size, "batch_size": batch, "seed": 1, "cfg_scale": 5,
-            "alwayson_scripts": {title: {"args": args} for title, args in scripts.items()}}
+            "alwayson_scripts": {title: {"args": args} for title, args in scripts.items()},
+            "override_settings": settings or {}, "override_settings_restore_afterwards": True}
 
 
 def row(name, gpu, host, runs):
     """The row of one configuration from `measure`'s runs; a built-in's cells are None where the host has
     none (Forge Neo, Forge Classic)."""
     seconds = {label: statistics.median(s for s, _ in runs[label]) for label in runs if label != "plain"}
-    plain_ms = statistics.median(record["plain_pass_ms"] for _, record in runs["plain"])
+    call_ms = {tiles: statistics.median(record["call_ms"][str(tiles)] for _, record in runs["plain"])
+               for tiles in (1, 2, 3, 4)}
     result = {"host": host, "config": name, "gpu": gpu, "steps": STEPS, "repeats": len(runs["off"]),
-              "t_off_s": round(seconds["off"], 4), "plain_pass_ms": round(plain_ms, 3),
-              "floor_ratio": round(1 + STEPS * plain_ms / 1000 / seconds["off"], 4),
+              "t_off_s": round(seconds["off"], 4), "call_ms": {tiles: round(ms, 3) for tiles, ms in call_ms.items()},
               "peak_off_mib": round(max(record["peak_mib"] for _, record in runs["off"]), 1)}
     for label in VARIANTS:
         measured = label in runs
+        extra_ms = sum(sign * call_ms[tiles] for tiles, sign in FLOORS[label].items())
         result[f"t_{label}_s"] = round(seconds[label], 4) if measured else None
+        result[f"floor_{label}"] = round(1 + STEPS * extra_ms / 1000 / seconds["off"], 4)
         result[f"peak_{label}_mib"] = round(max(record["peak_mib"] for _, record in runs[label]), 1) if measured else None
         result[f"{label}_off_paired"] = (round(statistics.median(t / t_off for (t, _), (t_off, _)
                                                                  in zip(runs[label], runs["off"])), 4)
@@ -100,14 +114,15 @@ def profile(webui, name, bodies, out: Path):
 
 
 def print_table(rows):
-    labels = ["off"] + list(VARIANTS)
-    print(f"{'config':<14}" + "".join(f"{label + ' s':>14}" for label in labels) + f"{'floor':>8}"
-          + "".join(f"{'peak ' + label:>18}" for label in labels))
+    """Per configuration and variant: t / t_off, its floor, and the peak memory over off's."""
+    print(f"{'config':<14}{'variant':<14}{'t/t_off':>9}{'floor':>8}{'t/floor':>9}{'peak/off':>10}")
     for r in rows:
-        cells = [r["t_off_s"]] + [r[f"t_{label}_s"] for label in VARIANTS]
-        peaks = [r["peak_off_mib"]] + [r[f"peak_{label}_mib"] for label in VARIANTS]
-        print(f"{r['config']:<14}" + "".join(f"{'-' if c is None else f'{c:.3f}':>14}" for c in cells)
-              + f"{r['floor_ratio']:>8.3f}" + "".join(f"{'-' if c is None else f'{c:.0f}':>18}" for c in peaks))
+        for label in VARIANTS:
+            if r[f"t_{label}_s"] is None:
+                continue
+            ratio = r[f"t_{label}_s"] / r["t_off_s"]
+            print(f"{r['config']:<14}{label:<14}{ratio:>9.3f}{r[f'floor_{label}']:>8.3f}"
+                  f"{ratio / r[f'floor_{label}']:>9.3f}{r[f'peak_{label}_mib'] / r['peak_off_mib']:>10.3f}")
 
 
 def main():
@@ -132,8 +147,8 @@ def main():
                 _, size, batch, warmup, repeats = CONFIGS[name]
                 off = payload(size, batch, {OURS: [False]})
                 variants = [("off", webui, off, None), ("plain", webui, off, "/sag-bench/plain-pass")]
-                variants[1:1] = [(label, webui, payload(size, batch, VARIANTS[label]), None) for label in args.variants
-                                 if set(VARIANTS[label]) <= titles]  # a built-in the host lacks is left out
+                variants[1:1] = [(label, webui, payload(size, batch, *VARIANTS[label]), None) for label in args.variants
+                                 if set(VARIANTS[label][0]) <= titles]  # a built-in the host lacks is left out
                 if args.profile:  # off and the first variant on
                     profile(webui, name, {label: body for label, _, body, _ in variants[:2]}, args.profile)
                 if args.skip_timing:

@@ -51,20 +51,23 @@ def test_webui_gpu_rows_have_their_keys_and_the_floor_of_one_isolated_pass():
 
 
 def test_forge_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
-    """benchmarks/forge_gpu.py's row: medians of the whole generations, the floor of one isolated pass, peaks,
-    and the paired ratios (the median of each repeat's ratio to its own SAG-off generation), which a
-    machine whose speed drifts between repeats does not move."""
+    """benchmarks/forge_gpu.py's row: medians of the whole generations, each variant's floor from the isolated
+    calls of 1-4 tiles of B rows, peaks, and the paired ratios (the median of each repeat's ratio to its own
+    off generation), which a machine whose speed drifts between repeats does not move."""
     from benchmarks import forge_gpu
 
-    def runs(seconds, plain_ms=None):
-        return [(s, {"peak_mib": 100.0 + s, "plain_pass_ms": plain_ms}) for s in seconds]
+    def runs(seconds, call_ms=None):
+        return [(s, {"peak_mib": 100.0 + s, "call_ms": call_ms}) for s in seconds]
 
     # the machine is twice as fast in the last repeat: the medians mix repeats, the pairs do not
+    calls = {"1": 25.0, "2": 30.0, "3": 35.0, "4": 45.0}  # as they come back through JSON
     timed = {"off": runs([1.0, 1.0, 0.5]), "sag": runs([1.5, 1.6, 0.8]), "builtin": runs([1.4, 1.5, 0.75]),
-             "pag_seg": runs([2.0, 2.0, 1.0]), "plain": runs([1.0, 1.0, 0.5], plain_ms=25.0)}
+             "pag_seg": runs([2.0, 2.0, 1.0]), "plain": runs([1.0, 1.0, 0.5], call_ms=calls)}
     row = forge_gpu.row("sd15-512-b1", "GPU", "Forge abc", timed)
     assert (row["t_off_s"], row["t_sag_s"], row["t_builtin_s"]) == (1.0, 1.5, 1.4)
-    assert row["floor_ratio"] == 1.5 and row["plain_pass_ms"] == 25.0
+    assert row["call_ms"] == {1: 25.0, 2: 30.0, 3: 35.0, 4: 45.0}
+    assert (row["floor_sag"], row["floor_pag"], row["floor_pag_seg"], row["floor_all"]) == (1.5, 1.1, 1.3, 1.8)
+    assert row["floor_builtin_pag"] == row["floor_pag_separate"] == row["floor_pag"]
     assert (row["peak_off_mib"], row["peak_sag_mib"], row["peak_builtin_mib"]) == (101.0, 101.6, 101.5)
     assert (row["sag_off_paired"], row["builtin_off_paired"]) == (1.6, 1.5)
     assert (row["host"], row["repeats"]) == ("Forge abc", 3)
@@ -74,8 +77,18 @@ def test_forge_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
     del timed["builtin"]  # a host without a built-in SAG (Forge Neo): its cells are empty, ours as before
     row = forge_gpu.row("sd15-512-b1", "GPU", "Forge Neo abc", timed)
     assert (row["t_builtin_s"], row["peak_builtin_mib"], row["builtin_off_paired"]) == (None, None, None)
-    assert (row["t_sag_s"], row["sag_off_paired"], row["floor_ratio"]) == (1.5, 1.6, 1.5)
+    assert (row["t_sag_s"], row["sag_off_paired"], row["floor_sag"]) == (1.5, 1.6, 1.5)
     forge_gpu.print_table([row])
+
+
+def test_forge_gpu_variants_name_the_setting_they_change():
+    """pag_separate is PAG with its rows in a call of their own, through the request's settings."""
+    from benchmarks import forge_gpu
+
+    body = forge_gpu.payload(512, 1, *forge_gpu.VARIANTS["pag_separate"])
+    assert body["override_settings"] == {"pag_in_webui_call": False} and body["override_settings_restore_afterwards"]
+    assert body["alwayson_scripts"] == forge_gpu.payload(512, 1, *forge_gpu.VARIANTS["pag"])["alwayson_scripts"]
+
 
 def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
     """Each repeat runs every variant once, starting one later each round; a variant's probe request is

@@ -19,8 +19,8 @@ def report_unchanged(method, reasons: set, fallback: str) -> None:
 
 def report_separate_pass(methods: list, reason: str) -> None:
     """`methods`' rows could not ride in the webui's own UNet call: they run in a call of their own."""
-    log.warning("[%s] the webui's UNet call could not carry its rows (%s); for the rest of this generation they "
-                "run in a call of their own", "/".join(method.abbreviation for method in methods), reason)
+    log.warning("%s the webui's UNet call could not carry their rows (%s); for the rest of this generation they "
+                "run in a call of their own", "".join(f"[{method.abbreviation}]" for method in methods), reason)
 
 
 class StepsAside:

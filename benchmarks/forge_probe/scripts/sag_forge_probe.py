@@ -1,10 +1,11 @@
 """Benchmark probe for benchmarks/forge_gpu.py in a Forge webui (a test extension, not part of SAG).
 
 Per generation it records the peak CUDA memory allocated. After a `POST /sag-bench/plain-pass` the next
-generation's steps each make one more model call over the B uncond rows through the host's own batch
-function (`calc_cond_uncond_batch`, as SAG's pass makes it, without SAG), in a post-CFG function on a clone
-of the pass's UNet patcher, isolated (the GPU waited for before and after it), and drop its output: the
-median of its wall times is `plain_pass_ms`. After a `POST /sag-bench/profile` the next generation runs
+generation's steps each make four more model calls through the host's own batch function
+(`calc_cond_uncond_batch`), in a post-CFG function on a clone of the pass's UNet patcher, each isolated (the
+GPU waited for before and after it), their output dropped: over B rows (the uncond, as SAG's pass), 2B (the
+step's own cond/uncond call), 3B and 4B (that call with one or two more copies of the cond chunk, as PAG's and
+SEG's rows in it): the medians of their wall times are `call_ms` {tiles: ms}. After a `POST /sag-bench/profile` the next generation runs
 under torch's profiler, with ranges around a denoiser step, SAG's parts and the host's batch function, and
 the record holds its operator tables by host and by CUDA time; after a `POST /sag-bench/host-times` the
 same ranges are host timers (no GPU wait) and the record holds their medians. `GET /sag-bench/last`
@@ -23,6 +24,12 @@ sys.path.append(str(Path(__file__).resolve().parents[3]))  # the repository, for
 import benchmarks.probe_routes as probe_routes  # noqa: E402
 
 LAST = {}
+CALLS = {  # tiles of B rows: (cond, uncond) of the batch function's call
+    1: (lambda args: args["uncond"], lambda args: None),
+    2: (lambda args: args["cond"], lambda args: args["uncond"]),
+    3: (lambda args: args["cond"] * 2, lambda args: args["uncond"]),
+    4: (lambda args: args["cond"] * 3, lambda args: args["uncond"]),
+}
 NEXT = set()  # what the next generation does besides measuring memory: "plain-pass", "profile"
 
 
@@ -80,7 +87,7 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
     def process(self, p, *args):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        p.sag_bench_plain_ms = [] if "plain-pass" in NEXT else None
+        p.sag_bench_plain_ms = {} if "plain-pass" in NEXT else None
         p.sag_bench_profiler = None
         p.sag_bench_spans = None
         if "host-times" in NEXT:
@@ -100,11 +107,13 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
         times = p.sag_bench_plain_ms
 
         def plain_pass(args):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            calc_cond_uncond_batch(args["model"], args["uncond"], None, args["input"], args["sigma"], args["model_options"])
-            torch.cuda.synchronize()
-            times.append(1000 * (time.perf_counter() - start))
+            for tiles, (cond, uncond) in CALLS.items():
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                calc_cond_uncond_batch(args["model"], cond(args), uncond(args), args["input"], args["sigma"],
+                                       args["model_options"])
+                torch.cuda.synchronize()
+                times.setdefault(tiles, []).append(1000 * (time.perf_counter() - start))
             return args["denoised"]
 
         unet = p.sd_model.forge_objects.unet.clone()
@@ -114,7 +123,7 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
     def postprocess(self, p, processed, *args):
         LAST.clear()
         LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20,
-                    plain_pass_ms=statistics.median(p.sag_bench_plain_ms) if p.sag_bench_plain_ms else None)
+                    call_ms={tiles: statistics.median(ms) for tiles, ms in (p.sag_bench_plain_ms or {}).items()})
         if p.sag_bench_spans is not None:
             for undo in p.sag_bench_undo:
                 undo()

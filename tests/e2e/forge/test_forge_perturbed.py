@@ -63,6 +63,24 @@ def test_ours_and_the_builtin_pag_side_by_side(webui, record_property):
     assert ours_vs_off > 0 and ours_vs_theirs <= 0.01 * ours_vs_off
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rows_in_the_webui_call_give_the_separate_pass_image(webui, batch, record_property):
+    """PAG's and SEG's rows in Forge's own cond/uncond call, or (the setting off) in a call of their own: the
+    same image but for float rounding in a larger batch; the difference is recorded."""
+    case = {**BASE, "width": 256, "height": 256, "batch_size": batch}
+    methods = {PAG: PAG_ON, SEG: SEG_ON}
+    off, _ = images_of(webui, with_scripts(case, {}))
+    watch = LogWatch(webui)
+    in_call, _ = images_of(webui, with_scripts(case, methods))
+    assert "could not carry" not in watch.new_text()
+    separate, _ = images_of(webui, {**with_scripts(case, methods), "override_settings": {"pag_in_webui_call": False},
+                                    "override_settings_restore_afterwards": True})
+    difference, effect = (float(np.abs(np.stack(in_call) - np.stack(other)).mean()) for other in (separate, off))
+    record_property("mean_abs_in_call_vs_separate", difference)
+    print(f"\nPAG+SEG, batch {batch}: mean |in call - separate| = {difference:.4f}, |on - off| = {effect:.4f} (of 255)")
+    assert effect > 0 and difference <= 0.01 * effect
+
+
 def test_builtin_pag_on_too_makes_ours_step_aside(webui):
     name, count = builtin(webui, "perturbedattentionguidance")
     theirs_args = [True, 3.0, 0.0, 0.0, 1.0][:count]
