@@ -71,6 +71,24 @@ def test_beside_the_builtin_pag(gpu_forge, record_property):
     assert ours_vs_off > 0 and ours_vs_theirs < 0.1 * ours_vs_off
 
 
+def test_rows_in_the_webui_call_beside_a_call_of_their_own(gpu_forge, record_property):
+    """PAG's and SEG's rows in Forge's own call or (the setting off) in a call of their own, in fp16: the mean
+    difference (fp16 kernels may round a larger batch differently)."""
+    checkpoint, webui = gpu_forge
+    case, methods = CASES[checkpoint], {PAG: [True, 3.0], SEG: [True, 3.0]}
+    off, _ = images_of(webui, with_scripts(case, {}))
+    watch = LogWatch(webui)
+    in_call, _ = images_of(webui, with_scripts(case, methods))
+    assert "could not carry" not in watch.new_text()
+    separate, _ = images_of(webui, {**with_scripts(case, methods), "override_settings": {"pag_in_webui_call": False},
+                                    "override_settings_restore_afterwards": True})
+    difference, effect = (float(np.mean([np.abs(a - b).mean() for a, b in zip(in_call, other)]))
+                          for other in (separate, off))
+    record_property("mean_abs_in_call_vs_separate", difference)
+    print(f"\n{checkpoint}: PAG+SEG mean |in call - separate| = {difference:.4f}, |on - off| = {effect:.4f} (of 255)")
+    assert effect > 0 and difference < 0.1 * effect
+
+
 def test_beside_the_builtin_sag(gpu_forge, record_property):
     checkpoint, webui = gpu_forge
     ours_vs_theirs, ours_vs_off, _ = ours_beside_the_builtin(webui, CASES[checkpoint], record_property,
