@@ -53,7 +53,9 @@ def test_perturbed_contract(gpu_forge, methods):
 
 
 def test_beside_the_builtin_pag(gpu_forge, record_property):
-    """Ours and Forge's built-in PAG (middle block, scale 3) at the same seed, in fp16: the mean difference."""
+    """Ours and Forge's built-in PAG (middle block, scale 3) at the same seed, in fp16: the mean difference.
+    Ours rides in the host's call, whose larger batch rounds the host's own rows differently in fp16 (the
+    built-in's call of its own leaves them as off has them); the control is ours at a negligible scale."""
     checkpoint, webui = gpu_forge
     found = find_builtin(webui, "perturbedattentionguidance")
     if found is None:
@@ -62,31 +64,41 @@ def test_beside_the_builtin_pag(gpu_forge, record_property):
     case = CASES[checkpoint]
     off, _ = images_of(webui, with_scripts(case, {}))
     ours, _ = images_of(webui, with_scripts(case, {PAG: [True, 3.0]}))
+    negligible, _ = images_of(webui, with_scripts(case, {PAG: [True, 1e-4]}))  # the rounding floor: see below
     theirs, _ = images_of(webui, with_scripts(case, {name: [True, 3.0, 0.0, 0.0, 1.0][:count]}))
-    ours_vs_theirs, ours_vs_off = (float(np.mean([np.abs(a - b).mean() for a, b in zip(ours, other)]))
-                                   for other in (theirs, off))
+    ours_vs_theirs, ours_vs_off, rounding = (float(np.mean([np.abs(a - b).mean() for a, b in zip(x, y)]))
+                                             for x, y in ((ours, theirs), (ours, off), (negligible, off)))
     record_property("mean_abs_ours_vs_builtin_pag", ours_vs_theirs)
     record_property("mean_abs_ours_vs_off", ours_vs_off)
-    print(f"\n{checkpoint}: PAG mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
-    assert ours_vs_off > 0 and ours_vs_theirs < 0.1 * ours_vs_off
+    record_property("mean_abs_batch_rounding", rounding)
+    print(f"\n{checkpoint}: PAG mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f}, "
+          f"|ours at scale 1e-4 - off| = {rounding:.4f} (of 255)")
+    assert ours_vs_off > 0 and ours_vs_theirs < max(0.1 * ours_vs_off, 2 * rounding)
 
 
 def test_rows_in_the_webui_call_beside_a_call_of_their_own(gpu_forge, record_property):
-    """PAG's and SEG's rows in Forge's own call or (the setting off) in a call of their own, in fp16: the mean
-    difference (fp16 kernels may round a larger batch differently)."""
+    """PAG's and SEG's rows in Forge's own call or (the setting off) in a call of their own, in fp16. A larger
+    batch rounds the host's own rows differently in fp16 too, and the random-weight models carry such
+    rounding on to whole images: the control is the same call with the rows at a negligible scale against
+    off. Recorded: the difference, PAG+SEG's effect and that rounding floor."""
     checkpoint, webui = gpu_forge
-    case, methods = CASES[checkpoint], {PAG: [True, 3.0], SEG: [True, 3.0]}
-    off, _ = images_of(webui, with_scripts(case, {}))
+    case = CASES[checkpoint]
+
+    def run(scale, in_call=True):
+        body = with_scripts(case, {PAG: [{"scale": scale}], SEG: [{"scale": scale}]} if scale else {})
+        return images_of(webui, {**body, "override_settings": {"pag_in_webui_call": in_call},
+                                 "override_settings_restore_afterwards": True})[0]
+
     watch = LogWatch(webui)
-    in_call, _ = images_of(webui, with_scripts(case, methods))
+    off, in_call, separate, negligible = run(0), run(3.0), run(3.0, in_call=False), run(1e-4)
     assert "could not carry" not in watch.new_text()
-    separate, _ = images_of(webui, {**with_scripts(case, methods), "override_settings": {"pag_in_webui_call": False},
-                                    "override_settings_restore_afterwards": True})
-    difference, effect = (float(np.mean([np.abs(a - b).mean() for a, b in zip(in_call, other)]))
-                          for other in (separate, off))
-    record_property("mean_abs_in_call_vs_separate", difference)
-    print(f"\n{checkpoint}: PAG+SEG mean |in call - separate| = {difference:.4f}, |on - off| = {effect:.4f} (of 255)")
-    assert effect > 0 and difference < 0.1 * effect
+    difference, effect, rounding = (float(np.mean([np.abs(a - b).mean() for a, b in zip(x, y)]))
+                                    for x, y in ((in_call, separate), (in_call, off), (negligible, off)))
+    for name, value in (("in_call_vs_separate", difference), ("effect", effect), ("batch_rounding", rounding)):
+        record_property(f"mean_abs_{name}", value)
+    print(f"\n{checkpoint}: PAG+SEG mean |in call - separate| = {difference:.4f}, |on - off| = {effect:.4f}, "
+          f"|rows at scale 1e-4 - off| = {rounding:.4f} (of 255)")
+    assert effect > 0 and difference < max(0.1 * effect, 2 * rounding)
 
 
 def test_beside_the_builtin_sag(gpu_forge, record_property):
