@@ -6,7 +6,7 @@ import torch
 import perturbed_reference as ref
 from harness.unets import CONTEXT_DIM, sd1_unet, sdxl_like_unet
 from sag_ext.core.layers import find_layers, parse_layers, transformer_groups
-from sag_ext.core.perturbation import Change, PerturbationHooks, UnsupportedPerturbation, smoothed_query
+from sag_ext.core.perturbation import Change, PerturbationHooks, UnsupportedPerturbation, _blocks, smoothed_query
 from sag_ext.core.perturbed import guided
 
 LAYOUTS = {"sd1": sd1_unet, "sdxl_like": sdxl_like_unet}
@@ -180,3 +180,11 @@ def test_snf_picks_from_both_guidances():
     term, guidance = 3.0 * (cond - perturbed), cfg - uncond
     from_term, from_cfg = torch.isclose(fused, term), torch.isclose(fused, guidance)
     assert (from_term | from_cfg).all() and from_term.any() and from_cfg.any()
+
+
+def test_changed_rows_are_slices_of_neighbouring_images():
+    """Rows are changed through slices (no index tensor to copy to the device in every call): one per run
+    of neighbouring images, per_image rows each (Hypertile splits an image's tokens into several rows)."""
+    assert _blocks([2, 3], 1) == [slice(2, 4)]
+    assert _blocks([0, 1, 3], 2) == [slice(0, 4), slice(6, 8)]
+    assert _blocks([], 1) == []

@@ -54,6 +54,18 @@ def smoothed_query(q: torch.Tensor, grid: tuple, sigma: float) -> torch.Tensor:
     return blurred.reshape(rows, channels, tokens).transpose(1, 2)
 
 
+def _blocks(images: list, per_image: int) -> list:
+    """The row slices of `images` (ascending), `per_image` rows each, one slice per run of neighbours."""
+    blocks, start = [], None
+    for position, image in enumerate(images):
+        if start is None:
+            start = image
+        if position + 1 == len(images) or images[position + 1] != image + 1:
+            blocks.append(slice(start * per_image, (image + 1) * per_image))
+            start = None
+    return blocks
+
+
 @dataclass(frozen=True)
 class Change:
     """One attention change in a pass: "identity" (PAG) or "smoothed_query" (SEG, `sigma`), made in the
@@ -76,7 +88,7 @@ class PerturbationHooks(MarkedHooks):
         self._changes, self._tile = None, 0
         self._images = 0  # the rows of the UNet call in progress
         self._first = self._seen = 0  # the pass's images before that call, and so far
-        self._indices = {}  # (change, layer rows, device) -> the rows it changes in that call
+        self._blocks = {}  # (change, layer rows) -> the rows it changes in that call
         self._grids = {}  # id(spatial transformer) -> (h, w) of the call in progress
         self._values = {}  # id(attn1) -> its to_v output in this call
         self.fired = 0
@@ -130,7 +142,7 @@ class PerturbationHooks(MarkedHooks):
         if self._changes is not None:
             self._images = (args[0] if args else kwargs["x"]).shape[0]
             self._first, self._seen = self._seen, self._seen + self._images  # the pass's images before this call
-            self._grids, self._values, self._indices = {}, {}, {}
+            self._grids, self._values, self._blocks = {}, {}, {}
 
     def _grid_recorder(self, transformer):
         def record(module, args):
@@ -139,9 +151,11 @@ class PerturbationHooks(MarkedHooks):
         return record
 
     def _rows_of(self, attn, kind: str, tensor: torch.Tensor) -> list:
-        """[(change, rows)] of the changes of `kind` made in `attn`, for a layer call over `tensor`: rows is
-        None for all of them, else an index. A layer call has more rows than the UNet call's images where
-        another extension splits each image's tokens into tiles (Hypertile); they stay image by image."""
+        """[(change, blocks)] of the changes of `kind` made in `attn`, for a layer call over `tensor`: blocks
+        is None for all of its rows, else the slices of the rows it changes (slices, not an index tensor,
+        which would cost a copy to the device and a wait for it in every call). A layer call has more rows
+        than the UNet call's images where another extension splits each image's tokens into tiles
+        (Hypertile); they stay image by image."""
         rows = tensor.shape[0]
         if self._images == 0 or rows % self._images:
             raise UnsupportedPerturbation(f"a self-attention layer got {rows} rows in a UNet call of {self._images}")
@@ -149,16 +163,13 @@ class PerturbationHooks(MarkedHooks):
         for index, change in enumerate(self._changes):
             if change is None or change.kind != kind or id(attn) not in change.layers:
                 continue
-            key = (index, rows, tensor.device)
-            if key not in self._indices:
+            key = (index, rows)
+            if key not in self._blocks:
                 images = [image for image in range(self._images)
                           if (self._first + image) // self._tile % len(self._changes) == index]
-                per_image = rows // self._images
-                self._indices[key] = (None if len(images) == self._images else
-                                      torch.tensor([image * per_image + t for image in images for t in range(per_image)],
-                                                   device=tensor.device))
-            if self._indices[key] is None or self._indices[key].numel():
-                found.append((change, self._indices[key]))
+                self._blocks[key] = None if len(images) == self._images else _blocks(images, rows // self._images)
+            if self._blocks[key] is None or self._blocks[key]:
+                found.append((change, self._blocks[key]))
         return found
 
     def _query_changer(self, transformer, attn):
@@ -176,8 +187,9 @@ class PerturbationHooks(MarkedHooks):
             if found[0][1] is None:
                 return smoothed_query(q, grid, found[0][0].sigma)
             q = q.clone()
-            for step, rows in found:
-                q[rows] = smoothed_query(q[rows], grid, step.sigma)
+            for step, blocks in found:
+                for rows in blocks:
+                    q[rows] = smoothed_query(q[rows], grid, step.sigma)
             return q
         return change
 
@@ -203,7 +215,8 @@ class PerturbationHooks(MarkedHooks):
             if found[0][1] is None:
                 return (v,) + tuple(args[1:])
             out = out.clone()
-            for _, rows in found:
-                out[rows] = v[rows]
+            for _, blocks in found:
+                for rows in blocks:
+                    out[rows] = v[rows]
             return (out,) + tuple(args[1:])
         return change

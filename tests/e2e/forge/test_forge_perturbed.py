@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from e2e.conftest import kept_data_dir
-from e2e.forge.test_forge_host import HIRES, builtin, gradient, images_of, with_scripts
+from e2e.forge.test_forge_host import HIRES, builtin, find_builtin, gradient, images_of, with_scripts
 from e2e.neighbours.neighbourhood import NEIGHBOURS
 from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, encode, generate
 from harness.server import ForgeWebUI, WebUIError
@@ -79,6 +79,25 @@ def test_rows_in_the_webui_call_give_the_separate_pass_image(webui, batch, recor
     record_property("mean_abs_in_call_vs_separate", difference)
     print(f"\nPAG+SEG, batch {batch}: mean |in call - separate| = {difference:.4f}, |on - off| = {effect:.4f} (of 255)")
     assert effect > 0 and difference <= 0.01 * effect
+
+
+def test_beside_multidiffusion_per_tile(webui, record_property):
+    """MultiDiffusion Integrated (tiles of 128 px, 4 to a call) runs the UNet through a wrapper of its own, so
+    PAG's and SEG's rows run in a call of their own, which it tiles as it tiles the host's: the methods guide
+    each tile, and ours PAG gives the built-in PAG's image there (where the host has one)."""
+    name, _ = builtin(webui, "multidiffusion")
+    case = with_scripts({**BASE, "width": 256, "height": 128}, {name: [True, "MultiDiffusion", 128, 128, 32, 4]})
+    check_sag_case(webui, "txt2img", case, on_args={PAG: PAG_ON, SEG: SEG_ON})
+    found = find_builtin(webui, "perturbedattentionguidance")
+    if found is None:
+        return
+    off, _ = generate(webui, "txt2img", case, OFF)
+    ours, _ = generate(webui, "txt2img", case, {PAG: PAG_ON})
+    theirs, _ = generate(webui, "txt2img", case, {found[0]: [True, 3.0, 0.0, 0.0, 1.0][:found[1]]})
+    ours_vs_theirs, ours_vs_off = (float(np.abs(ours[0] - other[0]).mean()) for other in (theirs, off))
+    record_property("mean_abs_ours_vs_builtin_pag_multidiffusion", ours_vs_theirs)
+    print(f"\nPAG with MultiDiffusion: mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f}")
+    assert ours_vs_off > 0 and ours_vs_theirs <= 0.01 * ours_vs_off
 
 
 def test_builtin_pag_on_too_makes_ours_step_aside(webui):
