@@ -343,6 +343,18 @@ def test_forge_another_unet_wrapper_gets_the_separate_pass(when):
     torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
+def test_forge_another_extensions_attention_gets_the_separate_pass():
+    """An attention replaced by another extension (StyleAlign shares it across each chunk's rows) sees every
+    row of the call: our rows stay out of the host's call, without a console line."""
+    host = ForgeHost()
+    want, _ = host.step([PAG, SEG], in_call=False)
+    options = host.original_patcher.model_options["transformer_options"]
+    options["patches_replace"] = {"attn1": {("middle", 0, 0): lambda q, k, v, extra_options: None}}
+    got, _ = host.step([PAG, SEG])
+    assert host.model.calls == [(2 * BATCH, [UNCOND, COND]), (2 * BATCH, [COND])]
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 def test_forge_a_call_that_cannot_carry_our_rows_falls_back_with_one_line(caplog, monkeypatch):
     host = ForgeHost()
     want, _ = host.step([PAG], in_call=False)

@@ -13,8 +13,8 @@ the correction; a second one runs PAG's and SEG's pass over the host's cond (x r
 which the host's conditionings follow) and adds their guidance. That pass rides in the host's own call
 where it can: a UNet function wrapper on the same clone adds its rows to the call that holds the cond chunk
 (x, timestep and every per-row conditioning, ControlNet's outputs included, repeated from that chunk);
-where another wrapper is set (MultiDiffusion) or the call cannot carry them, the pass is a call of its
-own. The built-in SAG and PAG (Forge) and
+where another wrapper is set (MultiDiffusion), another extension replaces the attention (StyleAlign) or the
+call cannot carry them, the pass is a call of its own. The built-in SAG and PAG (Forge) and
 pamparamm's PAG and SEG scripts write infotext keys when they are on: the same method of ours steps aside.
 """
 import functools
@@ -212,6 +212,9 @@ class ForgeAdapter:
         size = x.shape[0] // len(chunks)
         if (size,) + tuple(x.shape[1:]) != step.host:  # a tile or an area of the image: not the cond rows
             return apply_model(x, timestep, **c)
+        replaced = (c.get("transformer_options") or {}).get("patches_replace") or {}
+        if replaced.get("attn1") or replaced.get("attn2"):  # another extension's attention sees every row of the
+            return apply_model(x, timestep, **c)          # call and may mix them (StyleAlign shares it by chunk)
         copies, rows = len(step.methods), slice(chunks.index(COND) * size, (chunks.index(COND) + 1) * size)
         try:
             more = [_with_rows_repeated(t, rows, copies, x.shape[0]) for t in (x, timestep)]
