@@ -80,7 +80,7 @@ class Step:
     methods: list
     host: Any
     in_host_call: bool = False  # the step's rows ride in the host's own UNet call
-    host_call_closed: bool = False  # too late for that: the pass has begun
+    host_call_closed: bool = False  # no more offers: the rows were put in a call, or the pass has begun
     host_call_out: Optional[torch.Tensor] = None  # their output, once that call ran
 
 
@@ -212,8 +212,7 @@ class PerturbedSession(StepsAside):
     def wants_host_call(self) -> bool:
         """Whether the step's rows may still go into the host's UNet call."""
         step = self.step
-        return (step is not None and self.rows_in_host_call and self.hooks is not None and not step.in_host_call
-                and not step.host_call_closed)
+        return step is not None and self.rows_in_host_call and self.hooks is not None and not step.host_call_closed
 
     def arm_host_call(self, tiles_before: int, tiles_after: int, tile: int) -> int:
         """The step's rows go into the host's own UNet call (or its chunks), laid out as `tiles_before` tiles
@@ -221,7 +220,7 @@ class PerturbedSession(StepsAside):
         tiles: the hooks change just ours. Returns the number of our tiles; `keep_host_call_rows` after."""
         changes = self._changes_of_step()
         self.hooks.arm([None] * tiles_before + changes + [None] * tiles_after, tile)
-        self.step.in_host_call = True
+        self.step.in_host_call = self.step.host_call_closed = True
         return len(changes)
 
     def keep_host_call_rows(self, out: torch.Tensor) -> None:

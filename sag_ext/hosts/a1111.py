@@ -23,6 +23,7 @@ from ..core.perturbation import PerturbationHooks
 from ..core.perturbed import PerturbedSession
 from ..core.session import SagSession
 from ..ui import register_once
+from .rows import row_count, with_rows_repeated
 
 
 # the infotext keys other PAG and SEG implementations write when they are on: sd-webui-incantations'
@@ -114,7 +115,7 @@ class A1111Adapter:
         if not any(session is not None and session.active for session in (sag, perturbed)):
             return
         timesteps = isinstance(denoiser, self.webui.CFGDenoiserTimesteps)
-        count = _rows(params.text_uncond)
+        count = row_count(params.text_uncond)
         progress = denoiser.step / max(denoiser.total_steps, 1)
         hires_pass = bool(getattr(p, "is_hr_pass", False))
 
@@ -147,7 +148,8 @@ class A1111Adapter:
         if not perturbed.wants_host_call():
             return
         copies = perturbed.arm_host_call(tiles_before=1, tiles_after=1, tile=count)
-        params.x, params.sigma, params.image_cond = (_with_cond_rows_repeated(t, count, copies)
+        cond_rows = slice(0, count)
+        params.x, params.sigma, params.image_cond = (with_rows_repeated(t, cond_rows, copies, t.shape[0], at=count)
                                                      for t in (params.x, params.sigma, params.image_cond))
         params.text_cond = _repeat_rows(params.text_cond, 1 + copies)
 
@@ -214,10 +216,6 @@ class A1111Adapter:
                                   (callbacks.on_script_unloaded, self.release_model_hooks)))
 
 
-def _rows(cond) -> int:
-    return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[0]
-
-
 def _repeat_rows(cond, copies: int):
     """A conditioning (tensor, or SDXL's dict of them) with its rows repeated `copies` times."""
     if copies == 1:
@@ -225,11 +223,6 @@ def _repeat_rows(cond, copies: int):
     if isinstance(cond, dict):
         return {key: _repeat_rows(value, copies) for key, value in cond.items()}
     return cond.repeat(copies, *([1] * (cond.ndim - 1)))
-
-
-def _with_cond_rows_repeated(t: torch.Tensor, count: int, copies: int) -> torch.Tensor:
-    """The webui's batch (the `count` cond rows first) with those rows repeated `copies` times after them."""
-    return torch.cat([t[:count]] * (1 + copies) + [t[count:]])
 
 
 def _conds_as_used(denoiser, text_cond, text_uncond):

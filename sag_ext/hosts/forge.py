@@ -22,14 +22,13 @@ import importlib
 import math
 from types import SimpleNamespace
 
-import torch
-
 from ..core.capture import MiddleBlockCapture, UncondChunk, middle_block_attention
 from ..core.guidance import X0Space
 from ..core.perturbation import PerturbationHooks
 from ..core.perturbed import PerturbedSession
 from ..core.session import SagSession
 from ..ui import register_once
+from .rows import CannotCarry, row_count, with_rows_repeated
 
 BUILTIN_SAG_KEY = "sag_enabled"  # the infotext key the Forge hosts' built-in SAG writes when it is on
 # the infotext keys other PAG and SEG implementations write when they are on: Forge's built-in PAG, pamparamm's
@@ -41,10 +40,6 @@ SESSION_ATTRIBUTE = "guidance_session"  # marks our post-CFG functions with the 
 BATCH_FUNCTION_MODULES = ("backend.sampling.sampling_function", "ldm_patched.modules.samplers")
 COND = 0  # a cond chunk in `cond_or_uncond`
 UNET_WRAPPER = "model_function_wrapper"  # the model options' key of the UNet function wrapper
-
-
-class CannotCarry(ValueError):
-    """A UNet call whose conditioning we cannot extend by rows."""
 
 
 class UnsupportedModel(RuntimeError):
@@ -149,7 +144,7 @@ class ForgeAdapter:
                 if perturbed.active:
                     unet = self.unet_of(denoiser.inner_model.inner_model)
                     self.keep_post_cfg_function(perturbed, denoiser)
-                    one_prompt = _rows(params.text_cond) == params.x.shape[0]  # AND prompts: several conds
+                    one_prompt = row_count(params.text_cond) == params.x.shape[0]  # AND prompts: several conds
                     perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass,
                                          host=tuple(params.x.shape) if one_prompt else None)
 
@@ -217,7 +212,7 @@ class ForgeAdapter:
             return apply_model(x, timestep, **c)          # call and may mix them (StyleAlign shares it by chunk)
         copies, rows = len(step.methods), slice(chunks.index(COND) * size, (chunks.index(COND) + 1) * size)
         try:
-            more = [_with_rows_repeated(t, rows, copies, x.shape[0]) for t in (x, timestep)]
+            more = [with_rows_repeated(t, rows, copies, x.shape[0]) for t in (x, timestep)]
             conditioning = _conditioning_with_rows_repeated(c, rows, copies, x.shape[0], chunks)
         except CannotCarry as error:
             session.abandon_host_call(str(error))
@@ -239,24 +234,6 @@ class ForgeAdapter:
                                   (callbacks.on_script_unloaded, self.release_model_hooks)))
 
 
-def _rows(cond) -> int:
-    return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[0]
-
-
-def _with_rows_repeated(value, rows: slice, copies: int, total: int):
-    """A per-row input of a UNet call of `total` rows (a tensor, or lists and dicts of them, as ControlNet's
-    outputs) with `rows` repeated `copies` times after them; anything else as it is."""
-    if isinstance(value, dict):
-        return {key: _with_rows_repeated(item, rows, copies, total) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_with_rows_repeated(item, rows, copies, total) for item in value)
-    if not torch.is_tensor(value):
-        return value
-    if value.ndim == 0 or value.shape[0] != total:
-        raise CannotCarry(f"a conditioning of {tuple(value.shape)} in a call of {total} rows")
-    return torch.cat([value] + [value[rows]] * copies)
-
-
 def _conditioning_with_rows_repeated(c: dict, rows: slice, copies: int, total: int, chunks: list) -> dict:
     """The host's keyword arguments of `apply_model` for the call with our chunks: per-row conditionings
     repeated; the transformer options naming them cond chunks (`cond_or_uncond`, and where the host has
@@ -264,11 +241,12 @@ def _conditioning_with_rows_repeated(c: dict, rows: slice, copies: int, total: i
     options = dict(c.get("transformer_options") or {})
     options["cond_or_uncond"] = list(chunks) + [COND] * copies
     if "cond_mark" in options:
-        options["cond_mark"] = _with_rows_repeated(options["cond_mark"], rows, copies, total)
+        options["cond_mark"] = with_rows_repeated(options["cond_mark"], rows, copies, total)
     if "cond_indices" in options:
-        options["cond_indices"] = list(options["cond_indices"]) + list(range(total, total + copies * (rows.stop - rows.start)))
+        ours = copies * (rows.stop - rows.start)
+        options["cond_indices"] = list(options["cond_indices"]) + list(range(total, total + ours))
     return {key: options if key == "transformer_options" else
-            value if key == "control_model" else _with_rows_repeated(value, rows, copies, total)
+            value if key == "control_model" else with_rows_repeated(value, rows, copies, total)
             for key, value in c.items()}
 
 

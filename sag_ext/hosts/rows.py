@@ -1,0 +1,28 @@
+"""Rows of a host's UNet batch, as both adapters read and extend them: a conditioning's row count, and a
+per-row input with some of its rows repeated (PAG's and SEG's rows in the host's own call)."""
+import torch
+
+
+class CannotCarry(ValueError):
+    """A per-row input whose rows do not match the call's."""
+
+
+def row_count(cond) -> int:
+    """The rows of a conditioning: a tensor, or SDXL's dict of them."""
+    return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[0]
+
+
+def with_rows_repeated(value, chosen: slice, copies: int, total: int, at=None):
+    """A per-row input of a batch of `total` rows (a tensor, or lists and dicts of them, as ControlNet's
+    outputs) with `copies` copies of its rows `chosen` put in at row `at` (None: after the last); anything
+    else as it is. CannotCarry for a tensor of other rows."""
+    if isinstance(value, dict):
+        return {key: with_rows_repeated(item, chosen, copies, total, at) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(with_rows_repeated(item, chosen, copies, total, at) for item in value)
+    if not torch.is_tensor(value):
+        return value
+    if value.ndim == 0 or value.shape[0] != total:
+        raise CannotCarry(f"a conditioning of {tuple(value.shape)} in a call of {total} rows")
+    at = total if at is None else at
+    return torch.cat([value[:at]] + [value[chosen]] * copies + [value[at:]])
