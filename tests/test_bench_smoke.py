@@ -50,11 +50,11 @@ def test_webui_gpu_rows_have_their_keys_and_the_floor_of_one_isolated_pass():
 
 
 
-def test_forge_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
-    """benchmarks/forge_gpu.py's row: medians of the whole generations, each variant's floor from the isolated
+def test_guidance_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
+    """benchmarks/guidance_gpu.py's row: medians of the whole generations, each variant's floor from the isolated
     calls of 1-4 tiles of B rows, peaks, and the paired ratios (the median of each repeat's ratio to its own
     off generation), which a machine whose speed drifts between repeats does not move."""
-    from benchmarks import forge_gpu
+    from benchmarks import guidance_gpu
 
     def runs(seconds, call_ms=None):
         return [(s, {"peak_mib": 100.0 + s, "call_ms": call_ms}) for s in seconds]
@@ -62,8 +62,8 @@ def test_forge_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
     # the machine is twice as fast in the last repeat: the medians mix repeats, the pairs do not
     calls = {"1": 25.0, "2": 30.0, "3": 35.0, "4": 45.0}  # as they come back through JSON
     timed = {"off": runs([1.0, 1.0, 0.5]), "sag": runs([1.5, 1.6, 0.8]), "builtin": runs([1.4, 1.5, 0.75]),
-             "pag_seg": runs([2.0, 2.0, 1.0]), "plain": runs([1.0, 1.0, 0.5], call_ms=calls)}
-    row = forge_gpu.row("sd15-512-b1", "GPU", "Forge abc", timed)
+             "pag_seg": runs([2.0, 2.0, 1.0]), "tile_calls": runs([1.0, 1.0, 0.5], call_ms=calls)}
+    row = guidance_gpu.row("sd15-512-b1", "GPU", "Forge abc", timed)
     assert (row["t_off_s"], row["t_sag_s"], row["t_builtin_s"]) == (1.0, 1.5, 1.4)
     assert row["call_ms"] == {1: 25.0, 2: 30.0, 3: 35.0, 4: 45.0}
     assert (row["floor_sag"], row["floor_pag"], row["floor_pag_seg"], row["floor_all"]) == (1.5, 1.1, 1.3, 1.8)
@@ -75,19 +75,35 @@ def test_forge_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
     assert (row["t_pag_s"], row["peak_pag_mib"], row["pag_off_paired"]) == (None, None, None)  # not measured
 
     del timed["builtin"]  # a host without a built-in SAG (Forge Neo): its cells are empty, ours as before
-    row = forge_gpu.row("sd15-512-b1", "GPU", "Forge Neo abc", timed)
+    row = guidance_gpu.row("sd15-512-b1", "GPU", "Forge Neo abc", timed)
     assert (row["t_builtin_s"], row["peak_builtin_mib"], row["builtin_off_paired"]) == (None, None, None)
     assert (row["t_sag_s"], row["sag_off_paired"], row["floor_sag"]) == (1.5, 1.6, 1.5)
-    forge_gpu.print_table([row])
+    guidance_gpu.print_table([row])
 
 
-def test_forge_gpu_variants_name_the_setting_they_change():
+def test_guidance_gpu_variants_name_the_setting_they_change():
     """pag_separate is PAG with its rows in a call of their own, through the request's settings."""
-    from benchmarks import forge_gpu
+    from benchmarks import guidance_gpu
 
-    body = forge_gpu.payload(512, 1, *forge_gpu.VARIANTS["pag_separate"])
+    body = guidance_gpu.payload(512, 1, *guidance_gpu.VARIANTS["pag_separate"])
     assert body["override_settings"] == {"pag_in_webui_call": False} and body["override_settings_restore_afterwards"]
-    assert body["alwayson_scripts"] == forge_gpu.payload(512, 1, *forge_gpu.VARIANTS["pag"])["alwayson_scripts"]
+    assert body["alwayson_scripts"] == guidance_gpu.payload(512, 1, *guidance_gpu.VARIANTS["pag"])["alwayson_scripts"]
+
+
+def test_guidance_gpu_merges_the_rows_of_each_hosts_run(tmp_path, monkeypatch):
+    """`--merge` (no GPU): the rows of runs in several webuis, one file each, join into one file."""
+    import json
+    import sys
+    from benchmarks import guidance_gpu
+
+    a1111, forge = tmp_path / "a.json", tmp_path / "f.json"
+    row = {"config": "sd15-512-b1", "t_off_s": 1.0, "peak_off_mib": 10.0,
+           **{f"{key}_{label}{unit}": None for label in guidance_gpu.VARIANTS for key, unit in (("t", "_s"), ("peak", "_mib"))}}
+    a1111.write_text(json.dumps([{**row, "host": "A1111"}]))
+    forge.write_text(json.dumps([{**row, "host": "Forge"}]))
+    monkeypatch.setattr(sys, "argv", ["guidance_gpu.py", "--merge", str(a1111), str(forge), "--json", str(tmp_path / "all.json")])
+    guidance_gpu.main()
+    assert [r["host"] for r in json.loads((tmp_path / "all.json").read_text())] == ["A1111", "Forge"]
 
 
 def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():

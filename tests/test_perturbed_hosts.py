@@ -530,6 +530,27 @@ def test_a1111_incantations_pag_on_too_makes_ours_step_aside_and_keeps_its_keys(
     assert p.infotext["PAG Scale"] == 5.0 and p.infotext["PAG Active"] is True  # theirs, left alone
 
 
+class IncantationsSegStandIn(IncantationsStandIn):
+    """sd-webui-incantations' SEG: `SEG Active` in the infotext before sampling; its hook on the middle block's
+    `to_q` blurs the query of the second half of the rows of every UNet call of a step."""
+
+    def process(self, p, *args):
+        p.extra_generation_params.update({"SEG Active": True, "SEG Blur Sigma": 11.0})
+
+
+def test_a1111_incantations_seg_on_makes_every_method_step_aside(host, scripts, caplog):
+    """Its query blur would act on SAG's pass and PAG's rows too: each of ours steps aside with one line."""
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        off = generate(scripts, make_p())
+        p = make_p()
+        runs = [(script, args_of(params)) for script, params in zip(scripts.values(), (SagParams(enabled=True), PAG, SEG))]
+        on = processing.process_images(p, *runs[0], others=runs[1:] + [(IncantationsSegStandIn(), [])])
+    assert torch.equal(on, off)
+    assert [caplog.text.count(f"[{tag}]") for tag in ("SAG", "PAG", "SEG")] == [1, 1, 1]
+    assert caplog.text.count("sd-webui-incantations is on as well") == 3
+    assert "SAG Scale" not in p.infotext and p.infotext["SEG Blur Sigma"] == 11.0
+
+
 def test_xyz_attributes_are_not_incantations(host):
     """sd-webui-incantations' axes set `pag_scale`, `seg_blur_sigma`, ... on the cell's object: ours differ."""
     import xyz_grid

@@ -29,6 +29,9 @@ from .rows import row_count, with_rows_repeated
 # the infotext keys other PAG and SEG implementations write when they are on: sd-webui-incantations'
 OTHER_IMPLEMENTATIONS = {"pag": {"PAG Active": "the Perturbed-Attention Guidance of sd-webui-incantations"},
                          "seg": {"SEG Active": "the Smoothed Energy Guidance of sd-webui-incantations"}}
+# those whose attention change acts on every UNet call of a step (our passes too, taking their rows for a
+# cond/uncond pair): incantations' SEG blurs the query of the second half of each call's rows
+CHANGES_EVERY_CALL = {"SEG Active": "the Smoothed Energy Guidance of sd-webui-incantations"}
 
 
 class UnsupportedModel(RuntimeError):
@@ -124,8 +127,15 @@ class A1111Adapter:
                             params.text_uncond, EpsSpace(denoiser.alphas) if timesteps else X0Space(),
                             denoiser.nmask if denoiser.mask is not None else None, denoiser)
 
-        if perturbed is not None and perturbed.active:  # first: its rows in the host's call change the layout
+        if perturbed is not None and perturbed.active:
             perturbed.step_aside_for_others(p.extra_generation_params, OTHER_IMPLEMENTATIONS)
+        for infotext_key, name in CHANGES_EVERY_CALL.items():
+            if p.extra_generation_params.get(infotext_key):
+                for session in (sag, perturbed):
+                    if session is not None and session.active:
+                        session.stop(f"{name} is on as well, and its attention change acts on every UNet call of a "
+                                     "step, this extension's passes too; turn one of them off")
+        if perturbed is not None and perturbed.active:  # first: its rows in the host's call change the layout
             with perturbed.guard():
                 self._begin_perturbed_step(perturbed, params, unet, count, progress, hires_pass, step_rows)
         if sag is not None and sag.active:
@@ -217,11 +227,12 @@ class A1111Adapter:
 
 
 def _repeat_rows(cond, copies: int):
-    """A conditioning (tensor, or SDXL's dict of them) with its rows repeated `copies` times."""
+    """A conditioning (tensor, or SDXL's dict of them) with its rows repeated `copies` times; a dict keeps its
+    class (the webui's DictWithShape, whose `shape` its CFG denoiser reads)."""
     if copies == 1:
         return cond
     if isinstance(cond, dict):
-        return {key: _repeat_rows(value, copies) for key, value in cond.items()}
+        return type(cond)({key: _repeat_rows(value, copies) for key, value in cond.items()})
     return cond.repeat(copies, *([1] * (cond.ndim - 1)))
 
 

@@ -1,6 +1,6 @@
 """Benchmark probe for benchmarks/forge_gpu.py in a Forge webui (a test extension, not part of SAG).
 
-Per generation it records the peak CUDA memory allocated. After a `POST /sag-bench/plain-pass` the next
+Per generation it records the peak CUDA memory allocated. After a `POST /sag-bench/tile-calls` the next
 generation's steps each make four more model calls through the host's own batch function
 (`calc_cond_uncond_batch`), in a post-CFG function on a clone of the pass's UNet patcher, each isolated (the
 GPU waited for before and after it), their output dropped: over B rows (the uncond, as SAG's pass), 2B (the
@@ -30,7 +30,7 @@ CALLS = {  # tiles of B rows: (cond, uncond) of the batch function's call
     3: (lambda args: args["cond"] * 2, lambda args: args["uncond"]),
     4: (lambda args: args["cond"] * 3, lambda args: args["uncond"]),
 }
-NEXT = set()  # what the next generation does besides measuring memory: "plain-pass", "profile"
+NEXT = set()  # what the next generation does besides measuring memory: "tile-calls", "profile"
 
 
 def labelled(fn, label):
@@ -87,7 +87,7 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
     def process(self, p, *args):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        p.sag_bench_plain_ms = {} if "plain-pass" in NEXT else None
+        p.sag_bench_tile_ms = {} if "tile-calls" in NEXT else None
         p.sag_bench_profiler = None
         p.sag_bench_spans = None
         if "host-times" in NEXT:
@@ -102,11 +102,11 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
         NEXT.clear()
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        if p.sag_bench_plain_ms is None:
+        if p.sag_bench_tile_ms is None:
             return
-        times = p.sag_bench_plain_ms
+        times = p.sag_bench_tile_ms
 
-        def plain_pass(args):
+        def tile_calls(args):
             for tiles, (cond, uncond) in CALLS.items():
                 torch.cuda.synchronize()
                 start = time.perf_counter()
@@ -117,13 +117,13 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
             return args["denoised"]
 
         unet = p.sd_model.forge_objects.unet.clone()
-        unet.set_model_sampler_post_cfg_function(plain_pass)
+        unet.set_model_sampler_post_cfg_function(tile_calls)
         p.sd_model.forge_objects.unet = unet
 
     def postprocess(self, p, processed, *args):
         LAST.clear()
         LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20,
-                    call_ms={tiles: statistics.median(ms) for tiles, ms in (p.sag_bench_plain_ms or {}).items()})
+                    call_ms={tiles: statistics.median(ms) for tiles, ms in (p.sag_bench_tile_ms or {}).items()})
         if p.sag_bench_spans is not None:
             for undo in p.sag_bench_undo:
                 undo()
@@ -138,4 +138,4 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
                         profile_by_cuda=averages.table(sort_by="cuda_time_total", row_limit=25))
 
 
-probe_routes.register_routes(LAST, NEXT, ("plain-pass", "profile", "host-times"))
+probe_routes.register_routes(LAST, NEXT, ("tile-calls", "profile", "host-times"))

@@ -14,8 +14,11 @@ For the next generation only: after a `POST /sag-bench/profile` it runs under to
 record holds its operator tables by CUDA and by host time; after a `POST /sag-bench/plain-pass` each step
 makes one more model call, over the last half of the CFG call's rows (the uncond rows, SAG's pass
 without SAG), right after it, and drops its output: isolated, with the GPU waited for before and after
-it, so its host span ("callB>endB") is its whole cost, whether the host or the GPU sets its pace.
-`GET /sag-bench/last` returns the last record.
+it, so its host span ("callB>endB") is its whole cost, whether the host or the GPU sets its pace. After a
+`POST /sag-bench/tile-calls` each step makes four more model calls after its CFG call, each isolated, their
+output dropped: over 1, 2, 3 and 4 tiles of B rows (the uncond rows, as SAG's pass; the CFG call's own rows;
+that call with one or two more copies of the cond rows, as PAG's and SEG's rows in it): the medians of
+their wall times are the record's `call_ms` {tiles: ms}. `GET /sag-bench/last` returns the last record.
 """
 import statistics
 import sys
@@ -32,7 +35,7 @@ import benchmarks.probe_routes as probe_routes  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 LAST = {}
-NEXT = set()  # what the next generation does besides timing: "profile", "plain-pass"
+NEXT = set()  # what the next generation does besides timing: "profile", "plain-pass", "tile-calls"
 DENOISERS = (k_diffusion.external.DiscreteEpsDDPMDenoiser, k_diffusion.external.DiscreteVDDPMDenoiser)
 
 
@@ -46,24 +49,33 @@ class HostEvent:
         return 1000 * (end.seconds - self.seconds)
 
 
-def last_rows(value, rows):
-    """`value` (a tensor, or a dict/list/tuple of them: the denoiser's cond) cut to its last `rows` rows."""
+def rows_of(value, index):
+    """`value` (a tensor, or a dict/list/tuple of them: the denoiser's cond) at the rows `index` (a slice or
+    an index tensor)."""
     if isinstance(value, torch.Tensor):
-        return value[-rows:]
+        return value[index]
     if isinstance(value, dict):
-        return {key: last_rows(item, rows) for key, item in value.items()}
+        return {key: rows_of(item, index) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(last_rows(item, rows) for item in value)
+        return type(value)(rows_of(item, index) for item in value)
     return value
+
+
+def tile_rows(batch, device):
+    """{tiles: the rows of a CFG call over cond and uncond (B = `batch` rows each) that make that many tiles}:
+    1 the uncond rows, 2 the call's own, 3 and 4 with one or two more copies of the cond rows before the uncond."""
+    cond, uncond = torch.arange(batch, device=device), torch.arange(batch, 2 * batch, device=device)
+    return {tiles: torch.cat([cond] * (tiles - 1) + [uncond]) for tiles in (1, 2, 3, 4)}
 
 
 class StepTimeline:
     """Marks (name, host seconds, event) at the CFG denoiser's entry ("step") and exit ("done") and around
     each model call ("callN", "endN" for N rows), patched into the classes for one generation."""
 
-    def __init__(self, plain_pass=False):
+    def __init__(self, plain_pass=False, tile_calls=False):
         self.marks = []
         self.plain_pass = plain_pass
+        self.tile_ms = {} if tile_calls else None
         self.calls_in_step = 0
         self.originals = {cls: cls.__dict__["forward"] for cls in (CFGDenoiser, *DENOISERS)}
         CFGDenoiser.forward = self.step_wrapper(self.originals[CFGDenoiser])
@@ -98,11 +110,22 @@ class StepTimeline:
         def call_forward(module, x, sigma, **kwargs):
             output = timed(module, x, sigma, **kwargs)
             self.calls_in_step += 1
-            if self.plain_pass and self.calls_in_step == 1 and x.shape[0] % 2 == 0:
+            if self.calls_in_step == 1 and x.shape[0] % 2 == 0:
                 half = x.shape[0] // 2
-                timed(module, x[half:], sigma[half:], isolated=True, **last_rows(kwargs, half))
+                if self.plain_pass:
+                    timed(module, x[half:], sigma[half:], isolated=True, **rows_of(kwargs, slice(half, None)))
+                if self.tile_ms is not None:
+                    self.time_tile_calls(forward, module, x, sigma, kwargs)
             return output
         return call_forward
+
+    def time_tile_calls(self, forward, module, x, sigma, kwargs):
+        for tiles, index in tile_rows(x.shape[0] // 2, x.device).items():
+            synchronize()
+            start = time.perf_counter()
+            forward(module, x[index], sigma[index], **rows_of(kwargs, index))
+            synchronize()
+            self.tile_ms.setdefault(tiles, []).append(1000 * (time.perf_counter() - start))
 
     def steps(self):
         """Each whole step's marks: from one "step" mark up to the next."""
@@ -124,7 +147,8 @@ class StepTimeline:
     def read(self):
         """The generation's step segments (waits for the GPU once)."""
         synchronize()
-        return {"step_segments_ms": self.segments_ms(), "steps_timed": len(self.steps())}
+        call_ms = {tiles: statistics.median(ms) for tiles, ms in (self.tile_ms or {}).items()}
+        return {"step_segments_ms": self.segments_ms(), "steps_timed": len(self.steps()), "call_ms": call_ms}
 
     def remove(self):
         for cls, forward in self.originals.items():
@@ -150,7 +174,7 @@ class SagBenchProbe(probe_routes.AlwaysOnProbe):
         if CUDA:
             torch.cuda.reset_peak_memory_stats()
         p.sag_bench_allocator = allocator_calls()
-        p.sag_bench_timeline = StepTimeline(plain_pass="plain-pass" in NEXT)
+        p.sag_bench_timeline = StepTimeline(plain_pass="plain-pass" in NEXT, tile_calls="tile-calls" in NEXT)
         p.sag_bench_profiler = None
         if "profile" in NEXT:
             activities = [torch.profiler.ProfilerActivity.CPU]
@@ -174,4 +198,4 @@ class SagBenchProbe(probe_routes.AlwaysOnProbe):
         LAST.update(p.sag_bench_timeline.read())
 
 
-probe_routes.register_routes(LAST, NEXT, ("profile", "plain-pass"))
+probe_routes.register_routes(LAST, NEXT, ("profile", "plain-pass", "tile-calls"))

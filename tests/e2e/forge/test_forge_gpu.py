@@ -13,7 +13,8 @@ import re
 import numpy as np
 import pytest
 
-from e2e.sag_api import BASE, OFF, ON, PAG, SEG, TITLE, LogWatch, check_sag_case
+from e2e.perturbed_cases import HALF_PRECISION_METHODS, in_call_against_separate
+from e2e.sag_api import BASE, OFF, ON, PAG, TITLE, LogWatch, check_sag_case
 from e2e.forge.test_forge_host import (ADAPTIVE_SAMPLERS, find_builtin, images_of, ours_beside_the_builtin,
                                       with_scripts)
 from harness.server import ForgeWebUI, WebUIError
@@ -41,9 +42,7 @@ def test_contract(gpu_forge, sampler):
         assert image.std() > 5, "a flat image (a NaN or an overflow that slipped through)"
 
 
-@pytest.mark.parametrize("methods", [{PAG: [True, 3.0]}, {SEG: [{"blur_sigma": -1}]}, {SEG: [{"blur_sigma": 10}]},
-                                     {PAG: [True, 3.0], SEG: [True, 3.0]}],
-                         ids=["pag", "seg", "seg_sigma_10", "pag_seg"])
+@HALF_PRECISION_METHODS
 def test_perturbed_contract(gpu_forge, methods):
     checkpoint, webui = gpu_forge
     case = CASES[checkpoint]
@@ -77,28 +76,8 @@ def test_beside_the_builtin_pag(gpu_forge, record_property):
 
 
 def test_rows_in_the_webui_call_beside_a_call_of_their_own(gpu_forge, record_property):
-    """PAG's and SEG's rows in Forge's own call or (the setting off) in a call of their own, in fp16. A larger
-    batch rounds the host's own rows differently in fp16 too, and the random-weight models carry such
-    rounding on to whole images: the control is the same call with the rows at a negligible scale against
-    off. Recorded: the difference, PAG+SEG's effect and that rounding floor."""
     checkpoint, webui = gpu_forge
-    case = CASES[checkpoint]
-
-    def run(scale, in_call=True):
-        body = with_scripts(case, {PAG: [{"scale": scale}], SEG: [{"scale": scale}]} if scale else {})
-        return images_of(webui, {**body, "override_settings": {"pag_in_webui_call": in_call},
-                                 "override_settings_restore_afterwards": True})[0]
-
-    watch = LogWatch(webui)
-    off, in_call, separate, negligible = run(0), run(3.0), run(3.0, in_call=False), run(1e-4)
-    assert "could not carry" not in watch.new_text()
-    difference, effect, rounding = (float(np.mean([np.abs(a - b).mean() for a, b in zip(x, y)]))
-                                    for x, y in ((in_call, separate), (in_call, off), (negligible, off)))
-    for name, value in (("in_call_vs_separate", difference), ("effect", effect), ("batch_rounding", rounding)):
-        record_property(f"mean_abs_{name}", value)
-    print(f"\n{checkpoint}: PAG+SEG mean |in call - separate| = {difference:.4f}, |on - off| = {effect:.4f}, "
-          f"|rows at scale 1e-4 - off| = {rounding:.4f} (of 255)")
-    assert effect > 0 and difference < max(0.1 * effect, 2 * rounding)
+    in_call_against_separate(webui, CASES[checkpoint], record_property, checkpoint, half_precision=True)
 
 
 def test_beside_the_builtin_sag(gpu_forge, record_property):

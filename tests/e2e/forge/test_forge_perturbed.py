@@ -1,49 +1,24 @@
-"""PAG and SEG in a real Forge-family webui: the case contract, beside the host's built-in PAG (side by
-side, and on together with ours), CFG 1, hires fix, img2img, the three methods together, and the API."""
+"""PAG and SEG in a real Forge-family webui: the cases every host runs (e2e/perturbed_cases.py), hires fix,
+beside the host's built-in PAG (side by side, and on together with ours), MultiDiffusion and pamparamm's."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from e2e.conftest import kept_data_dir
-from e2e.forge.test_forge_host import HIRES, builtin, find_builtin, gradient, images_of, with_scripts
+from e2e.forge.test_forge_host import HIRES, builtin, find_builtin, images_of, with_scripts
 from e2e.neighbours.neighbourhood import NEIGHBOURS
-from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, encode, generate
-from harness.server import ForgeWebUI, WebUIError
-
-PAG_ON = [True, 3.0]
-SEG_ON = [{"scale": 3.0, "blur_sigma": -1}]
-
-
-@pytest.mark.parametrize("methods", [{PAG: PAG_ON}, {SEG: SEG_ON}, {SEG: [True, 3.0, 0.0, 1.0, "same", 3.0, "m0,u0", 0.0, "full", 1.0]},
-                                     {PAG: PAG_ON, SEG: SEG_ON}, {TITLE: [True, 0.8], PAG: PAG_ON, SEG: SEG_ON}],
-                         ids=["pag", "seg", "seg_sigma_1_two_blocks", "pag_seg", "sag_pag_seg"])
-def test_contract(webui, methods):
-    check_sag_case(webui, "txt2img", BASE, on_args=methods)
-
-
-def test_batch_of_two_with_dict_arguments(webui):
-    check_sag_case(webui, "txt2img", {**BASE, "batch_size": 2}, images_expected=2,
-                   on_args={PAG: [{"scale": 2.0, "start": 0.25, "rescale": 0.5}], SEG: [{"layers": "m0,u1"}]})
-
-
-def test_img2img_and_inpaint(webui):
-    from PIL import Image
-    mask = Image.new("L", (128, 128), 0)
-    mask.paste(255, (32, 32, 96, 96))
-    img2img = {**BASE, "init_images": [encode(gradient())], "denoising_strength": 0.7}
-    check_sag_case(webui, "img2img", img2img, on_args={PAG: PAG_ON, SEG: SEG_ON})
-    check_sag_case(webui, "img2img", {**img2img, "mask": encode(mask)}, on_args={PAG: PAG_ON})
+from e2e.perturbed_cases import (PAG_ON, SEG_ON, test_batch_of_two_with_dict_arguments,  # noqa: F401
+                                 test_bad_arguments_answer_422, test_cfg_1_still_guided, test_contract,
+                                 test_img2img_and_inpaint, test_layers_the_model_lacks_step_aside_with_one_line,
+                                 test_rows_in_the_webui_call_give_the_separate_pass_image)
+from e2e.sag_api import BASE, OFF, PAG, SEG, LogWatch, check_sag_case, generate
+from harness.server import ForgeWebUI
 
 
 def test_hires_fix_same_and_own(webui):
     on, _ = check_sag_case(webui, "txt2img", {**BASE, **HIRES}, on_args={PAG: [True, 3.0, 0.0, 1.0, "own", 1.0]})
     assert on[0].shape[:2] == (192, 192)
-
-
-def test_cfg_1_still_guided(webui):
-    """PAG and SEG need no negative-prompt pass: at CFG 1 they still guide, as the references do."""
-    check_sag_case(webui, "txt2img", {**BASE, "cfg_scale": 1}, on_args={PAG: PAG_ON, SEG: SEG_ON})
 
 
 def test_ours_and_the_builtin_pag_side_by_side(webui, record_property):
@@ -61,24 +36,6 @@ def test_ours_and_the_builtin_pag_side_by_side(webui, record_property):
     print(f"\nPAG: mean |ours - built-in| = {ours_vs_theirs:.4f}, |ours - off| = {ours_vs_off:.4f} (of 255)")
     assert "PAG Scale: 3.0" in infotexts[0]
     assert ours_vs_off > 0 and ours_vs_theirs <= 0.01 * ours_vs_off
-
-
-@pytest.mark.parametrize("batch", [1, 2])
-def test_rows_in_the_webui_call_give_the_separate_pass_image(webui, batch, record_property):
-    """PAG's and SEG's rows in Forge's own cond/uncond call, or (the setting off) in a call of their own: the
-    same image but for float rounding in a larger batch; the difference is recorded."""
-    case = {**BASE, "width": 256, "height": 256, "batch_size": batch}
-    methods = {PAG: PAG_ON, SEG: SEG_ON}
-    off, _ = images_of(webui, with_scripts(case, {}))
-    watch = LogWatch(webui)
-    in_call, _ = images_of(webui, with_scripts(case, methods))
-    assert "could not carry" not in watch.new_text()
-    separate, _ = images_of(webui, {**with_scripts(case, methods), "override_settings": {"pag_in_webui_call": False},
-                                    "override_settings_restore_afterwards": True})
-    difference, effect = (float(np.abs(np.stack(in_call) - np.stack(other)).mean()) for other in (separate, off))
-    record_property("mean_abs_in_call_vs_separate", difference)
-    print(f"\nPAG+SEG, batch {batch}: mean |in call - separate| = {difference:.4f}, |on - off| = {effect:.4f} (of 255)")
-    assert effect > 0 and difference <= 0.01 * effect
 
 
 def test_beside_multidiffusion_per_tile(webui, record_property):
@@ -110,23 +67,6 @@ def test_builtin_pag_on_too_makes_ours_step_aside(webui):
     np.testing.assert_array_equal(both[0], theirs[0])
     assert log.count("[PAG]") == 1 and "built-in PerturbedAttentionGuidance Integrated is on as well" in log
     assert "[SEG]" not in log and "PAG Scale" not in infotexts[0] and "SEG Scale" in infotexts[0]
-
-
-@pytest.mark.parametrize("title,args,field", [(PAG, [{"layers": "q1"}], "layers"), (SEG, [{"blur_sigma": "x"}], "blur_sigma"),
-                                              (PAG, [{"rescale_mode": "half"}], "rescale_mode")])
-def test_bad_arguments_answer_422(webui, title, args, field):
-    with pytest.raises(WebUIError) as error:
-        generate(webui, "txt2img", BASE, args, title)
-    assert "422" in str(error.value) and field in str(error.value)
-
-
-def test_layers_the_model_lacks_step_aside_with_one_line(webui):
-    off, _ = generate(webui, "txt2img", BASE, OFF)
-    watch = LogWatch(webui)
-    on, infotexts = generate(webui, "txt2img", BASE, [{"layers": "d9"}], PAG)
-    log = watch.new_text()
-    np.testing.assert_array_equal(on[0], off[0])
-    assert log.count("[PAG]") == 1 and "d9: this model has 6 such blocks" in log and "PAG Scale" not in infotexts[0]
 
 
 # ---- beside pamparamm's sd-perturbed-attention (reForge; its scripts have our titles: a webui of its own) ----

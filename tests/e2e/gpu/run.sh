@@ -4,9 +4,10 @@
 # with ".gpu" beside it, one command:
 #   bash tests/e2e/gpu/run.sh contract [pytest args]   # tests/e2e/gpu/test_gpu_contract.py, webuis side by side
 #   bash tests/e2e/gpu/run.sh bench [webui_gpu.py args]  # benchmarks/webui_gpu.py against .gpu/extensions/sd_webui_SAG
+#   bash tests/e2e/gpu/run.sh guidance-bench [guidance_gpu.py args]  # benchmarks/guidance_gpu.py --webui a1111
 # or, packed with --forge (.gpu/forge):
 #   bash tests/e2e/gpu/run.sh forge-contract [pytest args]  # tests/e2e/forge/test_forge_gpu.py
-#   bash tests/e2e/gpu/run.sh forge-bench [forge_gpu.py args]  # benchmarks/forge_gpu.py
+#   bash tests/e2e/gpu/run.sh forge-bench [guidance_gpu.py args]  # benchmarks/guidance_gpu.py --webui forge
 # It installs the wheels, writes the SD1.5- and SDXL-size random checkpoints once per machine and runs the
 # webuis with the e2e harness on CUDA. Logs, the benchmark's rows and records and, for bench, `nvidia-smi dmon`'s
 # record go to $OUT (default /tmp/sag-gpu-out).
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 eval "$(bash tests/e2e/gpu/install_device.sh)"
 export SD_WEBUI_PYTHONPATH="$PYTHONPATH" SD_WEBUI_TEST_CACHE="${SD_WEBUI_TEST_CACHE:-/tmp/sag-checkpoints}" PYTHONUNBUFFERED=1
-what="${1:?contract, bench, forge-contract or forge-bench}"
+what="${1:?contract, bench, guidance-bench, forge-contract or forge-bench}"
 shift
 case "$what" in
   forge-*) export SD_FORGE_PATH="$PWD/.gpu/forge" SD_FORGE_PYTHON=python3 webui="$PWD/.gpu/forge" layouts="sd15 sdxl" ;;
@@ -37,7 +38,8 @@ case "$what" in
       --records "$out/webui-gpu.records.json" "$@" \
       2>&1 | tee "$out/bench.log"
     kill "$dmon" 2>/dev/null || true ;;
+  guidance-bench) python3 benchmarks/guidance_gpu.py --webui a1111 --json "$out/guidance-gpu.json" "$@" 2>&1 | tee "$out/guidance-bench.log" ;;
   forge-contract) SAG_E2E_DEVICE=cuda python3 -m pytest tests/e2e/forge/test_forge_gpu.py -rs -s "$@" 2>&1 | tee "$out/forge-contract.log" ;;
-  forge-bench) python3 benchmarks/forge_gpu.py --json "$out/forge-gpu.json" "$@" 2>&1 | tee "$out/forge-bench.log" ;;
-  *) echo "usage: $0 contract|bench|forge-contract|forge-bench [args]" >&2; exit 2 ;;
+  forge-bench) python3 benchmarks/guidance_gpu.py --webui forge --json "$out/forge-gpu.json" "$@" 2>&1 | tee "$out/forge-bench.log" ;;
+  *) echo "usage: $0 contract|bench|guidance-bench|forge-contract|forge-bench [args]" >&2; exit 2 ;;
 esac

@@ -1,4 +1,5 @@
-"""The e2e contract in a real webui on a CUDA GPU, in the webui's half precision, at SD1.5 and SDXL UNet sizes.
+"""The e2e contract in a real webui on a CUDA GPU, in the webui's half precision, at SD1.5 and SDXL UNet sizes,
+for SAG and for PAG and SEG.
 
 Runs only with ``SAG_E2E_DEVICE=cuda`` (``tests/e2e/gpu/run.sh`` sets it up on a GPU machine). Each
 test group (``xdist_group``) is one webui with its own command-line flags, so ``pytest -n N --dist loadgroup``
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from harness.server import WebUI
+from e2e.perturbed_cases import HALF_PRECISION_METHODS, in_call_against_separate
 from e2e.sag_api import BASE, OFF, LogWatch, check_sag_case, generate
 from e2e.test_e2e_api_matrix import init_image, mask_image
 
@@ -104,6 +106,33 @@ class TestSDXL:
         assert "[SAG]" not in log and "Traceback" not in log, log[-4000:]
         assert "SAG Scale: 5.0" in infos[0] and np.abs(on[0] - off[0]).max() > 0
         check_images_are_pictures(on)
+
+
+@pytest.mark.xdist_group("sd15-perturbed")
+class TestSD15Perturbed:
+    """PAG and SEG, their rows in the webui's own UNet call (the setting's default), and in a call of their own."""
+    server = (SD15,)
+
+    @HALF_PRECISION_METHODS
+    def test_contract(self, webui, methods):
+        on, off = check_sag_case(webui, "txt2img", SD15_CASE, images_expected=2, on_args=methods)
+        check_images_are_pictures(on + off)
+
+    def test_rows_in_the_webui_call_beside_a_call_of_their_own(self, webui, record_property):
+        in_call_against_separate(webui, SD15_CASE, record_property, "sd15", half_precision=True)
+
+
+@pytest.mark.xdist_group("sdxl-perturbed")
+class TestSDXLPerturbed:
+    server = (SDXL,)
+
+    @HALF_PRECISION_METHODS
+    def test_contract(self, webui, methods):
+        on, off = check_sag_case(webui, "txt2img", SDXL_CASE, on_args=methods)
+        check_images_are_pictures(on + off)
+
+    def test_rows_in_the_webui_call_beside_a_call_of_their_own(self, webui, record_property):
+        in_call_against_separate(webui, SDXL_CASE, record_property, "sdxl", half_precision=True)
 
 
 @pytest.mark.parametrize("flag", [pytest.param(flag, marks=pytest.mark.xdist_group(flag))

@@ -1,11 +1,14 @@
 """Stand-in of modules.sd_samplers_cfg_denoiser.CFGDenoiser: the host's CFG batch layout and callbacks.
 
 `cond` is given already reconstructed: (conds_list, tensor), where conds_list[i] lists the
-(row of tensor, weight) pairs of image i (several pairs are an AND prompt).
+(row of tensor, weight) pairs of image i (several pairs are an AND prompt). SDXL's dict conditionings reach
+the callbacks as the webui's reconstructed batches carry them, with a `shape` (prompt_parser.DictWithShape),
+which the denoiser reads.
 """
 import torch
 
 from modules import shared
+from modules.prompt_parser import DictWithShape
 from modules.script_callbacks import (AfterCFGCallbackParams, CFGDenoisedParams, CFGDenoiserParams,
                                       cfg_after_cfg_callback, cfg_denoised_callback, cfg_denoiser_callback)
 from modules.sd_samplers_common import InterruptedException
@@ -21,10 +24,6 @@ def subscript_cond(cond, start, end):
     if isinstance(cond, dict):
         return {key: value[start:end] for key, value in cond.items()}
     return cond[start:end]
-
-
-def token_count(cond):
-    return (cond["crossattn"] if isinstance(cond, dict) else cond).shape[1]
 
 
 class CFGDenoiser:
@@ -75,6 +74,7 @@ class CFGDenoiser:
         if shared.state.interrupted:
             raise InterruptedException
         conds_list, tensor = cond
+        tensor, uncond = (DictWithShape(c) if isinstance(c, dict) else c for c in (tensor, uncond))
         opts = shared.opts
         batch = len(conds_list)
         if self.mask_before_denoising and self.mask is not None:
@@ -97,10 +97,10 @@ class CFGDenoiser:
             x_in, sigma_in = x_in[:-batch], sigma_in[:-batch]
 
         self.padded_cond_uncond = False
-        if opts.pad_cond_uncond and token_count(tensor) != token_count(uncond):
+        if opts.pad_cond_uncond and tensor.shape[1] != uncond.shape[1]:
             tensor, uncond = self.pad_cond_uncond(tensor, uncond)
 
-        if token_count(tensor) == token_count(uncond) or skip_uncond:
+        if tensor.shape[1] == uncond.shape[1] or skip_uncond:
             cond_in = tensor if skip_uncond else catenate_conds([tensor, uncond])
             if opts.batch_cond_uncond:
                 x_out = self.inner_model(x_in, sigma_in, cond=self.make_condition_dict(cond_in, image_cond_in))

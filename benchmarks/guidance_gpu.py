@@ -1,10 +1,12 @@
-"""Whole generations in a real Forge webui on a CUDA GPU: off, this extension's SAG, PAG, SEG, PAG with SEG and
-all three, PAG with its rows in a call of their own, and Forge's built-in SAG and PAG.
+"""Whole generations in a real webui on a CUDA GPU: off, this extension's SAG, PAG, SEG, PAG with SEG and all
+three, PAG with its rows in a call of their own, and, in Forge, its built-in SAG and PAG.
 
-Runs on a GPU machine through `tests/e2e/gpu/run.sh forge-bench` (which sets up Forge there from
-`pack.py --forge`). One Forge webui per checkpoint is started with the e2e harness on the GPU in Forge's
-default half precision, with this extension and the probe extension `benchmarks/forge_probe` (peak CUDA
-memory per generation; isolated plain calls per step on request). For each configuration (20 steps Euler a,
+Runs on a GPU machine through `tests/e2e/gpu/run.sh guidance-bench` (AUTOMATIC1111's webui, set up there
+from `pack.py`) or `forge-bench` (a Forge-family webui, from `pack.py --forge`). One webui per checkpoint
+(A1111: `sd1_wide`, `sdxl_full`; Forge: `sd15`, `sdxl`) is started with the e2e harness on the GPU in its
+default half precision, with this extension and the probe extension (`benchmarks/webui_probe`,
+`benchmarks/forge_probe`: peak CUDA memory per generation; isolated plain calls per step on request).
+For each configuration (20 steps Euler a,
 CFG 5, SAG scale 0.5, blur sigma 2, threshold 1 for both SAGs; PAG scale 3 on the middle block for both PAGs;
 SEG scale 3, sigma infinite), after warm-up rounds, each repeat runs every variant once, in an order that
 rotates from repeat to repeat:
@@ -12,9 +14,9 @@ rotates from repeat to repeat:
 * t_off_s, t_<c>_s for each variant c (sag, builtin: the built-in SAG, pag, seg, pag_seg, all: SAG+PAG+SEG,
   pag_separate: PAG with the setting "in the webui's own UNet call" off, builtin_pag): the median wall time
   of a whole txt2img request;
-* call_ms: {tiles: ms}, the median (over the steps, then the generations) of one isolated call of Forge's
-  batch function over 1, 2, 3 and 4 tiles of B rows (2: the step's own cond/uncond call; 3 and 4: that call
-  with PAG's or PAG's and SEG's rows), in an off generation;
+* call_ms: {tiles: ms}, the median (over the steps, then the generations) of one isolated model call (A1111:
+  the k-diffusion denoiser's; Forge: its batch function) over 1, 2, 3 and 4 tiles of B rows (2: the step's
+  own cond/uncond call; 3 and 4: that call with PAG's or PAG's and SEG's rows), in an off generation;
 * floor_<c> = 1 + steps * extra_ms / 1000 / t_off_s, the least a variant's work can cost: SAG's pass is a
   call of B rows of its own (extra = T1), PAG's or SEG's rows in the step's call (T3 - T2; the built-in PAG
   and pag_separate do the same work), both (T4 - T2), all three (T4 - T2 + T1);
@@ -27,7 +29,9 @@ rotates from repeat to repeat:
 `--profile DIR` writes, per configuration, the profiler's operator tables of one generation off and one
 with the first variant on into DIR.
 
-    python benchmarks/forge_gpu.py --json benchmarks/results/forge-gpu-<commit>.json [--configs ...]
+    python benchmarks/guidance_gpu.py --webui a1111|forge --host "<name> <commit>" --json ROWS.json [--configs ...]
+
+Each run writes the rows of one host; `--merge` joins such files into one (benchmarks/results/guidance-gpu-<commit>.json).
 """
 from __future__ import annotations
 
@@ -42,10 +46,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.webui_gpu import ROOT, STEPS, measure, write  # noqa: E402
-from harness.server import ForgeWebUI  # noqa: E402
+from harness.server import ForgeWebUI, WebUI  # noqa: E402
 
-PROBE = ROOT / "benchmarks" / "forge_probe"
-CONFIGS = {  # name: (checkpoint, size, batch, warm-up rounds, repeats)
+WEBUIS = {  # --webui: (the harness's class, the probe extension, {model family: the test checkpoint})
+    "a1111": (WebUI, ROOT / "benchmarks" / "webui_probe", {"sd15": "sd1_wide", "sdxl": "sdxl_full"}),
+    "forge": (ForgeWebUI, ROOT / "benchmarks" / "forge_probe", {"sd15": "sd15", "sdxl": "sdxl"}),
+}
+CONFIGS = {  # name: (model family, size, batch, warm-up rounds, repeats)
     "sd15-512-b1": ("sd15", 512, 1, 2, 20),
     "sd15-512-b4": ("sd15", 512, 4, 2, 10),
     "sdxl-1024-b1": ("sdxl", 1024, 1, 2, 10),
@@ -78,8 +85,8 @@ def payload(size, batch, scripts, settings=None):
 def row(name, gpu, host, runs):
     """The row of one configuration from `measure`'s runs; a built-in's cells are None where the host has
     none (Forge Neo, Forge Classic)."""
-    seconds = {label: statistics.median(s for s, _ in runs[label]) for label in runs if label != "plain"}
-    call_ms = {tiles: statistics.median(record["call_ms"][str(tiles)] for _, record in runs["plain"])
+    seconds = {label: statistics.median(s for s, _ in runs[label]) for label in runs if label != "tile_calls"}
+    call_ms = {tiles: statistics.median(record["call_ms"][str(tiles)] for _, record in runs["tile_calls"])
                for tiles in (1, 2, 3, 4)}
     result = {"host": host, "config": name, "gpu": gpu, "steps": STEPS, "repeats": len(runs["off"]),
               "t_off_s": round(seconds["off"], 4), "call_ms": {tiles: round(ms, 3) for tiles, ms in call_ms.items()},
@@ -127,26 +134,37 @@ def print_table(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--webui", choices=list(WEBUIS), help="the kind of webui at SD_WEBUI_PATH / SD_FORGE_PATH")
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--host", default="Forge dfdcbab6", help="the host's name and commit, for the rows")
+    parser.add_argument("--host", help="the host's name and commit, for the rows")
     parser.add_argument("--json", type=Path, help="write the rows here")
-    parser.add_argument("--profile", type=Path, help="write profiler tables of one generation off and one on here")
+    parser.add_argument("--profile", type=Path, help="Forge: write profiler tables of one generation off and one on here")
     parser.add_argument("--skip-timing", action="store_true", help="only --profile")
     parser.add_argument("--repeats", type=int, help="repeats per configuration instead of its own count")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--merge", type=Path, nargs="+", help="no GPU: join these row files into --json")
     args = parser.parse_args()
+    if args.merge:
+        rows = [row for path in args.merge for row in json.loads(path.read_text())]
+        write(args.json, rows)
+        print_table(rows)
+        return
+    if not (args.webui and args.host):
+        parser.error("--webui and --host name the webui measured")
+    server_class, probe, checkpoints = WEBUIS[args.webui]
     gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
                          text=True).stdout.strip().splitlines()[0]
     rows = []
-    for checkpoint in dict.fromkeys(CONFIGS[name][0] for name in args.configs):
-        with ForgeWebUI(device="cuda", checkpoint=checkpoint, layouts=(checkpoint,), extra_extensions=[PROBE],
-                        checkpoint_cache=os.environ.get("SD_WEBUI_TEST_CACHE")) as webui:
+    for family in dict.fromkeys(CONFIGS[name][0] for name in args.configs):
+        checkpoint = checkpoints[family]
+        with server_class(device="cuda", checkpoint=checkpoint, layouts=(checkpoint,), extra_extensions=[probe],
+                          checkpoint_cache=os.environ.get("SD_WEBUI_TEST_CACHE")) as webui:
             titles = {script["name"] for script in webui.get("/sdapi/v1/script-info")}
-            for name in [name for name in args.configs if CONFIGS[name][0] == checkpoint]:
+            for name in [name for name in args.configs if CONFIGS[name][0] == family]:
                 print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)
                 _, size, batch, warmup, repeats = CONFIGS[name]
                 off = payload(size, batch, {OURS: [False]})
-                variants = [("off", webui, off, None), ("plain", webui, off, "/sag-bench/plain-pass")]
+                variants = [("off", webui, off, None), ("tile_calls", webui, off, "/sag-bench/tile-calls")]
                 variants[1:1] = [(label, webui, payload(size, batch, *VARIANTS[label]), None) for label in args.variants
                                  if set(VARIANTS[label][0]) <= titles]  # a built-in the host lacks is left out
                 if args.profile:  # off and the first variant on
