@@ -11,8 +11,9 @@ from e2e.perturbed_cases import (BOTH, PAG_ON, in_call_against_separate,  # noqa
                                  test_cfg_1_still_guided, test_contract, test_img2img_and_inpaint,
                                  test_layers_the_model_lacks_step_aside_with_one_line,
                                  test_rows_in_the_webui_call_give_the_separate_pass_image)
-from e2e.sag_api import BASE, OFF, PAG, SEG, LogWatch, check_sag_case, generate, options
+from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, generate, options
 from e2e.test_e2e_api_matrix import LONG_PROMPT, SAMPLERS
+from harness import lora
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +90,17 @@ def test_sdxl(sdxl, case, payload):
 
 def test_sdxl_rows_in_the_webui_call(sdxl, record_property):
     in_call_against_separate(sdxl, {**BASE, "width": 256, "height": 256, "batch_size": 2}, record_property, "SDXL")
+
+
+def test_all_three_with_a_lora(webui):
+    """A LoRA (random, rank 4) on the middle block's and the first output level's transformers, the layers the
+    methods hook: the webui's Lora extension patches their forward, the methods change that model's image."""
+    lora.write_lora(webui.data_dir / "models" / "Lora", "sd1_tiny")
+    webui.post("/sdapi/v1/refresh-loras", {})
+    with_lora = {**BASE, "prompt": f"{BASE['prompt']} <lora:{lora.name('sd1_tiny')}:1>"}
+    plain, _ = generate(webui, "txt2img", BASE, OFF)
+    _, off = check_sag_case(webui, "txt2img", with_lora, on_args={TITLE: [True, 0.8], **BOTH})
+    assert np.abs(off[0] - plain[0]).max() > 0, "the LoRA did not change the image"
 
 
 def test_checkpoint_change_between_requests(webui):

@@ -1,12 +1,20 @@
-"""SAG, PAG and SEG together beside the Forge hosts' integrated extensions that change the UNet, its
-attention or the CFG step: each case must keep the contract (all three change the image, reproducibly,
-and leave the off image alone) with the neighbour on; a method that steps aside fails it with its line."""
+"""SAG, PAG and SEG together beside the Forge hosts' integrated extensions that change the UNet, its weights,
+its attention, its input or the CFG step: each case must keep the contract (all three change the image,
+reproducibly, and leave the off image alone) with the neighbour on; a method that steps aside fails it with
+its line. A neighbour the host lacks is skipped."""
 from __future__ import annotations
 
 import pytest
 
-from e2e.forge.test_forge_host import builtin, with_scripts
-from e2e.sag_api import BASE, PAG, SEG, TITLE, check_sag_case
+import time
+
+import numpy as np
+from PIL import Image
+
+from e2e.forge.test_forge_host import builtin, gradient, with_scripts
+from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, check_sag_case, encode, generate
+from harness import lora
+from harness.controlnet import sd1_controlnet_state_dict
 
 ALL_THREE = {TITLE: [True, 0.8], PAG: [True, 3.0], SEG: [{"scale": 3.0}]}
 NEIGHBOURS = {  # case: (script title's start, its leading arguments, the request's changes)
@@ -16,6 +24,10 @@ NEIGHBOURS = {  # case: (script title's start, its leading arguments, the reques
     "latent_modifier": ("latentmodifier integrated", [True, 2.0], {}),
     "stylealign": ("stylealign integrated", [True, 1.0], {"batch_size": 2}),
     "never_oom": ("never oom integrated", [True, False], {}),
+    # reForge's own: APG as the CFG function, RescaleCFG, MaHiRo
+    "apg": ('"apg\'s now your cfg"', [True, 0.5, 0.0, 15.0, 1.0, False, -1.0, -1.0], {}),
+    "rescale_cfg": ("rescalecfg for reforge", [True, "Normal", 0.7], {}),
+    "mahiro": ("mahiro cfg for reforge", [True], {}),
 }
 
 
@@ -25,3 +37,53 @@ def test_all_three_methods_beside(webui, case):
     name, _ = builtin(webui, prefix)
     payload = with_scripts({**BASE, **changes}, {name: args})
     check_sag_case(webui, "txt2img", payload, images_expected=changes.get("batch_size", 1), on_args=ALL_THREE)
+
+
+def test_all_three_methods_with_a_lora(webui):
+    """A LoRA (random, rank 4) on the middle block's and the first output level's transformers, the layers the
+    methods hook: the host patches the weights, the methods change the patched model's image."""
+    lora.write_lora(webui.data_dir / "models" / "Lora", "sd15")
+    webui.post("/sdapi/v1/refresh-loras", {})
+    with_lora = {**BASE, "prompt": f"{BASE['prompt']} <lora:{lora.name('sd15')}:1>"}
+    plain, _ = generate(webui, "txt2img", BASE, OFF)
+    _, off = check_sag_case(webui, "txt2img", with_lora, on_args=ALL_THREE)
+    assert np.abs(off[0] - plain[0]).max() > 0, "the LoRA did not change the image"
+
+
+def test_all_three_methods_with_soft_inpainting(webui):
+    name, _ = builtin(webui, "soft inpainting")
+    mask = Image.new("L", (128, 128), 0)
+    mask.paste(255, (32, 32, 96, 96))
+    payload = with_scripts({**BASE, "init_images": [encode(gradient())], "mask": encode(mask), "mask_blur": 4,
+                            "denoising_strength": 0.8}, {name: [True, 1.0, 0.5, 4.0, 0.0, 0.5, 2.0]})
+    check_sag_case(webui, "img2img", payload, on_args=ALL_THREE)
+
+
+def controlnet_model(webui) -> str:
+    """A random-weight SD1.5 ControlNet (harness.controlnet) in the webui's models/ControlNet, by the name the
+    host lists it under."""
+    from safetensors.numpy import save_file
+
+    name = "sag_test_controlnet_sd15"
+    path = webui.data_dir / "models" / "ControlNet" / f"{name}.safetensors"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(sd1_controlnet_state_dict(webui.data_dir / "models" / "Stable-diffusion" / "sd15.safetensors"),
+                  str(path))
+    deadline = time.monotonic() + 60
+    while not (models := [m for m in webui.get("/controlnet/model_list")["model_list"] if name in m]):
+        assert time.monotonic() < deadline, "the host does not list the test ControlNet"
+        time.sleep(2)
+    return models[0]
+
+
+def test_all_three_methods_with_controlnet(webui):
+    """A ControlNet unit (no preprocessor, the random SD1.5 ControlNet): its outputs go to every row of the
+    host's call, PAG's and SEG's rows included."""
+    name, _ = builtin(webui, "controlnet")
+    unit = {"enabled": True, "module": "None", "model": controlnet_model(webui), "weight": 1.0,
+            "image": encode(gradient()), "resize_mode": "Crop and Resize", "control_mode": "Balanced"}
+    control = with_scripts(BASE, {name: [unit]})
+    plain, _ = generate(webui, "txt2img", BASE, OFF)
+    _, off = check_sag_case(webui, "txt2img", control, on_args=ALL_THREE)
+    assert np.abs(off[0] - plain[0]).max() > 0, "the ControlNet did not change the image"

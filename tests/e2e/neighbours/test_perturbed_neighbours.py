@@ -47,9 +47,8 @@ def test_ultimate_sd_upscale(neighbourhood):
 
 @AFTER_ONLY
 @pytest.mark.parametrize("model,size", [("sd1_tiny", 256), ("sdxl_tiny", 512)])
-def test_hypertile_pag_works_seg_steps_aside(neighbourhood, model, size):
-    """Hypertile splits self-attention's tokens into tiles in the top levels; PAG (V as the output) works on
-    any tokens, SEG's blur needs the grid: with the middle block whole both work; with SEG on layers Hypertile
-    tiles it steps aside with one line (see the CI tests)."""
+def test_hypertile(neighbourhood, model, size):
+    """Hypertile splits self-attention's tokens into tiles in the top levels and leaves the middle block whole:
+    there all three work (SEG on a layer it tiles steps aside with one line: SEG's blur needs the grid)."""
     with checkpoint(neighbourhood, model), options(neighbourhood, **HYPERTILE):
         check_sag_case(neighbourhood, "txt2img", {**BASE, "width": size, "height": size}, on_args=ALL_THREE)
