@@ -258,7 +258,7 @@ class Bench:
 
     def generation(self, session: SagSession):
         """The webui's processing object of a generation with SAG's `session` attached."""
-        p = SimpleNamespace(is_hr_pass=False)
+        p = SimpleNamespace(is_hr_pass=False, extra_generation_params={})
         session.attach_to(p)
         return p
 

@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -302,11 +303,13 @@ class WebUI(WebUIClient):
                 time.sleep(1)
         else:
             raise WebUIError(f"webui did not answer in {self.startup_timeout:.0f} s:\n{self.log_tail()}")
-        # The model loads in a background thread; this call waits for it (HTTP 500 if it failed).
+        # The model loads in a background thread; this call waits for it (HTTP 500 if it failed). Newer Forge
+        # Neo copies have no such route (404) and load the model with the first generation.
         try:
             self.post("/sdapi/v1/reload-checkpoint", timeout=max(deadline - time.monotonic(), 30))
         except WebUIError as e:
-            raise WebUIError(f"model {self.checkpoint} failed to load: {e}\n{self.log_tail()}") from None
+            if "HTTP 404" not in str(e):
+                raise WebUIError(f"model {self.checkpoint} failed to load: {e}\n{self.log_tail()}") from None
 
     def stop(self, timeout: float = 30.0) -> None:
         """Terminate the webui's process group (SIGTERM, then SIGKILL); delete a temp data dir."""
@@ -354,11 +357,20 @@ class ForgeWebUI(WebUI):
         kwargs.setdefault("checkpoint", "sd15")
         kwargs.setdefault("layouts", ("sd15",))
         super().__init__(webui_path, python, **kwargs)
+        # newer Forge Neo copies stop at startup ("clean reinstall", waiting for Enter) unless config.json
+        # carries the settings version of their launcher
+        version = re.search(r'^VERSION_UID[^=]*=\s*"([^"]+)"', self._read("modules/launch_utils.py"), re.MULTILINE)
+        if version:
+            self.options = {**(self.options or {}), "VERSION_UID": version.group(1)}
+
+    def _read(self, name: str) -> str:
+        path = self.webui_path / name
+        return path.read_text() if path.exists() else ""
 
     def host_flags(self) -> str:
         """The text of the host's argument parsers."""
         parsers = ("modules/cmd_args.py", "backend/args.py", "ldm_patched/modules/args_parser.py")
-        return "".join((self.webui_path / name).read_text() for name in parsers if (self.webui_path / name).exists())
+        return "".join(self._read(name) for name in parsers)
 
     def launch_flags(self) -> list[str]:
         flags = self.host_flags()

@@ -201,3 +201,23 @@ def test_the_script_file_declares_one_script_per_method(host):
     classes = scripts.script_classes(load_script_module())
     assert sorted(cls().title() for cls in classes) == ["Perturbed-Attention Guidance", "Self-Attention Guidance",
                                                         "Smoothed Energy Guidance"]
+
+
+def test_console_lines_show_where_the_host_silences_warnings(capsys):
+    """A host that sets the root logger to ERROR (Forge Neo 6e1e0d5's default) still shows a method's line."""
+    import logging
+
+    from sag_ext.core import console
+    from sag_ext.core.params import SagParams
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler()  # writes to the current sys.stderr, which capsys holds
+    saved = root.level, root.handlers[:]
+    root.handlers[:] = [handler]
+    root.setLevel(logging.ERROR)
+    try:
+        console.report_off(SagParams.METHOD, "a reason")
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+    assert "[SAG] Self-Attention Guidance is off for this generation: a reason" in capsys.readouterr().err

@@ -4,6 +4,9 @@ import contextlib
 import logging
 
 log = logging.getLogger("sd_webui_sag")
+# its own level: a host may set the root logger's to ERROR (Forge Neo 6e1e0d5 does by default), which would
+# silence the one line a method owes the user when it steps aside
+log.setLevel(logging.WARNING)
 
 
 def report_off(method, reason: str) -> None:

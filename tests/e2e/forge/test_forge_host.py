@@ -20,18 +20,18 @@ HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising
 CHANGED_NOTHING = "[SAG] Self-Attention Guidance changed nothing in this generation"
 
 
-def find_builtin(webui, prefix):
-    """(alwayson key, number of arguments) of the host's built-in script whose title starts with `prefix`,
-    or None."""
+def find_builtin(webui, prefix, img2img=False):
+    """(alwayson key, number of arguments) of the host's built-in script (of txt2img, or of img2img) whose
+    title starts with `prefix`, or None."""
     for info in webui.get("/sdapi/v1/script-info"):
-        if info["name"].startswith(prefix) and not info["is_img2img"]:
+        if info["name"].startswith(prefix) and info["is_img2img"] == img2img:
             return info["name"], len(info["args"])
     return None
 
 
-def builtin(webui, prefix):
+def builtin(webui, prefix, img2img=False):
     """`find_builtin`, the test skipped where the host has no such script."""
-    found = find_builtin(webui, prefix)
+    found = find_builtin(webui, prefix, img2img)
     if found is None:
         pytest.skip(f"this host has no built-in {prefix!r}")
     return found
@@ -160,7 +160,9 @@ def beside_a_builtin_that_may_refuse_cfg_1(webui, case, record_property, label, 
     assert ours_vs_theirs < 0.05 * ours_vs_off
 
 
-DROPS_THE_NEGATIVE_PROMPT = "Skipping unconditional conditioning when CFG = 1"  # Forge's console line
+# Forge's console line ("Skipping unconditional conditioning when CFG = 1. Negative Prompts are ignored."), or
+# newer Forge Neo's ("Negative Prompts are Ignored when CFG = 1.0"), lower-cased
+DROPS_THE_NEGATIVE_PROMPT = "negative prompts are ignored"
 
 
 def test_cfg_1_guided_as_the_reference(webui, record_property):
@@ -170,7 +172,7 @@ def test_cfg_1_guided_as_the_reference(webui, record_property):
     case = {**BASE, "cfg_scale": 1}
     watch = LogWatch(webui)
     generate(webui, "txt2img", case, OFF)
-    if DROPS_THE_NEGATIVE_PROMPT in watch.new_text():
+    if DROPS_THE_NEGATIVE_PROMPT in watch.new_text().lower():
         log = check_unchanged_with_one_line(webui, "txt2img", case)
         assert CHANGED_NOTHING in log and "CFG 1" in log
         return

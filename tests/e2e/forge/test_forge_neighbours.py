@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-import time
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from e2e.forge.test_forge_host import builtin, gradient, with_scripts
+from e2e.forge.test_forge_host import builtin, find_builtin, gradient, with_scripts
 from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, check_sag_case, encode, generate
-from harness import lora
+from harness import checkpoints, lora
 from harness.controlnet import sd1_controlnet_state_dict
+from harness.server import ForgeWebUI, forge_from_env
 
 ALL_THREE = {TITLE: [True, 0.8], PAG: [True, 3.0], SEG: [{"scale": 3.0}]}
 NEIGHBOURS = {  # case: (script title's start, its leading arguments, the request's changes)
@@ -28,6 +29,8 @@ NEIGHBOURS = {  # case: (script title's start, its leading arguments, the reques
     "apg": ('"apg\'s now your cfg"', [True, 0.5, 0.0, 15.0, 1.0, False, -1.0, -1.0], {}),
     "rescale_cfg": ("rescalecfg for reforge", [True, "Normal", 0.7], {}),
     "mahiro": ("mahiro cfg for reforge", [True], {}),
+    # Forge Neo's: noise added to the text conditioning in `cfg_denoiser` for the first steps
+    "seed_variance_enhancer": ("seedvarianceenhancer integrated", [True, 2, 0.6, 24, "No Decay", 1.0], {}),
 }
 
 
@@ -51,7 +54,7 @@ def test_all_three_methods_with_a_lora(webui):
 
 
 def test_all_three_methods_with_soft_inpainting(webui):
-    name, _ = builtin(webui, "soft inpainting")
+    name, _ = builtin(webui, "soft inpainting", img2img=True)
     mask = Image.new("L", (128, 128), 0)
     mask.paste(255, (32, 32, 96, 96))
     payload = with_scripts({**BASE, "init_images": [encode(gradient())], "mask": encode(mask), "mask_blur": 4,
@@ -59,30 +62,36 @@ def test_all_three_methods_with_soft_inpainting(webui):
     check_sag_case(webui, "img2img", payload, on_args=ALL_THREE)
 
 
-def controlnet_model(webui) -> str:
-    """A random-weight SD1.5 ControlNet (harness.controlnet) in the webui's models/ControlNet, by the name the
-    host lists it under."""
+CONTROLNET = "sag_test_controlnet_sd15"
+
+
+@pytest.fixture(scope="module")
+def controlnet_webui(checkpoint_cache, tmp_path_factory):
+    """A webui started with a random-weight SD1.5 ControlNet (harness.controlnet) in its models/ControlNet: the
+    Forge hosts list control models once, at startup."""
     from safetensors.numpy import save_file
 
-    name = "sag_test_controlnet_sd15"
-    path = webui.data_dir / "models" / "ControlNet" / f"{name}.safetensors"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(sd1_controlnet_state_dict(webui.data_dir / "models" / "Stable-diffusion" / "sd15.safetensors"),
-                  str(path))
-    deadline = time.monotonic() + 60
-    while not (models := [m for m in webui.get("/controlnet/model_list")["model_list"] if name in m]):
-        assert time.monotonic() < deadline, "the host does not list the test ControlNet"
-        time.sleep(2)
-    return models[0]
+    webui_path, python = forge_from_env()
+    cache = Path(checkpoint_cache or tmp_path_factory.mktemp("checkpoints"))
+    sd15 = checkpoints.make_checkpoints(cache, python, webui_path, layouts=("sd15",))[0]
+    data_dir = tmp_path_factory.mktemp("forge-controlnet")
+    (data_dir / "models" / "ControlNet").mkdir(parents=True)
+    save_file(sd1_controlnet_state_dict(sd15), str(data_dir / "models" / "ControlNet" / f"{CONTROLNET}.safetensors"))
+    with ForgeWebUI(checkpoint_cache=cache, data_dir=data_dir) as server:
+        if not find_builtin(server, "controlnet"):
+            pytest.skip("this host has no built-in ControlNet")
+        yield server
 
 
-def test_all_three_methods_with_controlnet(webui):
+def test_all_three_methods_with_controlnet(controlnet_webui):
     """A ControlNet unit (no preprocessor, the random SD1.5 ControlNet): its outputs go to every row of the
     host's call, PAG's and SEG's rows included."""
+    webui = controlnet_webui
     name, _ = builtin(webui, "controlnet")
-    unit = {"enabled": True, "module": "None", "model": controlnet_model(webui), "weight": 1.0,
-            "image": encode(gradient()), "resize_mode": "Crop and Resize", "control_mode": "Balanced"}
+    model = next(m for m in webui.get("/controlnet/model_list")["model_list"] if CONTROLNET in m)
+    unit = {"enabled": True, "module": "None", "model": model, "weight": 1.0,
+            "image": encode(gradient()), "resize_mode": "Crop and Resize", "control_mode": "Balanced",
+            "save_detected_map": False}  # else some hosts add the control image to the output
     control = with_scripts(BASE, {name: [unit]})
     plain, _ = generate(webui, "txt2img", BASE, OFF)
     _, off = check_sag_case(webui, "txt2img", control, on_args=ALL_THREE)
