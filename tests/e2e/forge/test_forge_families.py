@@ -1,4 +1,4 @@
-"""SAG on the other model families in a real Forge-family webui on the CPU: ``sd21`` (every part at SD2.1
+"""SAG (and PAG with SEG) on the other model families in a real Forge-family webui on the CPU: ``sd21`` (every part at SD2.1
 768-v's sizes, v-prediction; its middle block has 64-channel heads, linear transformers and a 1024-wide
 context) and ``sdxl`` (every part at SDXL's sizes: ten transformers in the middle block, 20 heads, two text
 towers and the ADM vector). The case contract on two samplers, and ours beside the built-in SAG where the
@@ -11,6 +11,7 @@ import pytest
 
 from e2e.conftest import kept_data_dir
 from e2e.forge.test_forge_host import ours_beside_the_builtin
+from e2e.perturbed_cases import BOTH
 from e2e.sag_api import BASE, STEP_ASIDE, check_sag_case, check_unchanged_with_one_line
 from harness.server import ForgeWebUI, forge_from_env
 
@@ -37,6 +38,11 @@ def family_webui(request, checkpoint_cache):
 def test_contract(family_webui, sampler):
     _, webui = family_webui
     check_sag_case(webui, "txt2img", {**BASE, "sampler_name": sampler})
+
+
+def test_pag_and_seg(family_webui):
+    _, webui = family_webui
+    check_sag_case(webui, "txt2img", {**BASE, "batch_size": 2}, images_expected=2, on_args=BOTH)
 
 
 def test_ours_and_the_builtin_sag_side_by_side(family_webui, record_property):
