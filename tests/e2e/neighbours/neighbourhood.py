@@ -113,15 +113,15 @@ def assert_load_order(webui, title: str) -> None:
     assert (other < sag) == (webui.order == "before"), names
 
 
-def check_alongside(webui, name: str, payload: dict, with_neighbour: dict, infotext_has=(), restores=True):
-    """The case contract (`check_sag_case`) with the neighbour on (`with_neighbour`: `payload` plus the
-    neighbour's arguments); the neighbour changes the SAG-off image; the SAG-on infotext carries the
-    neighbour's `infotext_has` too; with `restores`, `payload` alone gives the same image before and
+def check_alongside(webui, name: str, payload: dict, with_neighbour: dict, infotext_has=(), restores=True, on_args=ON):
+    """The case contract (`check_sag_case`, SAG's or `on_args`' methods) with the neighbour on (`with_neighbour`:
+    `payload` plus the neighbour's arguments); the neighbour changes the off image; the on infotext carries
+    the neighbour's `infotext_has` too; with `restores`, `payload` alone gives the same image before and
     after (the neighbour put the UNet back)."""
     plain, _ = generate(webui, "txt2img", payload, OFF)
-    _, off = check_sag_case(webui, "txt2img", with_neighbour)
+    _, off = check_sag_case(webui, "txt2img", with_neighbour, on_args=on_args)
     assert np.abs(off[0] - plain[0]).max() > 0, f"{name} did not change the image"
-    _, infos = generate(webui, "txt2img", with_neighbour, ON)
+    _, infos = generate(webui, "txt2img", with_neighbour, on_args)
     assert all(text in infos[0] for text in infotext_has), infos[0]
     if restores:
         after, _ = generate(webui, "txt2img", payload, OFF)

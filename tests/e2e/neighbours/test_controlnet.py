@@ -10,7 +10,8 @@ from PIL import Image
 from harness.controlnet import sd1_controlnet_state_dict, t2i_adapter_state_dict
 from harness.server import WebUIError
 from e2e.neighbours.neighbourhood import WIDE, assert_load_order, check_alongside, checkpoint, gradient, needs
-from e2e.sag_api import BASE, OFF, ON, SIZE, STEP_ASIDE, LogWatch, check_works_or_steps_aside, encode, generate
+from e2e.perturbed_cases import BOTH
+from e2e.sag_api import BASE, OFF, ON, SIZE, STEP_ASIDE, TITLE, LogWatch, check_works_or_steps_aside, encode, generate
 
 pytestmark = pytest.mark.e2e
 
@@ -114,6 +115,24 @@ def test_controlnet_canny(controlnet_webui):
         control = with_controlnet(BASE, controlnet_unit(module="canny", model=model, image=gradient(),
                                                         threshold_a=50, threshold_b=100))
         check_alongside(webui, "ControlNet (canny)", BASE, control, infotext_has=["ControlNet 0", CONTROLNET_NAME])
+
+
+@CONTROLNET_ORDERS
+@needs("controlnet")
+@pytest.mark.parametrize("unit", ["t2i_adapter", "canny"])
+def test_controlnet_with_all_three_methods(controlnet_webui, unit):
+    """The T2I-Adapter and the canny ControlNet units above with SAG, PAG and SEG on together: ControlNet's
+    hook on the UNet's forward computes the control for every row of each call, PAG's and SEG's rows in
+    the webui's call included."""
+    webui = controlnet_webui
+    with checkpoint(webui, WIDE if unit == "canny" else "sd1_tiny"):
+        if unit == "canny":
+            control = controlnet_unit(module="canny", model=controlnet_model(webui, CONTROLNET_NAME), image=gradient(),
+                                      threshold_a=50, threshold_b=100)
+        else:
+            control = controlnet_unit(module="none", model=controlnet_model(webui), image=stripes())
+        check_alongside(webui, f"ControlNet ({unit})", BASE, with_controlnet(BASE, control),
+                        infotext_has=["ControlNet 0"], on_args={TITLE: [True, 0.8], **BOTH})
 
 
 def square_mask(size=(SIZE, SIZE)):
