@@ -1,6 +1,7 @@
 """The real UI in headless Chromium (Playwright driving Debian's `chromium`): the SAG panel in both tabs,
 toggling and sliders, pasting an infotext, a generation with SAG on, SAG's settings page filed under
-"Stable Diffusion" in the Settings tab. Screenshots go to artifacts/e2e/."""
+"Stable Diffusion" in the Settings tab; PAG's and SEG's panels, and pasting their keys then generating.
+Screenshots go to artifacts/e2e/."""
 from __future__ import annotations
 
 import os
@@ -114,3 +115,57 @@ def test_settings_section_under_stable_diffusion(page):
     page.wait_for_selector("#settings_sag", state="visible")
     assert page.locator("#settings_sag").get_by_text("shown in the panel").count() >= 1
     page.locator("#settings > div").first.screenshot(path=str(ARTIFACTS / "settings-categories.png"))
+
+
+PERTURBED_IDS = {"PAG": "script_{tab}_perturbedattention_guidance_{name}", "SEG": "script_{tab}_smoothed_energy_guidance_{name}"}
+PERTURBED_TITLES = {"PAG": "Perturbed-Attention Guidance", "SEG": "Smoothed Energy Guidance"}
+
+
+@pytest.mark.parametrize("tab", ["txt2img", "img2img"])
+@pytest.mark.parametrize("method", ["PAG", "SEG"])
+def test_perturbed_panels_in_both_tabs(page, tab, method):
+    """PAG's and SEG's panels: their accordions, off until opened, the defaults under Advanced (layers `m0`)."""
+    open_tab(page, tab)
+    element = PERTURBED_IDS[method].format
+
+    accordion = page.locator(f"#{element(tab=tab, name='enabled')}")
+    accordion.scroll_into_view_if_needed()
+    assert accordion.is_visible() and PERTURBED_TITLES[method] in accordion.inner_text()
+    box = page.locator(f"#{element(tab=tab, name='enabled')}-visible-checkbox")
+    assert not box.is_checked()
+    accordion.locator(".label-wrap").first.click()
+    assert box.is_checked()
+    page.locator(f"#{element(tab=tab, name='advanced')} .label-wrap").first.click()
+    layers = page.locator(f"#{element(tab=tab, name='layers')} textarea, #{element(tab=tab, name='layers')} input").first
+    layers.wait_for(state="visible")
+    values = {name: float(page.locator(f"#{element(tab=tab, name=name)} input[type=number]").input_value())
+              for name in ("scale", "start", "end", "hires_scale")}
+    assert values == {"scale": 3.0, "start": 0.0, "end": 1.0, "hires_scale": 3.0} and layers.input_value() == "m0"
+    accordion.screenshot(path=str(ARTIFACTS / f"panel-{method.lower()}-{tab}.png"))
+    box.click()
+    assert not box.is_checked()
+
+
+def test_paste_pag_and_seg_then_generate(page):
+    """An infotext with PAG's and SEG's keys switches both panels on with its values; the generation's
+    infotext carries them."""
+    open_tab(page, "txt2img")
+    infotext = ("a lighthouse at dusk\nSteps: 4, Sampler: Euler a, CFG scale: 5, Seed: 3, Size: 128x128, "
+                "PAG Scale: 2.5, SEG Scale: 2, SEG Blur Sigma: 10")
+    page.locator("#txt2img_prompt textarea").fill(infotext)
+    page.locator("#txt2img_tools #paste").click()
+    pag, seg = (PERTURBED_IDS[method].format(tab="txt2img", name="{name}") for method in ("PAG", "SEG"))
+    page.wait_for_function(f"() => document.querySelector('#{pag.format(name='scale')} input[type=number]').value == '2.5'",
+                           timeout=30_000)
+    assert page.locator(f"#{pag.format(name='enabled')}-visible-checkbox").is_checked()
+    assert page.locator(f"#{seg.format(name='enabled')}-visible-checkbox").is_checked()
+    assert float(page.locator(f"#{seg.format(name='blur_sigma')} input[type=number]").input_value()) == 10.0
+    page.locator("#txt2img_generate").click()
+    page.wait_for_function("() => document.querySelector('#html_info_txt2img')?.innerText.includes('PAG Scale: 2.5')",
+                           timeout=300_000)
+    assert "SEG Scale: 2" in page.evaluate("() => document.querySelector('#html_info_txt2img').innerText")
+    page.locator("#txt2img_prompt textarea").fill(infotext.split(", PAG")[0])  # without their keys: both off again
+    page.locator("#txt2img_tools #paste").click()
+    page.wait_for_function(f"() => !document.querySelector('#{pag.format(name='enabled')}-visible-checkbox').checked",
+                           timeout=30_000)
+    assert not page.locator(f"#{seg.format(name='enabled')}-visible-checkbox").is_checked()

@@ -1,11 +1,13 @@
-"""The real UI of a Forge-family webui in headless Chromium: tests/e2e's browser checks (the panel in both
+"""The real UI of a Forge-family webui in headless Chromium: tests/e2e's browser checks (the panels in both
 tabs, pasting an infotext then generating, SAG's settings section), and pasting the built-in SAG's
 `sag_*` keys, which leave ours off and its sliders as they were (in Forge they switch the built-in on;
 reForge's built-in reads no pasted keys)."""
 from __future__ import annotations
 
+# in the order they run: the panels' defaults before pastes change them
 from e2e.test_e2e_browser import (INFOTEXT, enabled_box, number_input, open_tab, page,  # noqa: F401
-                                  test_panel_in_both_tabs, test_paste_infotext_then_generate,
+                                  test_panel_in_both_tabs, test_perturbed_panels_in_both_tabs,
+                                  test_paste_infotext_then_generate, test_paste_pag_and_seg_then_generate,
                                   test_settings_section_under_stable_diffusion)
 
 BUILTIN_INFOTEXT = ("a lighthouse at dusk\nSteps: 4, Sampler: Euler a, CFG scale: 5, Seed: 3, Size: 128x128, "

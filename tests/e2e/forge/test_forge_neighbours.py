@@ -31,6 +31,8 @@ NEIGHBOURS = {  # case: (script title's start, its leading arguments, the reques
     "mahiro": ("mahiro cfg for reforge", [True], {}),
     # Forge Neo's: noise added to the text conditioning in `cfg_denoiser` for the first steps
     "seed_variance_enhancer": ("seedvarianceenhancer integrated", [True, 2, 0.6, 24, "No Decay", 1.0], {}),
+    # and its torch.compile of the diffusion model (minutes of inductor builds on a CPU)
+    "torch_compile": ("torch compile integrated", ["dynamic"], {}),
 }
 
 
