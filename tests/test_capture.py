@@ -162,6 +162,24 @@ def test_missing_uncond_rows_give_nothing(layout):
     capture.remove()
 
 
+def test_a_compiled_unet_is_reported():
+    """A UNet compiled before the hooks were added (Forge Neo's Torch Compile Integrated) runs past them: that is
+    reported, not taken for a step without uncond rows."""
+    unet = sd1_unet()
+    compiled = torch.compile(unet, backend="eager", dynamic=True)
+    x = torch.randn(2, 4, 32, 32)
+    run_unet(compiled, x)
+    capture = capture_on(unet)
+    capture.arm(LastRowsOfStep(total=2, target=1))
+    run_unet(compiled, x)
+    with pytest.raises(UnsupportedAttention, match="compiled or replaced"):
+        capture.take()
+    capture.arm(LastRowsOfStep(total=2, target=1))
+    run_unet(unet, x[:1])  # the uncond rows skipped: nothing, no error
+    assert capture.take() is None
+    capture.remove()
+
+
 def assert_reported(unet):
     """One UNet call with a capture armed: it completes, and the capture reports UnsupportedAttention."""
     capture = capture_on(unet)

@@ -116,6 +116,7 @@ class MiddleBlockCapture(MarkedHooks):
         self._grid = None  # (h, w) of that call, once its middle transformer runs
         self._q = None
         self._recorded = False
+        self._middle_runs = 0
         self._handles = [
             unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
             transformer.register_forward_pre_hook(self._before_transformer),
@@ -140,12 +141,19 @@ class MiddleBlockCapture(MarkedHooks):
         self._rows = rows
         self._mass = None
         self._filled = 0
+        self._middle_runs = 0
         self.grid = None
 
     def take(self):
-        """(mass (target rows, h*w), grid (h, w)) when every target row was seen, else None. Disarms."""
-        complete = self._rows is not None and self._mass is not None and self._filled == self._rows.target
+        """(mass (target rows, h*w), grid (h, w)) when every target row was seen, else None. Disarms.
+        UnsupportedAttention where the middle block's attention ran without passing its hooks since `arm` (a
+        compiled UNet, which keeps what it traced and ignores hooks added after)."""
+        armed, runs = self._rows is not None, self._middle_runs
+        complete = armed and self._mass is not None and self._filled == self._rows.target
         self._disarm()
+        if armed and runs == 0:
+            raise UnsupportedAttention("the model ran without passing the hooks on its middle block (a compiled or "
+                                       "replaced UNet?)")
         return (self._mass, self.grid) if complete else None
 
     def _disarm(self):
@@ -182,6 +190,8 @@ class MiddleBlockCapture(MarkedHooks):
         self._grid = tuple(x.shape[-2:])
 
     def _after_to_q(self, module, args, output):
+        if self._rows is not None:
+            self._middle_runs += 1
         if self._call is not None and self._grid is not None and self._q is None and not self._recorded:
             self._guarded(self._keep_q, output)
 

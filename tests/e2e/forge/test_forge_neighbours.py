@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from e2e.forge.test_forge_host import builtin, find_builtin, gradient, with_scripts
-from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, check_sag_case, encode, generate
+from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, encode, generate
 from harness import checkpoints, lora
 from harness.controlnet import sd1_controlnet_state_dict
 from harness.server import ForgeWebUI, forge_from_env
@@ -31,8 +31,6 @@ NEIGHBOURS = {  # case: (script title's start, its leading arguments, the reques
     "mahiro": ("mahiro cfg for reforge", [True], {}),
     # Forge Neo's: noise added to the text conditioning in `cfg_denoiser` for the first steps
     "seed_variance_enhancer": ("seedvarianceenhancer integrated", [True, 2, 0.6, 24, "No Decay", 1.0], {}),
-    # and its torch.compile of the diffusion model (minutes of inductor builds on a CPU)
-    "torch_compile": ("torch compile integrated", ["dynamic"], {}),
 }
 
 
@@ -42,6 +40,25 @@ def test_all_three_methods_beside(webui, case):
     name, _ = builtin(webui, prefix)
     payload = with_scripts({**BASE, **changes}, {name: args})
     check_sag_case(webui, "txt2img", payload, images_expected=changes.get("batch_size", 1), on_args=ALL_THREE)
+
+
+def test_torch_compile_makes_every_method_step_aside(webui):
+    """Neo 6e1e0d5's Torch Compile Integrated swaps in a compiled diffusion model, which runs past the methods'
+    hooks: each steps aside with one line, and the image is the one without them (but for rounding)."""
+    name, _ = builtin(webui, "torch compile integrated")
+    compiled = with_scripts(BASE, {name: ["dynamic"]})
+    try:
+        off, _ = generate(webui, "txt2img", compiled, OFF)
+        watch = LogWatch(webui)
+        on, infotexts = generate(webui, "txt2img", compiled, ALL_THREE)
+        log = watch.new_text()
+    finally:  # the host keeps a compiled model for the generations that follow
+        generate(webui, "txt2img", with_scripts(BASE, {name: ["Disable"]}), OFF)
+    # PAG's and SEG's rows rode in the first step's call before the methods could tell: that call's larger batch
+    # rounds the host's rows a little differently, the rest is the image without them
+    assert np.abs(on[0] - off[0]).mean() < 0.01
+    assert [log.count(f"[{tag}]") for tag in ("SAG", "PAG", "SEG")] == [1, 1, 1], log[-3000:]
+    assert log.count("compiled or replaced UNet") == 3 and not any(key in infotexts[0] for key in ("SAG", "PAG", "SEG"))
 
 
 def test_all_three_methods_with_a_lora(webui):
