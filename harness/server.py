@@ -26,8 +26,8 @@ Example::
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 import signal
 import socket

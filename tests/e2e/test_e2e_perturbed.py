@@ -12,17 +12,10 @@ from e2e.perturbed_cases import (BOTH, PAG_ON, in_call_against_separate,  # noqa
                                  test_layers_the_model_lacks_step_aside_with_one_line,
                                  test_rows_in_the_webui_call_give_the_separate_pass_image)
 from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, generate, options
-from e2e.test_e2e_api_matrix import LONG_PROMPT, SAMPLERS
+from e2e.test_e2e_api_matrix import LONG_PROMPT, SAMPLERS, sdxl  # noqa: F401 (a fixture)
 from harness import lora
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def sdxl(webui):
-    webui.use_checkpoint("sdxl_tiny")
-    yield webui
-    webui.use_checkpoint("sd1_tiny")
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
