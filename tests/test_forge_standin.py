@@ -40,14 +40,15 @@ class ForgeHost:
         self.original_patcher = self.sd_model.forge_objects.unet
 
     def step(self, params=None, x=None, sigma=None, cond_tokens=77, cfg=CFG, builtin_sag=False, cloned_after=False,
-             finished=True, sampler_options=None, other_keys=(), in_call=True, **denoiser_kwargs):
+             finished=True, sampler_options=None, other_keys=(), in_call=True, unet_wrapper=None, **denoiser_kwargs):
         """One sampling step as the webui runs it (a fresh pass: the patcher rebuilt, then
         process_before_every_sampling), with the methods of `params` (one or a list; None: off);
         `other_keys`: infotext keys other scripts wrote (another PAG on); `cloned_after`: another script
         clones the patcher after ours, as the hosts' built-in guidance does; `finished`: the generation
         ends (else it failed before its end, and its session is never closed); `sampler_options`: the
         model options the sampler passes with each call (a CFG++ sampler's); `in_call`: PAG's and SEG's rows
-        may ride in the host's call (the setting). Returns (denoised, p)."""
+        may ride in the host's call (the setting); `unet_wrapper`: a UNet function wrapper another Script sets
+        on a clone after ours (MultiDiffusion's). Returns (denoised, p)."""
         self.sd_model.forge_objects.unet = self.original_patcher
         p = SimpleNamespace(sd_model=self.sd_model, extra_generation_params={}, is_hr_pass=False, cfg_scale=cfg)
         if builtin_sag:
@@ -61,8 +62,10 @@ class ForgeHost:
                 PerturbedSession.of(p).rows_in_host_call = in_call
         for _ in range(3):  # each of the three Scripts calls it
             self.adapter.before_sampling(p)
-        if cloned_after:
+        if cloned_after or unet_wrapper is not None:
             self.sd_model.forge_objects.unet = self.sd_model.forge_objects.unet.clone()
+        if unet_wrapper is not None:
+            self.sd_model.forge_objects.unet.set_model_unet_function_wrapper(unet_wrapper)
         extra_args = {} if sampler_options is None else {"model_options": sampler_options}
         denoiser = CFGDenoiser(p, self.sd_model, total_steps=10, callbacks=[self.adapter.on_cfg_denoiser],
                                sampler=SimpleNamespace(sampler_extra_args=extra_args), **denoiser_kwargs)
@@ -84,7 +87,8 @@ def forge_host():
 
 def reference_correction(host, x, sigma, params):
     """scale * (x0_d - D(x_d)) in float64 from the host's uncond prediction and the middle attention's
-    q and k, recorded by an independent hook on a plain uncond call."""
+    q and k, recorded by an independent hook on a plain uncond call; the middle block's grid is the
+    latent's over 8."""
     uncond = text(BATCH, seed=2)
     _, attn = middle_block_attention(host.unet)
     seen = []
@@ -96,7 +100,8 @@ def reference_correction(host, x, sigma, params):
 
     def model(x_in, s):
         return host.model.apply_model(x_in.float(), s, c_crossattn=uncond, transformer_options={"cond_or_uncond": [COND]})
-    return ref.sag_x0_correction(model, x, sigma, x0_uncond, mass, (4, 4), params.threshold, params.blur_sigma,
+    grid = (x.shape[-2] // 8, x.shape[-1] // 8)
+    return ref.sag_x0_correction(model, x, sigma, x0_uncond, mass, grid, params.threshold, params.blur_sigma,
                                  params.scale)
 
 

@@ -1,6 +1,5 @@
 """SAG through the adapter and the Script, on the stand-in of the webui host (tests/webui_standin)."""
 import logging
-from types import SimpleNamespace
 
 import pytest
 import torch

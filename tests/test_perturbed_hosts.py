@@ -17,10 +17,10 @@ from sag_ext.core.layers import find_layers
 from sag_ext.core.params import SagParams, arg_names, parse_script_args
 from sag_ext.core.perturbation import PerturbationHooks
 from sag_ext.core.perturbed_params import PagParams, SegParams
-from sag_ext.hosts import forge
+from sag_ext.hosts import forge, forge_call
 from sag_ext.ui import api, xyz
 from script_loader import load_script_module
-from test_forge_standin import BATCH, CFG, ForgeHost, text
+from test_forge_standin import BATCH, ForgeHost, text
 from test_host_standin import kd_inputs, make_p, one_step, use_sdxl_like_model
 
 PAG = PagParams(enabled=True, scale=2.0)
@@ -380,7 +380,7 @@ def test_forge_conditioning_of_our_rows():
          "control": {"input": [None, ramp.view(4, 1, 1, 1)], "middle": [ramp.view(4, 1)], "output": []},
          "transformer_options": {"cond_or_uncond": chunks, "sigmas": torch.ones(2), "cond_mark": torch.tensor([1., 1, 0, 0]),
                                  "cond_indices": [2, 3], "uncond_indices": [0, 1], "patches": {}}}
-    got = forge._conditioning_with_rows_repeated(c, rows, 2, 4, chunks)
+    got = forge_call.with_chunks_repeated(c, rows, 2, 4, chunks, COND)
     want_rows = torch.tensor([0., 1, 2, 3, 2, 3, 2, 3])
     assert torch.equal(got["c_crossattn"][:, 0, 0], want_rows) and torch.equal(got["y"][:, 0], want_rows)
     assert torch.equal(got["control"]["input"][1].flatten(), want_rows) and got["control"]["input"][0] is None
@@ -390,7 +390,10 @@ def test_forge_conditioning_of_our_rows():
     assert options["cond_mark"].tolist() == [1, 1, 0, 0, 0, 0, 0, 0] and options["cond_indices"] == [2, 3, 4, 5, 6, 7]
     assert options["uncond_indices"] == [0, 1] and c["transformer_options"]["cond_or_uncond"] == chunks
     with pytest.raises(forge.CannotCarry):
-        forge._conditioning_with_rows_repeated({**c, "y": torch.zeros(1, 3)}, rows, 2, 4, chunks)
+        forge_call.with_chunks_repeated({**c, "y": torch.zeros(1, 3)}, rows, 2, 4, chunks, COND)
+    carried = forge_call.with_chunks_repeated(c, slice(0, 2), 1, 4, chunks, UNCOND)["transformer_options"]  # SAG's
+    assert carried["cond_or_uncond"] == [UNCOND, COND, UNCOND] and carried["cond_mark"].tolist() == [1, 1, 0, 0, 1, 1]
+    assert carried["uncond_indices"] == [0, 1, 4, 5] and carried["cond_indices"] == [2, 3]
 
 
 @pytest.mark.parametrize("key,stepping_aside", [("pagi_enabled", "PAG"), ("pag_enabled", "PAG"), ("seg_enabled", "SEG")])

@@ -48,6 +48,7 @@ class Step:
 
     scale: float
     host: Any
+    tiles_correction: Optional[torch.Tensor] = None  # blended by a tiling neighbour (`keep_tiles_correction`)
 
 
 class SagSession(StepsAside):
@@ -142,16 +143,52 @@ class SagSession(StepsAside):
         step, self.step = self.step, None
         if step is None or self.capture is None:
             return
+        if step.tiles_correction is not None:
+            correction = step.tiles_correction
+            self.correction = (correction if repaint_mask is None else correction * repaint_mask, step.scale)
+            return
+        correction = self._correction(x, out_uncond, noise_level, space, degraded_pass, repaint_mask, preview=True)
+        if correction is not None:
+            self.correction = (correction, step.scale)
+
+    def arm_tiles(self, rows) -> bool:
+        """Before one UNet call of a tiling neighbour (MultiDiffusion) over tiles of the step's image: record
+        the rows `rows` selects (their uncond rows). False where the step has no SAG work."""
+        if self.step is None or self.capture is None:
+            return False
+        self.capture.arm(rows)
+        return True
+
+    def tile_correction(self, x: torch.Tensor, out_uncond: torch.Tensor, noise_level: torch.Tensor, space,
+                        degraded_pass: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """After that call: SAG on each tile as on an image of its own, from its uncond rows `x` and their
+        output (as `end_step`), the unscaled correction for the neighbour to blend like its own outputs
+        (zeros where the tiles have nothing to correct); `keep_tiles_correction` with the blend."""
+        correction = None
+        if latent_too_small(tuple(x.shape[-2:])):
+            self.capture.take()
+            self.idle_reasons.add(LATENT_TOO_SMALL)
+        else:
+            correction = self._correction(x, out_uncond, noise_level, space, degraded_pass, None, preview=False)
+        return torch.zeros_like(out_uncond) if correction is None else correction.to(out_uncond.dtype)
+
+    def keep_tiles_correction(self, blended: torch.Tensor) -> None:
+        """The tiles' corrections blended over the image: the step's correction (`end_step` applies it)."""
+        self.step.tiles_correction = blended
+
+    def _correction(self, x, out_uncond, noise_level, space, degraded_pass, repaint_mask, preview: bool):
+        """The gated, unscaled correction of the rows `x` from the capture's record, or None where they have
+        nothing to correct (the reason kept)."""
         captured = self.capture.take()
         if self.capture.error is not None:
             raise self.capture.error
         if captured is None:  # the host skipped the uncond rows this step (CFG 1, skip early CFG, NGMS)
             self.idle_reasons.add(NO_UNCOND)
-            return
+            return None
         mass, grid = captured
         if mask_empty_by_construction(grid, self.params.threshold):
             self.idle_reasons.add(EMPTY_MASK)
-            return
+            return None
         with autocast_off(x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
             mask = attention_mask(mass, grid, tuple(out_uncond.shape[-2:]), self.params.threshold)
             x0_degraded, x_degraded = degraded_input(space, x, out_uncond, noise_level, mask, self.blur)
@@ -161,13 +198,13 @@ class SagSession(StepsAside):
                 f"the model answered SAG's pass over {tuple(x_degraded.shape)} with {tuple(out_pass.shape)} "
                 "(another extension changes the model's output to fit a batch it cached)")
         self.degraded_passes += 1
-        if self.blurred_share is not None:
+        if preview and self.blurred_share is not None:
             self.blurred_share.add(mask)
         with autocast_off(x.device):
             correction = space.correction(x0_degraded, out_uncond, out_pass.to(out_uncond.dtype))
             if repaint_mask is not None:
                 correction = correction * repaint_mask
-            self.correction = (self._gate(correction, mask), step.scale)
+            return self._gate(correction, mask)
 
     def _gate(self, correction: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """`correction`, or zeros where it must not reach the image, decided on the device (a host sync here

@@ -14,7 +14,8 @@ which the host's conditionings follow) and adds their guidance. That pass rides 
 where it can: a UNet function wrapper on the same clone adds its rows to the call that holds the cond chunk
 (x, timestep and every per-row conditioning, ControlNet's outputs included, repeated from that chunk);
 where another wrapper is set (MultiDiffusion), another extension replaces the attention (StyleAlign) or the
-call cannot carry them, the pass is a call of its own. The built-in SAG and PAG (Forge) and
+call cannot carry them, the pass is a call of its own. Inside a tiling wrapper (MultiDiffusion) SAG runs per
+tile (tiles.py). The built-in SAG and PAG (Forge) and
 pamparamm's PAG and SEG scripts write infotext keys when they are on: the same method of ours steps aside.
 """
 import functools
@@ -28,7 +29,9 @@ from ..core.perturbation import PerturbationHooks
 from ..core.perturbed import PerturbedSession
 from ..core.session import SagSession
 from ..ui import register_once
+from .forge_call import COND, with_chunks_repeated
 from .rows import CannotCarry, row_count, with_rows_repeated
+from .tiles import SagInTiles
 
 BUILTIN_SAG_KEY = "sag_enabled"  # the infotext key the Forge hosts' built-in SAG writes when it is on
 # the infotext keys other PAG and SEG implementations write when they are on: Forge's built-in PAG, pamparamm's
@@ -38,7 +41,6 @@ OTHER_IMPLEMENTATIONS = {"pag": {"pagi_enabled": "the webui's built-in Perturbed
 SESSION_ATTRIBUTE = "guidance_session"  # marks our post-CFG functions with the session they serve
 # where the hosts keep their cond/uncond batch function: Forge and Neo, then reForge and Classic
 BATCH_FUNCTION_MODULES = ("backend.sampling.sampling_function", "ldm_patched.modules.samplers")
-COND = 0  # a cond chunk in `cond_or_uncond`
 UNET_WRAPPER = "model_function_wrapper"  # the model options' key of the UNet function wrapper
 
 
@@ -110,7 +112,9 @@ class ForgeAdapter:
                 unet = p.sd_model.forge_objects.unet.clone()
                 unet.set_model_sampler_post_cfg_function(post_cfg, disable_cfg1_optimization=needs_uncond)
                 if session is perturbed and session.rows_in_host_call and UNET_WRAPPER not in unet.model_options:
-                    unet.set_model_unet_function_wrapper(functools.partial(self.unet_call, session))
+                    wrapper = functools.partial(self.unet_call, session)
+                    setattr(wrapper, SESSION_ATTRIBUTE, session)
+                    unet.set_model_unet_function_wrapper(wrapper)
                 p.sd_model.forge_objects.unet = unet
 
     @staticmethod
@@ -138,6 +142,8 @@ class ForgeAdapter:
                     sag.begin_step(unet, UncondChunk(target=params.x.shape[0]), latent_size=params.x.shape[-2:],
                                    progress=progress, hires_pass=hires_pass,
                                    host=denoiser.nmask if getattr(denoiser, "mask", None) is not None else None)
+                    if sag.step is not None:
+                        self.sag_inside_tiles(sag, denoiser.inner_model.inner_model.forge_objects.unet)
         if perturbed is not None and perturbed.active:
             perturbed.step_aside_for_others(p.extra_generation_params, OTHER_IMPLEMENTATIONS)
             with perturbed.guard():
@@ -147,6 +153,16 @@ class ForgeAdapter:
                     one_prompt = row_count(params.text_cond) == params.x.shape[0]  # AND prompts: several conds
                     perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass,
                                          host=tuple(params.x.shape) if one_prompt else None)
+
+    @staticmethod
+    def sag_inside_tiles(session: SagSession, patcher) -> None:
+        """Where another extension's UNet function wrapper runs the step's calls (MultiDiffusion's tiles), SAG
+        runs inside them (tiles.py). Set at the step, after every Script has set up the pass's patcher."""
+        theirs = patcher.model_options.get(UNET_WRAPPER)
+        if theirs is not None and getattr(theirs, SESSION_ATTRIBUTE, None) is None:
+            wrapper = SagInTiles(session, theirs)
+            setattr(wrapper, SESSION_ATTRIBUTE, session)
+            patcher.model_options[UNET_WRAPPER] = wrapper
 
     def keep_post_cfg_function(self, session, denoiser) -> None:
         """Put our post-CFG function for `session` in front of the sampler's own list, where the sampler
@@ -213,7 +229,7 @@ class ForgeAdapter:
         copies, rows = len(step.methods), slice(chunks.index(COND) * size, (chunks.index(COND) + 1) * size)
         try:
             more = [with_rows_repeated(t, rows, copies, x.shape[0]) for t in (x, timestep)]
-            conditioning = _conditioning_with_rows_repeated(c, rows, copies, x.shape[0], chunks)
+            conditioning = with_chunks_repeated(c, rows, copies, x.shape[0], chunks, COND)
         except CannotCarry as error:
             session.abandon_host_call(str(error))
             return apply_model(x, timestep, **c)
@@ -232,22 +248,6 @@ class ForgeAdapter:
         callbacks = self.webui.script_callbacks
         register_once(callbacks, ((callbacks.on_cfg_denoiser, self.on_cfg_denoiser),
                                   (callbacks.on_script_unloaded, self.release_model_hooks)))
-
-
-def _conditioning_with_rows_repeated(c: dict, rows: slice, copies: int, total: int, chunks: list) -> dict:
-    """The host's keyword arguments of `apply_model` for the call with our chunks: per-row conditionings
-    repeated; the transformer options naming them cond chunks (`cond_or_uncond`, and where the host has
-    them, `cond_mark` and `cond_indices`)."""
-    options = dict(c.get("transformer_options") or {})
-    options["cond_or_uncond"] = list(chunks) + [COND] * copies
-    if "cond_mark" in options:
-        options["cond_mark"] = with_rows_repeated(options["cond_mark"], rows, copies, total)
-    if "cond_indices" in options:
-        ours = copies * (rows.stop - rows.start)
-        options["cond_indices"] = list(options["cond_indices"]) + list(range(total, total + ours))
-    return {key: options if key == "transformer_options" else
-            value if key == "control_model" else with_rows_repeated(value, rows, copies, total)
-            for key, value in c.items()}
 
 
 def batch_function():

@@ -42,6 +42,43 @@ def test_all_three_methods_beside(webui, case):
     check_sag_case(webui, "txt2img", payload, images_expected=changes.get("batch_size", 1), on_args=ALL_THREE)
 
 
+def multidiffusion(webui, tile_px: int):
+    """(endpoint, request) of a 256x128 image with MultiDiffusion Integrated on, in tiles of `tile_px`
+    overlapping by 32, 4 to a call: txt2img, or img2img where the host shows it there only (Forge Neo)."""
+    found = find_builtin(webui, "multidiffusion integrated")
+    endpoint, payload = "txt2img", {**BASE, "width": 256, "height": 128}
+    if found is None:
+        found = builtin(webui, "multidiffusion integrated", img2img=True)
+        endpoint, payload = "img2img", {**payload, "init_images": [encode(gradient())], "denoising_strength": 0.8}
+    return endpoint, with_scripts(payload, {found[0]: [True, "MultiDiffusion", tile_px, tile_px, 32, 4]})
+
+
+def test_all_three_methods_per_multidiffusion_tile(webui):
+    """Tiles of 128 px (2 x 1 over the image): SAG runs inside them (sag_ext/hosts/tiles.py), PAG's and SEG's
+    rows in a call of their own, which it tiles too."""
+    endpoint, payload = multidiffusion(webui, 128)
+    check_sag_case(webui, endpoint, payload, on_args=ALL_THREE)
+
+
+def test_sag_in_one_multidiffusion_tile_is_sag_on_the_image(webui, record_property):
+    """With one tile covering the image, SAG inside MultiDiffusion's tile is SAG on the image: the same image
+    as without MultiDiffusion (the tiles' blend and the UNet calls' rows are otherwise the same)."""
+    endpoint, one_tile = multidiffusion(webui, 256)
+    alone = {key: value for key, value in one_tile.items() if key != "alwayson_scripts"}
+    off, _ = generate(webui, endpoint, one_tile, OFF)
+    watch = LogWatch(webui)
+    tiled, infotexts = generate(webui, endpoint, one_tile, {TITLE: [True, 0.8]})
+    whole, _ = generate(webui, endpoint, alone, {TITLE: [True, 0.8]})
+    log = watch.new_text()
+    difference, effect = (float(np.abs(tiled[0] - other[0]).max()) for other in (whole, off))
+    record_property("max_abs_sag_one_tile_vs_whole", difference)
+    print(f"\nSAG in one MultiDiffusion tile vs on the image: max |difference| = {difference:.4f} of 255 "
+          f"(SAG's effect {effect:.2f})")
+    assert "[SAG]" not in log and "Traceback" not in log, log[-4000:]
+    assert "SAG Scale: 0.8" in infotexts[0] and effect > 1
+    assert difference == 0
+
+
 def test_torch_compile_makes_every_method_step_aside(webui):
     """Neo 6e1e0d5's Torch Compile Integrated swaps in a compiled diffusion model, which runs past the methods'
     hooks: each steps aside with one line, and the image is the one without them (but for rounding)."""
