@@ -79,10 +79,12 @@ EXTENSION_SUFFIXES = (".py", ".js", ".css", ".html", ".json", ".yaml", ".txt", "
 
 
 def copy_code(src: Path, dst: Path, suffixes: tuple[str, ...], skip_dirs=frozenset(), skip_files=frozenset()):
-    """Copy the files under ``src`` ending in one of ``suffixes``; top-level ``skip_*`` names, top-level
-    virtual environments (a `venv` under any name), dot-folders and ``__pycache__`` are left out."""
+    """Copy the files under ``src`` ending in one of ``suffixes``, through linked folders (a repository's
+    ``ldm`` may be a link to an installed package); top-level ``skip_*`` names, top-level virtual
+    environments (a `venv` under any name), dot-folders and ``__pycache__`` are left out."""
     skip_dirs = set(skip_dirs) | {venv.parent.name for venv in src.glob("*/pyvenv.cfg")}
-    for path in sorted(src.rglob("*")):
+    walked = (Path(folder) / name for folder, _, names in os.walk(src, followlinks=True) for name in names)
+    for path in sorted(walked):
         rel = path.relative_to(src)
         if (not path.is_file() or not path.name.endswith(suffixes) or rel.parts[0] in skip_dirs
                 or (len(rel.parts) == 1 and rel.name in skip_files)
