@@ -298,3 +298,19 @@ def test_capture_allocates_no_full_attention_matrix(tokens):
     with torch.no_grad():
         want = ref.full_softmax_mass(q, k, heads)
     torch.testing.assert_close(mass.double(), want, atol=1e-4, rtol=0)
+
+
+def test_a_tile_of_the_latent_is_reported():
+    """A neighbour that runs the UNet on tiles of the image (A1111's Tiled Diffusion) gives the middle block a
+    tile's grid: recorded as the image's, the mask would be that tile's, stretched over the image."""
+    unet = sd1_unet()
+    capture = capture_on(unet)
+    capture.arm(LastRowsOfStep(total=4, target=2), latent_size=(32, 32))
+    run_unet(unet, torch.randn(12, 4, 16, 16))  # three tiles of 16x16, each with the step's 4 rows
+    assert capture.take() is None
+    assert isinstance(capture.error, UnsupportedAttention) and "a 16x16 tile of the 32x32 latent" in str(capture.error)
+    capture.error = None
+    capture.arm(LastRowsOfStep(total=4, target=2), latent_size=(32, 32))
+    run_unet(unet, torch.randn(4, 4, 32, 32))
+    assert capture.take()[1] == (4, 4) and capture.error is None
+    capture.remove()

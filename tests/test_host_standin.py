@@ -328,3 +328,49 @@ def test_webui_without_the_denoiser_in_cfg_params_is_told_clearly(host, script, 
         script.process(p, *ON)
     assert "needs webui 1.8 or newer" in caplog.text
     assert getattr(p, "_sag_session", None) is None and "SAG Scale" not in p.extra_generation_params
+
+
+class QuadrantTiles:
+    """The contract of A1111's Tiled Diffusion (pkuliyi2015/multidiffusion-upscaler-for-automatic1111), which
+    replaces the k-diffusion denoiser's forward: the step's rows run as tiles of the latent, each tile with
+    all N rows of the call, tile after tile in one call, and the outputs are put back over the latent (here
+    four quadrants, which do not overlap)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, x, sigma, cond):
+        n, (height, width) = x.shape[0], x.shape[-2:]
+        boxes = [(slice(top, top + height // 2), slice(left, left + width // 2))
+                 for top in (0, height // 2) for left in (0, width // 2)]
+        tiles = torch.cat([x[:, :, rows, cols] for rows, cols in boxes])
+        tiled_cond = {key: [value[0].repeat(len(boxes), *([1] * (value[0].ndim - 1)))] for key, value in cond.items()}
+        out = self.inner(tiles, sigma.repeat(len(boxes)), cond=tiled_cond)
+        whole = torch.empty_like(x)
+        for index, (rows, cols) in enumerate(boxes):
+            whole[:, :, rows, cols] = out[index * n:(index + 1) * n]
+        return whole
+
+
+def test_tiles_of_the_latent_make_sag_step_aside(host, script, caplog):
+    """The middle block of a tile has the tile's grid: SAG's mask would be the first tile's, stretched over the
+    image. SAG steps aside with one line, the step as without it."""
+    x, sigma = kd_inputs(2)
+
+    def tiled_step(args):
+        p = make_p()
+        script.process(p, *args)
+        denoiser = CFGDenoiserKDiffusion(p, total_steps=10)
+        denoiser.model_wrap = QuadrantTiles(denoiser.inner_model)
+        out = denoiser(x, sigma, cond=(p.conds_list, p.cond), uncond=p.uncond, cond_scale=p.cfg_scale,
+                       s_min_uncond=0.0, image_cond=torch.zeros(2, 5, 1, 1))
+        script.postprocess(p, None, *args)
+        return out
+
+    off = tiled_step(OFF)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        on = tiled_step(ON)
+    assert torch.equal(on, off)
+    assert [record.getMessage() for record in caplog.records] == [
+        "[SAG] Self-Attention Guidance is off for this generation: UnsupportedAttention: the model ran on a 16x16 "
+        "tile of the 32x32 latent (Tiled Diffusion?): SAG's mask needs the middle-block attention of the whole image"]

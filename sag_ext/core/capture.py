@@ -111,7 +111,7 @@ class MiddleBlockCapture(MarkedHooks):
         MiddleBlockCapture.release(attn)
         self.attn, self.owner, self.chunk_elements = attn, owner, chunk_elements
         self.error = None
-        self._rows = None
+        self._rows, self._latent_size = None, None
         self._call = None  # (first row, end row, target offset, batch) of the UNet call in progress
         self._grid = None  # (h, w) of that call, once its middle transformer runs
         self._q = None
@@ -136,9 +136,11 @@ class MiddleBlockCapture(MarkedHooks):
         if getattr(self.attn, OWNER_ATTRIBUTE, None) is self:
             delattr(self.attn, OWNER_ATTRIBUTE)
 
-    def arm(self, rows) -> None:
-        """Record the rows `rows` (LastRowsOfStep, UncondChunk) selects from the UNet calls that follow."""
-        self._rows = rows
+    def arm(self, rows, latent_size: Optional[tuple] = None) -> None:
+        """Record the rows `rows` (LastRowsOfStep, UncondChunk) selects from the UNet calls that follow; with
+        `latent_size`, those rows' calls must run on latents of that size (UnsupportedAttention where they
+        hold tiles of the image: the mask would be a tile's, stretched over the image)."""
+        self._rows, self._latent_size = rows, None if latent_size is None else tuple(latent_size)
         self._mass = None
         self._filled = 0
         self._middle_runs = 0
@@ -176,6 +178,10 @@ class MiddleBlockCapture(MarkedHooks):
     def _select(self, args, kwargs):
         x = args[0] if args else kwargs["x"]
         selected = self._rows.select(x.shape[0], kwargs)
+        if selected is not None and self._latent_size not in (None, tuple(x.shape[-2:])):
+            size, whole = ("x".join(map(str, shape)) for shape in (x.shape[-2:], self._latent_size))
+            raise UnsupportedAttention(f"the model ran on a {size} tile of the {whole} latent (Tiled Diffusion?): SAG's "
+                                       "mask needs the middle-block attention of the whole image")
         self._call = None if selected is None else (*selected, x.shape[0])
         self._grid, self._q, self._recorded = None, None, False
 

@@ -129,7 +129,7 @@ class SagSession(StepsAside):
             self.close()
             self.capture = MiddleBlockCapture(unet, transformer, attn, owner=self)
         self.step = Step(scale, host)
-        self.capture.arm(rows)
+        self.capture.arm(rows, latent_size)
 
     def end_step(self, x: torch.Tensor, out_uncond: Optional[torch.Tensor], noise_level: torch.Tensor, space,
                  degraded_pass: Callable[[torch.Tensor], torch.Tensor],

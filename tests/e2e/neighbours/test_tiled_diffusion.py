@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from e2e.neighbours.neighbourhood import BOTH_ORDERS, assert_load_order, needs, with_script
-from e2e.sag_api import BASE, OFF, ON, check_works_or_steps_aside, generate
+from e2e.sag_api import BASE, OFF, ON, LogWatch, check_works_or_steps_aside, generate
 
 
 pytestmark = pytest.mark.e2e
@@ -27,14 +27,17 @@ TILED_DIFFUSION_ARGS = [True, "MultiDiffusion", False, True, 1024, 1024, 24, 16,
 def test_tiled_diffusion(neighbourhood):
     """Tiled Diffusion (MultiDiffusion) replaces the sampler's inner model for the generation: each UNet
     call runs on a batch of overlapping latent tiles, whose results are blended back into the whole
-    latent. SAG must either work (the case contract) or step aside with one log line, giving exactly
-    the SAG-off image."""
+    latent. The middle block then sees a tile's grid, never the image's: SAG steps aside with one log line
+    naming the tile (before, it took the first tile's mask, stretched over the image), giving exactly the
+    SAG-off image. (PAG and SEG work per tile: test_perturbed_neighbours.py.)"""
     webui = neighbourhood
     assert_load_order(webui, TILED_DIFFUSION_TITLE)
     payload = {**BASE, "width": 256, "height": 208}
     plain, _ = generate(webui, "txt2img", payload, OFF)
     tiled = with_script(payload, TILED_DIFFUSION_TITLE, TILED_DIFFUSION_ARGS)
+    watch = LogWatch(webui)
     off, off_infos = check_works_or_steps_aside(webui, "txt2img", tiled)
+    assert "the model ran on a 16x24 tile of the 26x32 latent" in watch.new_text()
     assert np.abs(off[0] - plain[0]).max() > 0, "Tiled Diffusion did not change the image"
     assert "Tiled Diffusion" in off_infos[0], off_infos[0]
     after, _ = generate(webui, "txt2img", payload, OFF)
