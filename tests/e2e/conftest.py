@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from harness.server import RunningWebUI, WebUI
 
-OWN_SERVERS = ("ui_webui", "neighbourhood", "controlnet_webui", "probe_webui")  # fixtures that start webuis of their own
+OWN_SERVERS = ("ui_webui", "neighbourhood", "controlnet_webui", "probe_webui", "sd21_webui")  # fixtures that start webuis of their own
 
 
 FORGE_TESTS = Path(__file__).parent / "forge"  # a Forge-family webui's tests: SD_FORGE_PATH (forge/conftest.py)

@@ -1,6 +1,6 @@
 """PAG and SEG in the real webui: the cases every host runs (perturbed_cases.py), the sampler families, the
 CFG denoiser's batch layouts and options (their rows in the webui's own UNet call in each, against a call
-of their own), hires fix, AND prompts, SDXL and a checkpoint change."""
+of their own), hires fix, AND prompts, SD2.1, SDXL and a checkpoint change."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +13,9 @@ from e2e.perturbed_cases import (BOTH, PAG_ON, in_call_against_separate,  # noqa
                                  test_rows_in_the_webui_call_give_the_separate_pass_image)
 from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, generate, options
 from e2e.test_e2e_api_matrix import LONG_PROMPT, SAMPLERS, sdxl  # noqa: F401 (a fixture)
+from e2e.conftest import kept_data_dir
 from harness import lora
+from harness.server import WebUI
 
 pytestmark = pytest.mark.e2e
 
@@ -79,6 +81,22 @@ def test_and_prompt_steps_aside_with_one_line_each(webui):
 ])
 def test_sdxl(sdxl, case, payload):
     check_sag_case(sdxl, "txt2img", {**BASE, **payload}, images_expected=payload.get("batch_size", 1), on_args=BOTH)
+
+
+@pytest.fixture(scope="module")
+def sd21_webui(checkpoint_cache):
+    """A webui of its own with `sd21`: every part at SD2.1 768-v's sizes, v-prediction (2.6 GB)."""
+    with WebUI(checkpoint="sd21", layouts=("sd21",), checkpoint_cache=checkpoint_cache,
+               data_dir=kept_data_dir("sd21")) as server:
+        yield server
+
+
+def test_sd21_v_prediction(sd21_webui, record_property):
+    """SD2.x: a v-prediction model with linear transformers and 64-channel heads; all three methods, and PAG's
+    and SEG's rows in the webui's call against a call of their own."""
+    payload = {**BASE, "width": 256, "height": 256}
+    check_sag_case(sd21_webui, "txt2img", payload, on_args={TITLE: [True, 0.8], **BOTH})
+    in_call_against_separate(sd21_webui, payload, record_property, "SD2.1")
 
 
 def test_sdxl_rows_in_the_webui_call(sdxl, record_property):

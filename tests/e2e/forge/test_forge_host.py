@@ -81,16 +81,21 @@ def test_txt2img_contract_on_the_hosts_samplers(webui, sampler):
 
 
 def test_txt2img_contract_on_every_other_sampler_the_host_lists(webui, record_property):
-    """The contract on each sampler of the host's own list beyond those above (one test, since the list comes
-    from the running host), without the SAG-off generation after on, which the cases above check; a sampler
-    that fails with SAG off too (an error, or a flat image from NaN latents) is the host's and is only named."""
+    contract_on_every_other_sampler(webui, record_property, ON)
+
+
+def contract_on_every_other_sampler(webui, record_property, on_args):
+    """The contract of the methods `on_args` on each sampler of the host's own list beyond SAMPLERS (one test,
+    since the list comes from the running host), without the off generation after on, which the cases of
+    SAMPLERS check; a sampler that fails with the methods off too (an error, or a flat image from NaN
+    latents) is the host's and is only named."""
     names = [sampler["name"] for sampler in webui.get("/sdapi/v1/samplers")
              if sampler["name"] not in SAMPLERS + ADAPTIVE_SAMPLERS]
-    failures, failing_without_sag = {}, []
+    failures, failing_without_us = {}, []
     for name in names:
         case = {**BASE, "sampler_name": name}
         try:
-            check_sag_case(webui, "txt2img", case, off_after_on=False)
+            check_sag_case(webui, "txt2img", case, on_args=on_args, off_after_on=False)
         except TimeoutError as error:  # the webui still works on it: no other request for this sampler
             failures[name] = f"no answer within the API's limit ({error})"
         except (AssertionError, WebUIError) as error:
@@ -98,14 +103,14 @@ def test_txt2img_contract_on_every_other_sampler_the_host_lists(webui, record_pr
                 off, _ = generate(webui, "txt2img", case, OFF)
             except WebUIError:
                 off = None
-            if off is None or off[0].std() == 0:  # an error, or a flat image (NaN latents) without SAG
-                failing_without_sag.append(name)
+            if off is None or off[0].std() == 0:  # an error, or a flat image (NaN latents) without the methods
+                failing_without_us.append(name)
                 continue
             failures[name] = str(error)[:400]
     record_property("samplers", names)
-    record_property("failing_without_sag", failing_without_sag)
-    print(f"\n{len(names) - len(failures) - len(failing_without_sag)} of {len(names)} further samplers passed; "
-          f"failing with SAG off too (the host's): {failing_without_sag or 'none'}")
+    record_property("failing_without_the_methods", failing_without_us)
+    print(f"\n{len(names) - len(failures) - len(failing_without_us)} of {len(names)} further samplers passed; "
+          f"failing with the methods off too (the host's): {failing_without_us or 'none'}")
     assert not failures, "\n".join(f"{name}: {error}" for name, error in failures.items())
 
 

@@ -1,19 +1,30 @@
-"""PAG and SEG in a real Forge-family webui: the cases every host runs (e2e/perturbed_cases.py), hires fix,
-beside the host's built-in PAG (side by side, and on together with ours), MultiDiffusion and pamparamm's."""
+"""PAG and SEG in a real Forge-family webui: the cases every host runs (e2e/perturbed_cases.py), every
+sampler, hires fix, beside the host's built-in PAG (side by side, and on together with ours), MultiDiffusion
+and pamparamm's."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from e2e.conftest import kept_data_dir
-from e2e.forge.test_forge_host import HIRES, builtin, find_builtin, images_of, with_scripts
+from e2e.forge.test_forge_host import (HIRES, SAMPLERS, builtin, contract_on_every_other_sampler, find_builtin,
+                                       images_of, with_scripts)
 from e2e.neighbours.neighbourhood import NEIGHBOURS
-from e2e.perturbed_cases import (PAG_ON, SEG_ON, test_batch_of_two_with_dict_arguments,  # noqa: F401
+from e2e.perturbed_cases import (BOTH, PAG_ON, SEG_ON, test_batch_of_two_with_dict_arguments,  # noqa: F401
                                  test_bad_arguments_answer_422, test_cfg_1_still_guided, test_contract,
                                  test_img2img_and_inpaint, test_layers_the_model_lacks_step_aside_with_one_line,
                                  test_rows_in_the_webui_call_give_the_separate_pass_image)
 from e2e.sag_api import BASE, OFF, PAG, SEG, LogWatch, check_sag_case, generate
 from harness.server import ForgeWebUI
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_both_on_the_hosts_samplers(webui, sampler):
+    check_sag_case(webui, "txt2img", {**BASE, "sampler_name": sampler}, on_args=BOTH)
+
+
+def test_both_on_every_other_sampler_the_host_lists(webui, record_property):
+    contract_on_every_other_sampler(webui, record_property, BOTH)
 
 
 def test_hires_fix_same_and_own(webui):
