@@ -155,3 +155,22 @@ def test_all_three_methods_with_controlnet(controlnet_webui):
     plain, _ = generate(webui, "txt2img", BASE, OFF)
     _, off = check_sag_case(webui, "txt2img", control, on_args=ALL_THREE)
     assert np.abs(off[0] - plain[0]).max() > 0, "the ControlNet did not change the image"
+
+
+def test_multidiffusion_with_controlnet_makes_sag_step_aside(controlnet_webui):
+    """ControlNet's outputs inside MultiDiffusion's tiles are made by its wrapper for its own rows, which SAG's
+    carried rows are not: SAG steps aside with one line; PAG and SEG guide as without it."""
+    webui = controlnet_webui
+    name, _ = builtin(webui, "controlnet")
+    model = next(m for m in webui.get("/controlnet/model_list")["model_list"] if CONTROLNET in m)
+    unit = {"enabled": True, "module": "None", "model": model, "weight": 1.0, "image": encode(gradient()),
+            "resize_mode": "Crop and Resize", "control_mode": "Balanced", "save_detected_map": False}
+    endpoint, tiled = multidiffusion(webui, 128)
+    tiled["alwayson_scripts"][name] = {"args": [unit]}
+    both, _ = generate(webui, endpoint, tiled, {PAG: ALL_THREE[PAG], SEG: ALL_THREE[SEG]})
+    watch = LogWatch(webui)
+    all_three, infotexts = generate(webui, endpoint, tiled, ALL_THREE)
+    log = watch.new_text()
+    np.testing.assert_array_equal(all_three[0], both[0])
+    assert log.count("[SAG]") == 1 and "ControlNet's outputs inside MultiDiffusion's tiles" in log, log[-4000:]
+    assert "Traceback" not in log and "SAG Scale" not in infotexts[0] and "PAG Scale" in infotexts[0]
