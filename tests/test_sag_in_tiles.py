@@ -2,6 +2,7 @@
 float64 reference of SAG on each tile as an image of its own, blended as MultiDiffusion blends its tiles."""
 import logging
 
+import pytest
 import torch
 
 from forge_standin.multidiffusion import MultiDiffusion
@@ -15,30 +16,32 @@ X = torch.randn(BATCH, 4, 32, 32, generator=torch.Generator().manual_seed(5)) * 
 SIGMA = torch.full((BATCH,), 8.0)
 
 
-def tiling():
+def tiling(gaussian=False):
     """3 x 3 tiles of 16 latent pixels overlapping by 8 over the 32 x 32 latent, in calls of 4, 4 and 1 tiles."""
-    return MultiDiffusion(tile=16, overlap=8, batch=4)
+    return MultiDiffusion(tile=16, overlap=8, batch=4, gaussian=gaussian)
 
 
 def blended_reference(host, tiles: MultiDiffusion, params) -> torch.Tensor:
     total, count = torch.zeros(X.shape, dtype=torch.float64), torch.zeros(X.shape, dtype=torch.float64)
+    weight = tiles.weight().double()
     for rows, cols in tiles.boxes(*X.shape[-2:]):
-        total[:, :, rows, cols] += reference_correction(host, X[:, :, rows, cols].contiguous(), SIGMA, params)
-        count[:, :, rows, cols] += 1
+        total[:, :, rows, cols] += reference_correction(host, X[:, :, rows, cols].contiguous(), SIGMA, params) * weight
+        count[:, :, rows, cols] += weight
     return total / count
 
 
-def test_sag_per_tile_matches_the_float64_reference_of_each_tile_blended():
+@pytest.mark.parametrize("gaussian", [False, True], ids=["MultiDiffusion", "Mixture of Diffusers"])
+def test_sag_per_tile_matches_the_float64_reference_of_each_tile_blended(gaussian):
     host = ForgeHost()
-    off, _ = host.step(None, x=X, unet_wrapper=tiling())
+    off, _ = host.step(None, x=X, unet_wrapper=tiling(gaussian))
     plain = host.model.calls[:]
     assert plain == [(16, [UNCOND, COND]), (16, [UNCOND, COND]), (4, [UNCOND, COND])]  # 4 tiles of 2 + 2 rows
-    on, p = host.step(PARAMS, x=X, unet_wrapper=tiling())
+    on, p = host.step(PARAMS, x=X, unet_wrapper=tiling(gaussian))
     # each call: the tiles' own rows, then SAG's pass over their uncond rows (a cond chunk, as Forge's SAG pass)
     assert host.model.calls == [(16, [UNCOND, COND]), (8, [COND]), (16, [UNCOND, COND]), (8, [COND]),
                                 (4, [UNCOND, COND]), (2, [COND])]
     assert not SagSession.of(p).stopped
-    want = blended_reference(host, tiling(), PARAMS)
+    want = blended_reference(host, tiling(gaussian), PARAMS)
     assert want.abs().max() > 1e-2
     torch.testing.assert_close((on - off).double(), want, atol=1e-4, rtol=0)
 

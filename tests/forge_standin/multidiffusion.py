@@ -4,7 +4,8 @@ contract with the UNet call, modelled faithfully. Tiles of `tile` latent pixels 
 the last row and column shifted to end at the edge; `batch` tiles per call, each tile's N rows as the
 call had them (tile after tile); the timestep and the text conditioning repeated per tile, image-sized
 `c_concat`/`y` cut per tile; the transformer options as they are; the outputs summed into the image and
-divided by how many tiles cover each pixel."""
+divided by how many tiles cover each pixel, or (`gaussian`, its Mixture of Diffusers) weighted by a
+gaussian over each tile and divided by the weights' sum."""
 import torch
 
 
@@ -16,9 +17,17 @@ def tile_starts(size: int, tile: int, overlap: int) -> list:
 
 
 class MultiDiffusion:
-    def __init__(self, tile: int, overlap: int, batch: int):
-        self.tile, self.overlap, self.batch = tile, overlap, batch
+    def __init__(self, tile: int, overlap: int, batch: int, gaussian: bool = False):
+        self.tile, self.overlap, self.batch, self.gaussian = tile, overlap, batch, gaussian
         self.calls = []  # rows of each UNet call it makes
+
+    def weight(self) -> torch.Tensor:
+        """(tile, tile): each tile's weight per pixel."""
+        if not self.gaussian:
+            return torch.ones(self.tile, self.tile)
+        steps = torch.arange(self.tile, dtype=torch.float32)
+        bell = torch.exp(-0.5 * ((steps - (self.tile - 1) / 2) / (0.3 * self.tile)) ** 2)
+        return bell[:, None] * bell[None, :]
 
     def boxes(self, height: int, width: int) -> list:
         """(row slice, column slice) of each tile."""
@@ -30,7 +39,7 @@ class MultiDiffusion:
         x, t, c = args["input"], args["timestep"], args["c"]
         n, _, height, width = x.shape
         boxes = self.boxes(height, width)
-        buffer, count = torch.zeros_like(x), torch.zeros_like(x[:1, :1])
+        buffer, count, weight = torch.zeros_like(x), torch.zeros_like(x[:1, :1]), self.weight()
         for first in range(0, len(boxes), self.batch):
             batch = boxes[first:first + self.batch]
             x_tile = torch.cat([x[:, :, rows, cols] for rows, cols in batch])
@@ -44,6 +53,6 @@ class MultiDiffusion:
             self.calls.append(x_tile.shape[0])
             out = model_function(x_tile, t.repeat(len(batch)), **c_tile)
             for i, (rows, cols) in enumerate(batch):
-                buffer[:, :, rows, cols] += out[i * n:(i + 1) * n]
-                count[:, :, rows, cols] += 1
-        return torch.where(count > 1, buffer / count, buffer)
+                buffer[:, :, rows, cols] += out[i * n:(i + 1) * n] * weight
+                count[:, :, rows, cols] += weight
+        return buffer / count if self.gaussian else torch.where(count > 1, buffer / count, buffer)

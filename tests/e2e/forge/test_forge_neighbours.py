@@ -42,7 +42,7 @@ def test_all_three_methods_beside(webui, case):
     check_sag_case(webui, "txt2img", payload, images_expected=changes.get("batch_size", 1), on_args=ALL_THREE)
 
 
-def multidiffusion(webui, tile_px: int):
+def multidiffusion(webui, tile_px: int, method: str = "MultiDiffusion"):
     """(endpoint, request) of a 256x128 image with MultiDiffusion Integrated on, in tiles of `tile_px`
     overlapping by 32, 4 to a call: txt2img, or img2img where the host shows it there only (Forge Neo)."""
     found = find_builtin(webui, "multidiffusion integrated")
@@ -50,13 +50,14 @@ def multidiffusion(webui, tile_px: int):
     if found is None:
         found = builtin(webui, "multidiffusion integrated", img2img=True)
         endpoint, payload = "img2img", {**payload, "init_images": [encode(gradient())], "denoising_strength": 0.8}
-    return endpoint, with_scripts(payload, {found[0]: [True, "MultiDiffusion", tile_px, tile_px, 32, 4]})
+    return endpoint, with_scripts(payload, {found[0]: [True, method, tile_px, tile_px, 32, 4]})
 
 
-def test_all_three_methods_per_multidiffusion_tile(webui):
-    """Tiles of 128 px (2 x 1 over the image): SAG runs inside them (sag_ext/hosts/tiles.py), PAG's and SEG's
-    rows in a call of their own, which it tiles too."""
-    endpoint, payload = multidiffusion(webui, 128)
+@pytest.mark.parametrize("method", ["MultiDiffusion", "Mixture of Diffusers"])
+def test_all_three_methods_per_multidiffusion_tile(webui, method):
+    """Tiles of 128 px (2 x 1 over the image), blended evenly or with gaussian weights: SAG runs inside them
+    (sag_ext/hosts/tiles.py), PAG's and SEG's rows in a call of their own, which it tiles too."""
+    endpoint, payload = multidiffusion(webui, 128, method)
     check_sag_case(webui, endpoint, payload, on_args=ALL_THREE)
 
 
