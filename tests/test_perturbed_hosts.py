@@ -373,15 +373,17 @@ def test_forge_a_call_that_cannot_carry_our_rows_falls_back_with_one_line(caplog
 
 
 def test_forge_conditioning_of_our_rows():
-    """Every per-row input follows the cond chunk (ControlNet's outputs too); the options name our chunks."""
-    rows, chunks = slice(2, 4), [UNCOND, COND]
+    """x, the timestep and every per-row input follow the cond chunk (ControlNet's outputs too); the options
+    name our chunks."""
+    chunks = [UNCOND, COND]
     ramp = torch.arange(4.0)
     c = {"c_crossattn": ramp.view(4, 1, 1).expand(4, 3, 2), "y": ramp.view(4, 1), "control_model": object(),
          "control": {"input": [None, ramp.view(4, 1, 1, 1)], "middle": [ramp.view(4, 1)], "output": []},
          "transformer_options": {"cond_or_uncond": chunks, "sigmas": torch.ones(2), "cond_mark": torch.tensor([1., 1, 0, 0]),
                                  "cond_indices": [2, 3], "uncond_indices": [0, 1], "patches": {}}}
-    got = forge_call.with_chunks_repeated(c, rows, 2, 4, chunks, COND)
+    got_x, got_timestep, got = forge_call.with_chunks_repeated(ramp, ramp, c, chunks, COND, 2)
     want_rows = torch.tensor([0., 1, 2, 3, 2, 3, 2, 3])
+    assert torch.equal(got_x, want_rows) and torch.equal(got_timestep, want_rows)
     assert torch.equal(got["c_crossattn"][:, 0, 0], want_rows) and torch.equal(got["y"][:, 0], want_rows)
     assert torch.equal(got["control"]["input"][1].flatten(), want_rows) and got["control"]["input"][0] is None
     assert torch.equal(got["control"]["middle"][0].flatten(), want_rows) and got["control_model"] is c["control_model"]
@@ -390,8 +392,8 @@ def test_forge_conditioning_of_our_rows():
     assert options["cond_mark"].tolist() == [1, 1, 0, 0, 0, 0, 0, 0] and options["cond_indices"] == [2, 3, 4, 5, 6, 7]
     assert options["uncond_indices"] == [0, 1] and c["transformer_options"]["cond_or_uncond"] == chunks
     with pytest.raises(forge.CannotCarry):
-        forge_call.with_chunks_repeated({**c, "y": torch.zeros(1, 3)}, rows, 2, 4, chunks, COND)
-    carried = forge_call.with_chunks_repeated(c, slice(0, 2), 1, 4, chunks, UNCOND)["transformer_options"]  # SAG's
+        forge_call.with_chunks_repeated(ramp, ramp, {**c, "y": torch.zeros(1, 3)}, chunks, COND, 2)
+    carried = forge_call.with_chunks_repeated(ramp, ramp, c, chunks, UNCOND, 1)[2]["transformer_options"]  # SAG's
     assert carried["cond_or_uncond"] == [UNCOND, COND, UNCOND] and carried["cond_mark"].tolist() == [1, 1, 0, 0, 1, 1]
     assert carried["uncond_indices"] == [0, 1, 4, 5] and carried["cond_indices"] == [2, 3]
 

@@ -151,13 +151,10 @@ class SagSession(StepsAside):
         if correction is not None:
             self.correction = (correction, step.scale)
 
-    def arm_tiles(self, rows) -> bool:
-        """Before one UNet call of a tiling neighbour (MultiDiffusion) over tiles of the step's image: record
-        the rows `rows` selects (their uncond rows). False where the step has no SAG work."""
-        if self.step is None or self.capture is None:
-            return False
+    def arm_tiles(self, rows) -> None:
+        """Before one UNet call of a tiling neighbour (MultiDiffusion) over tiles of the step's image, in a step
+        with SAG work: record the rows `rows` selects (their uncond rows)."""
         self.capture.arm(rows)
-        return True
 
     def tile_correction(self, x: torch.Tensor, out_uncond: torch.Tensor, noise_level: torch.Tensor, space,
                         degraded_pass: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -30,7 +30,7 @@ from ..core.perturbed import PerturbedSession
 from ..core.session import SagSession
 from ..ui import register_once
 from .forge_call import COND, with_chunks_repeated
-from .rows import CannotCarry, row_count, with_rows_repeated
+from .rows import CannotCarry, row_count
 from .tiles import SagInTiles
 
 BUILTIN_SAG_KEY = "sag_enabled"  # the infotext key the Forge hosts' built-in SAG writes when it is on
@@ -226,16 +226,14 @@ class ForgeAdapter:
         replaced = (c.get("transformer_options") or {}).get("patches_replace") or {}
         if replaced.get("attn1") or replaced.get("attn2"):  # another extension's attention sees every row of the
             return apply_model(x, timestep, **c)          # call and may mix them (StyleAlign shares it by chunk)
-        copies, rows = len(step.methods), slice(chunks.index(COND) * size, (chunks.index(COND) + 1) * size)
         try:
-            more = [with_rows_repeated(t, rows, copies, x.shape[0]) for t in (x, timestep)]
-            conditioning = with_chunks_repeated(c, rows, copies, x.shape[0], chunks, COND)
+            more_x, more_timestep, more_c = with_chunks_repeated(x, timestep, c, chunks, COND, len(step.methods))
         except CannotCarry as error:
             session.abandon_host_call(str(error))
             return apply_model(x, timestep, **c)
         session.arm_host_call(tiles_before=len(chunks), tiles_after=0, tile=size)
         try:
-            out = apply_model(*more, **conditioning)
+            out = apply_model(more_x, more_timestep, **more_c)
         except Exception as error:  # the host's own call, alone, tells whose error it was
             session.abandon_host_call(f"{type(error).__name__}: {error}")
             return apply_model(x, timestep, **c)

@@ -9,18 +9,21 @@ from .rows import rows_taken, with_rows_repeated
 COND, UNCOND = 0, 1  # a cond and an uncond chunk in `cond_or_uncond`
 
 
-def with_chunks_repeated(c: dict, rows: slice, copies: int, total: int, chunks: list, kind: int) -> dict:
-    """`c` of a call of `total` rows in `chunks`, with `copies` chunks of `kind` after them, each a copy of
-    the rows `rows`."""
+def with_chunks_repeated(x: torch.Tensor, timestep: torch.Tensor, c: dict, chunks: list, kind: int, copies: int):
+    """(x, timestep, c) of a call in `chunks` with `copies` more chunks of `kind` after them, each a copy of
+    its `kind` chunk."""
+    total = x.shape[0]
+    size = total // len(chunks)
+    rows = slice(chunks.index(kind) * size, (chunks.index(kind) + 1) * size)
     options = dict(c.get("transformer_options") or {})
     options["cond_or_uncond"] = list(chunks) + [kind] * copies
     if "cond_mark" in options:
         options["cond_mark"] = with_rows_repeated(options["cond_mark"], rows, copies, total)
     indices = "cond_indices" if kind == COND else "uncond_indices"
     if indices in options:
-        ours = copies * (rows.stop - rows.start)
-        options[indices] = list(options[indices]) + list(range(total, total + ours))
-    return _with_options(c, options, lambda value: with_rows_repeated(value, rows, copies, total))
+        options[indices] = list(options[indices]) + list(range(total, total + copies * size))
+    x, timestep = (with_rows_repeated(t, rows, copies, total) for t in (x, timestep))
+    return x, timestep, _with_options(c, options, lambda value: with_rows_repeated(value, rows, copies, total))
 
 
 def with_rows_of_chunks(c: dict, index: torch.Tensor, total: int, chunks: list, options: dict) -> dict:

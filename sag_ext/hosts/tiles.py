@@ -19,7 +19,7 @@ from ..core.capture import UncondChunk
 from ..core.guidance import X0Space
 from ..core.session import SagSession
 from .forge_call import COND, UNCOND, with_chunks_repeated, with_rows_of_chunks
-from .rows import CannotCarry, with_rows_repeated
+from .rows import CannotCarry
 
 
 class SagInTiles:
@@ -33,13 +33,11 @@ class SagInTiles:
         if self.session.step is None or UNCOND not in chunks:
             return self.theirs(apply_model, args)
         total, size = x.shape[0], x.shape[0] // len(chunks)
-        uncond = slice(chunks.index(UNCOND) * size, (chunks.index(UNCOND) + 1) * size)
         try:
             if "control" in c:
                 raise CannotCarry("ControlNet's outputs inside MultiDiffusion's tiles are made for their own rows")
-            carried = {"input": with_rows_repeated(x, uncond, 1, total),
-                       "timestep": with_rows_repeated(args["timestep"], uncond, 1, total),
-                       "c": with_chunks_repeated(c, uncond, 1, total, chunks, UNCOND),
+            carried_x, carried_timestep, carried_c = with_chunks_repeated(x, args["timestep"], c, chunks, UNCOND, 1)
+            carried = {"input": carried_x, "timestep": carried_timestep, "c": carried_c,
                        "cond_or_uncond": list(chunks) + [UNCOND]}
             tile_call = functools.partial(self.tile_call, apply_model, list(chunks), size,
                                           c.get("transformer_options") or {})
