@@ -33,12 +33,25 @@ def generation_params(p, args, defaults_class=SagParams):
     return params, options
 
 
+def session_class(defaults_class):
+    """The session a method's pass runs in: SAG's own, or the one PAG and SEG share."""
+    return SagSession if defaults_class.METHOD.key == SagParams.METHOD.key else PerturbedSession
+
+
+def session_settings(p, defaults_class, options: dict) -> dict:
+    """What the method's session takes from the webui's settings (an API request's own options for SAG's
+    preview)."""
+    if session_class(defaults_class) is SagSession:
+        api = getattr(p, "is_api", False)
+        return {"collect_preview": options.get("preview", False) if api else option("mask_preview", False)}
+    return {"rows_in_host_call": bool(option("in_webui_call", True, params_class=PagParams))}
+
+
 def start(p, args, host, defaults_class) -> None:
     """Script.process: parse the arguments, write the infotext and attach the method to `p`'s session."""
     method = defaults_class.METHOD
     end(p, defaults_class)
-    if method.key == "sag":
-        host.release_model_hooks()
+    host.release_model_hooks()
     for key in method.infotext_keys.values():
         p.extra_generation_params.pop(key, None)  # X/Y/Z cells share one dict
     try:
@@ -54,14 +67,8 @@ def start(p, args, host, defaults_class) -> None:
         return
     written = params.infotext(has_hires_pass=bool(getattr(p, "enable_hr", False)))
     p.extra_generation_params.update(written)
-    if method.key == "sag":
-        preview = options.get("preview", False) if getattr(p, "is_api", False) else option("mask_preview", False)
-        session = SagSession(params, collect_preview=preview)
-        session.attach_to(p)
-    else:
-        session = PerturbedSession.for_generation(p, method.key)
-        session.add(params)
-        session.rows_in_host_call = bool(option("in_webui_call", True, params_class=PagParams))
+    session = session_class(defaults_class).for_generation(p, method.key)
+    session.add(params, **session_settings(p, defaults_class, options))
     session.infotext[method.key] = written
 
 
@@ -76,32 +83,24 @@ def drop_infotext(p, session, key: str) -> None:
 
 def finish_batch(p, images, defaults_class) -> None:
     """Script.postprocess_batch, before the batch's infotexts are written: drop the method's keys if it
-    changed nothing, and make SAG's mask previews over the decoded images (B, 3, H, W in 0..1)."""
-    method = defaults_class.METHOD
-    if method.key != "sag":
-        session = PerturbedSession.of(p)
-        if session is not None and method.key in session.methods:
-            with session.guard():
-                session.end_batch()
-            if session.changed_nothing(method.key):
-                drop_infotext(p, session, method.key)
-        return
-    session = SagSession.of(p)
-    if session is None:
+    changed nothing, and make its preview pictures (SAG's mask) over the decoded images (B, 3, H, W in 0..1)."""
+    key = defaults_class.METHOD.key
+    session = session_class(defaults_class).of(p)
+    if session is None or key not in session.methods:
         return
     with session.guard():
         session.end_batch()
-    if session.changed_nothing():
-        drop_infotext(p, session, method.key)
-    blurred_share = session.take_blurred_share()
-    if blurred_share is None:
+    if session.changed_nothing(key):
+        drop_infotext(p, session, key)
+    share = session.take_preview()
+    if share is None:
         return
     from modules import images as webui_images, shared
 
     for index, image in enumerate(images):
         pixels = (image.movedim(0, -1).clamp(0, 1) * 255).byte().cpu().numpy()
-        preview = overlay(Image.fromarray(pixels), blurred_share[index % blurred_share.shape[0]])
-        session.add_preview(preview)
+        preview = overlay(Image.fromarray(pixels), share[index % share.shape[0]])
+        session.previews.append(preview)
         if option("save_preview", False):
             webui_images.save_image(preview, p.outpath_samples, "", p.seeds[index % len(p.seeds)],
                                     p.prompts[index % len(p.prompts)], shared.opts.samples_format,
@@ -109,20 +108,12 @@ def finish_batch(p, images, defaults_class) -> None:
 
 
 def end(p, defaults_class, processed=None) -> None:
-    """Script.postprocess (and before a new start): remove the hooks, say if the method changed nothing,
-    show SAG's previews, forget the session."""
-    if defaults_class.METHOD.key != "sag":
-        session = PerturbedSession.of(p)
-        if session is not None and session.end(defaults_class.METHOD.key, report=processed is not None):
-            PerturbedSession.detach_from(p)
+    """Script.postprocess (and before a new start): say if the method changed nothing; once every method of
+    its session has ended, remove the hooks, show the previews and forget the session."""
+    session = session_class(defaults_class).of(p)
+    if session is None or not session.end(defaults_class.METHOD.key, report=processed is not None):
         return
-    session = SagSession.of(p)
-    if session is None:
-        return
-    session.close()
-    if processed is not None:
-        session.report_unchanged()
-    SagSession.detach_from(p)
+    session.detach_from(p)
     if processed is not None and session.previews:
         processed.images.extend(session.previews)
         processed.infotexts.extend([processed.infotexts[0]] * len(session.previews))

@@ -190,7 +190,7 @@ def test_skipped_uncond_steps_get_no_correction(forge_host):
     on, p = forge_host.step(PARAMS, skip_uncond=lambda step: True)
     assert forge_host.model.calls == [(BATCH, [COND])]
     assert torch.equal(on, off)
-    assert SagSession.of(p).changed_nothing()
+    assert SagSession.of(p).changed_nothing("sag")
 
 
 def test_img2img_correction_stays_in_the_repainted_area(forge_host):

@@ -58,7 +58,7 @@ def test_controlnet_inside_the_tiles_makes_sag_step_aside(caplog):
     """ControlNet's outputs come made for the tiling wrapper's own rows: SAG steps aside with one line and
     the call runs as it came."""
     session = SagSession(PARAMS)
-    session.step, session.active = object(), True  # a step with work
+    session.step = object()  # a step with work
     seen = []
 
     def theirs(apply_model, args):

@@ -274,7 +274,7 @@ def test_preview_accumulates_the_mask_over_the_steps(host, script):
     script.process(p, True)
     session = p._sag_session = SagSession(SagParams(enabled=True), collect_preview=True)
     p.sample()
-    share = session.take_blurred_share()
+    share = session.take_preview()
     assert share.shape == (2, 32, 24)
     assert 0 <= share.min() and share.max() <= 1 and share.max() > 0
     steps = torch.tensor([1, 2, 3, 4]) / 4

@@ -23,15 +23,11 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from .console import StepsAside, report_off, report_separate_pass, report_unchanged
+from .console import report_separate_pass
+from .extra_pass import ExtraPassSession, Step
 from .guidance import autocast_off
 from .layers import find_layers
 from .perturbation import Change, PerturbationHooks
-
-ATTRIBUTE = "_perturbed_session"  # where the webui's `p` holds its PAG/SEG session
-
-SCALE_ZERO = "the scale is 0 (in a hires pass: hires pass \"off\", or a hires scale of 0)"
-OUTSIDE_RANGE = "steps outside start..end"
 
 
 def _std(t: torch.Tensor) -> torch.Tensor:
@@ -74,82 +70,38 @@ class NonFinitePass(RuntimeError):
 
 
 @dataclass
-class Step:
-    """A step with work: its methods' (params, scale), and what the adapter keeps of it for its pass."""
+class PerturbedStep(Step):
+    """A step with work, whose rows may ride in the host's own UNet call."""
 
-    methods: list
-    host: Any
     in_host_call: bool = False  # the step's rows ride in the host's own UNet call
     host_call_closed: bool = False  # no more offers: the rows were put in a call, or the pass has begun
     host_call_out: Optional[torch.Tensor] = None  # their output, once that call ran
 
 
-class PerturbedSession(StepsAside):
-    """PAG's and SEG's state in one generation (either or both). Never shared between generations or tabs.
+class PerturbedSession(ExtraPassSession):
+    """PAG's and SEG's extra pass in one generation (either or both; one pass over the cond rows, once per
+    method). Never shared between generations or tabs.
 
     A host adapter drives it per denoiser call: `begin_step` before the UNet calls, `end_step` after them
     (the perturbed pass), `apply` on the CFG result, `end_batch` when a batch ends. An exception inside
     turns both off for the rest of the generation, with one console line each.
     """
 
+    ATTRIBUTE = "_perturbed_session"  # where the webui's `p` holds its PAG/SEG session
+    HOOKS = PerturbationHooks
+    NON_FINITE = (NonFinitePass, "the perturbed pass gave inf or NaN (a float16 overflow in the model?); that "
+                                 "step and the later ones were left unguided")
+
     def __init__(self):
-        self.methods = {}  # method key -> params, in the order the generation added them
-        self.infotext = {}  # method key -> the infotext entries it wrote (generation.drop_infotext)
-        self.stopped_methods = set()
-        self.hooks: Optional[PerturbationHooks] = None
+        super().__init__()
         self.changes = {}  # method key -> its perturbation.Change in the hooked UNet
-        self.step: Optional[Step] = None
-        self.result = None  # (cond x0, [perturbed x0 per method]) of the step in progress
-        self.passes_finite: Optional[torch.Tensor] = None
-        self.guided_steps = {}  # method key -> device int
-        self.idle_reasons = {}  # method key -> set of reasons a step did nothing
-        self.started = False  # a step has begun: the session is sampling, no method joins any more
-        self.ended = set()  # the methods whose Script's postprocess ran
         self.rows_in_host_call = True  # the adapter may put the pass's rows into the host's call (a setting)
 
-    @staticmethod
-    def of(generation) -> Optional["PerturbedSession"]:
-        return getattr(generation, ATTRIBUTE, None)
-
-    @staticmethod
-    def for_generation(generation, key: str) -> "PerturbedSession":
-        """The session the method `key` joins: the generation's, where PAG's or SEG's Script made one for it
-        (they share it), or a new one where there is none or it is left from an earlier generation."""
-        session = PerturbedSession.of(generation)
-        if session is None or key in session.methods or session.started:
-            if session is not None:
-                session.close()
-            session = PerturbedSession()
-            setattr(generation, ATTRIBUTE, session)
-        return session
-
-    @staticmethod
-    def detach_from(generation) -> None:
-        setattr(generation, ATTRIBUTE, None)
-
-    @staticmethod
-    def owning(unet: torch.nn.Module) -> Optional["PerturbedSession"]:
-        return getattr(PerturbationHooks.attached(unet), "owner", None)
-
-    def add(self, params) -> None:
-        self.methods[params.METHOD.key] = params
-        self.idle_reasons.setdefault(params.METHOD.key, set())
-
-    def active_methods(self) -> list:
-        return [params for key, params in self.methods.items() if key not in self.stopped_methods]
-
-    @property
-    def active(self) -> bool:
-        return bool(self.active_methods())
-
-    def stop(self, reason: str, keys=None) -> None:
-        """Turn the methods `keys` (all if None) off for the rest of this generation, one line each."""
-        for params in self.active_methods():
-            if keys is None or params.METHOD.key in keys:
-                report_off(params.METHOD, reason)
-                self.stopped_methods.add(params.METHOD.key)
-        if not self.active:
-            self.close()
+    def add(self, params, rows_in_host_call: bool = True) -> None:
+        """A method joins with `params`; `rows_in_host_call`: the setting that lets the pass's rows ride in
+        the host's own call."""
+        super().add(params)
+        self.rows_in_host_call = rows_in_host_call
 
     def step_aside_for_others(self, written: dict, others: dict) -> None:
         """Turn off each method whose other implementation is on as well (never twice): `others` maps a
@@ -158,12 +110,6 @@ class PerturbedSession(StepsAside):
             for infotext_key, name in implementations.items():
                 if key in self.methods and key not in self.stopped_methods and written.get(infotext_key):
                     self.stop(f"{name} is on as well; turn one of them off", keys={key})
-
-    def close(self) -> None:
-        if self.hooks is not None:
-            self.hooks.remove()
-            self.hooks = None
-        self.step, self.result = None, None
 
     def _hook(self, unet: torch.nn.Module) -> None:
         """Hooks on the layers the methods name in `unet` (once per UNet); a method naming layers this
@@ -195,16 +141,9 @@ class PerturbedSession(StepsAside):
         if not self.active:
             return
         self._hook(unet)
-        methods = []
-        for params in self.active_methods():
-            scale = params.scale_for(hires_pass)
-            idle = SCALE_ZERO if scale == 0 else OUTSIDE_RANGE if not params.in_range(progress) else None
-            if idle:
-                self.idle_reasons[params.METHOD.key].add(idle)
-            else:
-                methods.append((params, scale))
+        methods = self.methods_of_step(progress, hires_pass)
         if methods and self.hooks is not None:
-            self.step = Step(methods, host)
+            self.step = PerturbedStep(methods, host)
 
     def _changes_of_step(self) -> list:
         return [self.changes[params.METHOD.key] for params, _ in self.step.methods]
@@ -259,8 +198,7 @@ class PerturbedSession(StepsAside):
         with autocast_off(x.device):
             cond = space.pred_x0(x, out_cond, noise_level)
             perturbed = [space.pred_x0(x, part.to(out_cond.dtype), noise_level) for part in out.chunk(copies)]
-            finite = torch.isfinite(out).all()
-        self.passes_finite = finite if self.passes_finite is None else self.passes_finite & finite
+            self.note_pass(torch.isfinite(out).all())
         self.result = (cond, perturbed)
 
     def apply(self, combined: torch.Tensor, x: torch.Tensor, noise_level: torch.Tensor, space,
@@ -277,33 +215,8 @@ class PerturbedSession(StepsAside):
             uncond = None if out_uncond is None else space.pred_x0(x, out_uncond, noise_level)
             for (params, scale), rows in zip(step.methods, perturbed):
                 cfg = guided(cfg, cond, rows, uncond, scale, params.rescale, params.rescale_mode)
-                key = params.METHOD.key
-                self.guided_steps[key] = self.guided_steps.get(key, 0) + self.passes_finite.int()
+                self.count_guided(params.METHOD.key, self.passes_finite)
             cfg = torch.where(self.passes_finite, cfg, start)  # after a non-finite pass, no guidance any more
             if repaint_mask is not None:
                 cfg = start + (cfg - start) * repaint_mask
             return space.output_from_x0(x, cfg, noise_level).to(combined.dtype)
-
-    def end_batch(self) -> None:
-        """When a batch ends (one host sync): NonFinitePass if a pass was not finite."""
-        if self.passes_finite is not None and not bool(self.passes_finite):
-            raise NonFinitePass("the perturbed pass gave inf or NaN (a float16 overflow in the model?); that "
-                                "step and the later ones were left unguided")
-
-    def changed_nothing(self, key: str) -> bool:
-        steps = self.guided_steps.get(key)
-        return steps is None or int(steps) == 0
-
-    def end(self, key: str, report: bool) -> bool:
-        """Script.postprocess of the method `key`: with `report`, one console line if it changed nothing in
-        this generation; True once every method of the session has ended (the hooks are then removed)."""
-        if key not in self.methods:
-            return False
-        params = self.methods[key]
-        if report and key not in self.stopped_methods and self.changed_nothing(key):
-            report_unchanged(params.METHOD, self.idle_reasons[key], "no sampling step reached it")
-        self.ended.add(key)
-        if set(self.methods) <= self.ended:
-            self.close()
-            return True
-        return False

@@ -1,10 +1,10 @@
-"""One generation's SAG: the capture hooks it owns, the step in progress and its correction.
+"""One generation's SAG: the extra pass (extra_pass.py) over the uncond rows, from the capture hooks it owns.
 
 A host adapter drives it once per denoiser call: `begin_step` before the UNet calls of a step,
 `end_step` after them (runs the degraded pass), `apply` on the CFG result, and `end_batch` when a batch
 ends. Any exception inside is caught: SAG stops for the rest of the generation with one log line and
 the hooks are removed. A step where SAG has nothing to do changes nothing, and the session remembers
-why for `report_unchanged`. While sampling, nothing is read back from the device: where that is known
+why for the report at the end. While sampling, nothing is read back from the device: where that is known
 from parameters and shapes, the step runs no pass; what depends on tensor values (an empty mask, a
 non-finite pass) is decided on the device after the pass, and read once, when the batch ends.
 """
@@ -14,13 +14,11 @@ from typing import Any, Callable, Optional
 import torch
 
 from .capture import MiddleBlockCapture, middle_block_attention
-from .console import StepsAside, report_off, report_unchanged
+from .extra_pass import ExtraPassSession, Step
 from .guidance import (MIN_LATENT_SIDE, GaussianBlur, attention_mask, autocast_off, degraded_input, guided,
                        latent_too_small, mask_empty_by_construction)
 from .params import SagParams
 from .preview import BlurredShare
-
-ATTRIBUTE = "_sag_session"  # where a host's per-generation object (the webui's `p`) holds its session
 
 
 class UnexpectedPassOutput(RuntimeError):
@@ -34,8 +32,6 @@ class NonFiniteCorrection(RuntimeError):
 
 # Why a step changed nothing; when no step of a generation had a correction, these are the reasons given.
 BLUR_ZERO = "blur sigma is 0"
-SCALE_ZERO = "the scale is 0 (in a hires pass: SAG hires pass \"off\", or a hires scale of 0)"
-OUTSIDE_RANGE = "steps outside SAG start..end"
 LATENT_TOO_SMALL = f"the latent is smaller than {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}"
 NO_UNCOND = "steps without a negative-prompt pass (CFG 1, Skip early CFG or NGMS)"
 EMPTY_MASK = ("no latent position received more attention than the threshold (a 1x1 middle-block grid, "
@@ -43,68 +39,47 @@ EMPTY_MASK = ("no latent position received more attention than the threshold (a 
 
 
 @dataclass
-class Step:
-    """A step whose capture is armed: its scale, and what the adapter keeps of it for its pass."""
+class SagStep(Step):
+    """A step whose capture is armed."""
 
-    scale: float
-    host: Any
     tiles_correction: Optional[torch.Tensor] = None  # blended by a tiling neighbour (`keep_tiles_correction`)
 
+    @property
+    def scale(self) -> float:
+        return self.methods[0][1]
 
-class SagSession(StepsAside):
-    """SAG state of one generation. Never shared between generations or tabs."""
 
-    def __init__(self, params: SagParams, collect_preview: bool = False):
-        self.params = params
-        self.infotext = {}  # method key -> the infotext entries it wrote (generation.drop_infotext)
-        self.active = params.enabled and params.blur_sigma > 0
-        self.idle_reasons = set() if params.blur_sigma > 0 else {BLUR_ZERO}  # why steps changed nothing
-        self.capture: Optional[MiddleBlockCapture] = None
-        self.step: Optional[Step] = None
-        self.blur = GaussianBlur(params.blur_sigma)
-        self.correction: Optional[tuple] = None  # (unscaled correction, scale) of the step in progress
-        self.passes_finite: Optional[torch.Tensor] = None  # device bool: was every pass so far finite?
-        self.corrected_steps: Optional[torch.Tensor] = None  # device int: steps whose correction reached the image
+class SagSession(ExtraPassSession):
+    """SAG's extra pass in one generation. Never shared between generations or tabs."""
+
+    ATTRIBUTE = "_sag_session"  # where a host's per-generation object (the webui's `p`) holds its session
+    HOOKS = MiddleBlockCapture
+    NON_FINITE = (NonFiniteCorrection, "SAG's pass gave inf or NaN (a float16 overflow in the model?); "
+                                       "that step and the later ones were left uncorrected")
+    SCALE_ZERO = "the scale is 0 (in a hires pass: SAG hires pass \"off\", or a hires scale of 0)"
+    OUTSIDE_RANGE = "steps outside SAG start..end"
+
+    def __init__(self, params: Optional[SagParams] = None, collect_preview: bool = False):
+        super().__init__()
         self.degraded_passes = 0
-        self.stopped = False  # turned off by an error or an unsupported input, not by its parameters
-        self.collect_preview = collect_preview
+        self.params, self.blur, self.blurred_share = None, None, None
+        if params is not None:
+            self.add(params, collect_preview)
+
+    def add(self, params: SagParams, collect_preview: bool = False) -> None:
+        """SAG joins with `params`; `collect_preview`: keep the share of steps each latent pixel was blurred in."""
+        super().add(params)
+        self.params, self.blur = params, GaussianBlur(params.blur_sigma)
         self.blurred_share = BlurredShare() if collect_preview else None
-        self.previews = []  # finished preview pictures, for the host to show (add_preview)
+        if params.blur_sigma <= 0:
+            self.rest(params, BLUR_ZERO)
 
-    @staticmethod
-    def of(generation) -> Optional["SagSession"]:
-        """The session attached to a host's per-generation object (the webui's `p`), if SAG is on for it."""
-        return getattr(generation, ATTRIBUTE, None)
-
-    def attach_to(self, generation) -> None:
-        setattr(generation, ATTRIBUTE, self)
-
-    @staticmethod
-    def detach_from(generation) -> None:
-        setattr(generation, ATTRIBUTE, None)
-
-    def stop(self, reason: str) -> None:
-        """Turn SAG off for the rest of this generation, with one log line."""
-        if self.active:
-            report_off(SagParams.METHOD, reason)
-        self.active, self.stopped = False, True
-        self.close()
-
-    def close(self) -> None:
-        """Remove the hooks and drop per-step tensors; safe to call more than once."""
-        if self.capture is not None:
-            self.capture.remove()
-            self.capture = None
-        self.step = None
-        self.correction = None
+    @property
+    def collect_preview(self) -> bool:
+        return self.blurred_share is not None
 
     def owns(self, attn: torch.nn.Module) -> bool:
-        return self.capture is not None and self.capture.is_attached_to(attn)
-
-    @staticmethod
-    def owning(attn: torch.nn.Module) -> Optional["SagSession"]:
-        """The session whose capture is attached to `attn` (the one whose step is in progress), if any."""
-        return getattr(MiddleBlockCapture.attached(attn), "owner", None)
+        return self.hooks is not None and self.hooks.is_attached_to(attn)
 
     def begin_step(self, unet: torch.nn.Module, rows, latent_size: tuple, progress: float = 0.0,
                    hires_pass: bool = False, host: Any = None) -> None:
@@ -115,21 +90,21 @@ class SagSession(StepsAside):
         the adapter keeps for its pass (`self.step.host`). Steps outside the parameters' range, or with
         scale 0, do no work at all.
         """
-        self.step, self.correction = None, None
+        self.step, self.result = None, None
         if not self.active:
             return
-        scale = self.params.scale_for(hires_pass)
-        idle_reason = (SCALE_ZERO if scale == 0 else OUTSIDE_RANGE if not self.params.in_range(progress)
-                       else LATENT_TOO_SMALL if latent_too_small(tuple(latent_size)) else None)
-        if idle_reason:
-            self.idle_reasons.add(idle_reason)
+        methods = self.methods_of_step(progress, hires_pass)
+        if not methods:
+            return
+        if latent_too_small(tuple(latent_size)):
+            self.idle_reasons[self.params.METHOD.key].add(LATENT_TOO_SMALL)
             return
         transformer, attn = middle_block_attention(unet)
         if not self.owns(attn):
             self.close()
-            self.capture = MiddleBlockCapture(unet, transformer, attn, owner=self)
-        self.step = Step(scale, host)
-        self.capture.arm(rows, latent_size)
+            self.hooks = MiddleBlockCapture(unet, transformer, attn, owner=self)
+        self.step = SagStep(methods, host)
+        self.hooks.arm(rows, latent_size)
 
     def end_step(self, x: torch.Tensor, out_uncond: Optional[torch.Tensor], noise_level: torch.Tensor, space,
                  degraded_pass: Callable[[torch.Tensor], torch.Tensor],
@@ -141,20 +116,20 @@ class SagSession(StepsAside):
         the uncond conditioning; `repaint_mask` (img2img) limits the correction to the repainted area.
         """
         step, self.step = self.step, None
-        if step is None or self.capture is None:
+        if step is None or self.hooks is None:
             return
         if step.tiles_correction is not None:
             correction = step.tiles_correction
-            self.correction = (correction if repaint_mask is None else correction * repaint_mask, step.scale)
+            self.result = (correction if repaint_mask is None else correction * repaint_mask, step.scale)
             return
         correction = self._correction(x, out_uncond, noise_level, space, degraded_pass, repaint_mask, preview=True)
         if correction is not None:
-            self.correction = (correction, step.scale)
+            self.result = (correction, step.scale)
 
     def arm_tiles(self, rows) -> None:
         """Before one UNet call of a tiling neighbour (MultiDiffusion) over tiles of the step's image, in a step
         with SAG work: record the rows `rows` selects (their uncond rows)."""
-        self.capture.arm(rows)
+        self.hooks.arm(rows)
 
     def tile_correction(self, x: torch.Tensor, out_uncond: torch.Tensor, noise_level: torch.Tensor, space,
                         degraded_pass: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -163,8 +138,8 @@ class SagSession(StepsAside):
         (zeros where the tiles have nothing to correct); `keep_tiles_correction` with the blend."""
         correction = None
         if latent_too_small(tuple(x.shape[-2:])):
-            self.capture.take()
-            self.idle_reasons.add(LATENT_TOO_SMALL)
+            self.hooks.take()
+            self.idle_reasons[self.params.METHOD.key].add(LATENT_TOO_SMALL)
         else:
             correction = self._correction(x, out_uncond, noise_level, space, degraded_pass, None, preview=False)
         return torch.zeros_like(out_uncond) if correction is None else correction.to(out_uncond.dtype)
@@ -176,15 +151,15 @@ class SagSession(StepsAside):
     def _correction(self, x, out_uncond, noise_level, space, degraded_pass, repaint_mask, preview: bool):
         """The gated, unscaled correction of the rows `x` from the capture's record, or None where they have
         nothing to correct (the reason kept)."""
-        captured = self.capture.take()
-        if self.capture.error is not None:
-            raise self.capture.error
+        captured = self.hooks.take()
+        if self.hooks.error is not None:
+            raise self.hooks.error
         if captured is None:  # the host skipped the uncond rows this step (CFG 1, skip early CFG, NGMS)
-            self.idle_reasons.add(NO_UNCOND)
+            self.idle_reasons[self.params.METHOD.key].add(NO_UNCOND)
             return None
         mass, grid = captured
         if mask_empty_by_construction(grid, self.params.threshold):
-            self.idle_reasons.add(EMPTY_MASK)
+            self.idle_reasons[self.params.METHOD.key].add(EMPTY_MASK)
             return None
         with autocast_off(x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
             mask = attention_mask(mass, grid, tuple(out_uncond.shape[-2:]), self.params.threshold)
@@ -207,44 +182,25 @@ class SagSession(StepsAside):
         """`correction`, or zeros where it must not reach the image, decided on the device (a host sync here
         would stall the GPU): after a non-finite pass (an fp16 overflow) no correction reaches it any more,
         and a step whose mask is empty for every row has nothing to correct (its pass is the uncond itself)."""
-        finite = torch.isfinite(correction).all()
-        self.passes_finite = finite if self.passes_finite is None else self.passes_finite & finite
+        self.note_pass(torch.isfinite(correction).all())
         reaches_image = self.passes_finite & mask.any()
-        self.corrected_steps = (reaches_image.int() if self.corrected_steps is None
-                                else self.corrected_steps + reaches_image)
+        self.count_guided(self.params.METHOD.key, reaches_image)
         return torch.where(reaches_image, correction, 0.0)
 
-    def take_blurred_share(self) -> Optional[torch.Tensor]:
+    def take_preview(self) -> Optional[torch.Tensor]:
         """(B, H, W) in [0, 1]: the share of the last pass's SAG steps in which each latent pixel was
         blurred, or None without a preview; the next batch starts its own."""
         return None if self.blurred_share is None else self.blurred_share.take()
 
-    def add_preview(self, picture) -> None:
-        """Keep a finished preview picture for the host to show when the generation ends."""
-        self.previews.append(picture)
-
     def apply(self, combined: torch.Tensor) -> torch.Tensor:
         """The CFG result plus this step's correction (nothing if the step had none)."""
-        step_correction, self.correction = self.correction, None
+        step_correction, self.result = self.result, None
         if step_correction is None:
             return combined
         correction, scale = step_correction
         return guided(combined, correction, scale)
 
-    def end_batch(self) -> None:
-        """When a batch ends (one host sync): raise NonFiniteCorrection if a pass was not finite; its step and
-        all later ones were left uncorrected, so SAG steps aside."""
-        if self.passes_finite is not None and not bool(self.passes_finite):
-            raise NonFiniteCorrection("SAG's pass gave inf or NaN (a float16 overflow in the model?); "
-                                      "that step and the later ones were left uncorrected")
-
-    def changed_nothing(self) -> bool:
-        """Whether no step got a correction: the images are exactly the SAG-off ones (one host sync)."""
-        return self.corrected_steps is None or int(self.corrected_steps) == 0
-
-    def report_unchanged(self) -> None:
-        """The one console line saying why SAG changed nothing (an error that stopped it has said so already)."""
-        if self.changed_nothing() and not self.stopped:
-            if self.degraded_passes:  # every pass that ran was finite (else SAG stopped) and had an empty mask
-                self.idle_reasons.add(EMPTY_MASK)
-            report_unchanged(SagParams.METHOD, self.idle_reasons, "no sampling step reached SAG")
+    def unchanged_reasons(self, key: str) -> set:
+        if self.degraded_passes:  # every pass that ran was finite (else SAG stopped) and had an empty mask
+            self.idle_reasons[key].add(EMPTY_MASK)
+        return self.idle_reasons[key]
