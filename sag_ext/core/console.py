@@ -1,6 +1,5 @@
 """The console lines a method writes: at most one per generation, saying it is off or changed nothing, and
-why; and the guard that turns an error inside a method into such a line."""
-import contextlib
+why."""
 import logging
 
 log = logging.getLogger("sd_webui_sag")
@@ -25,14 +24,3 @@ def report_separate_pass(methods: list, reason: str) -> None:
     log.warning("%s the webui's UNet call could not carry their rows (%s); for the rest of this generation they "
                 "run in a call of their own", "".join(f"[{method.abbreviation}]" for method in methods), reason)
 
-
-class StepsAside:
-    """A session whose `stop(reason)` turns its method(s) off for the generation with one console line."""
-
-    @contextlib.contextmanager
-    def guard(self):
-        """Run host-facing work; an exception stops the method for this generation instead of reaching the host."""
-        try:
-            yield
-        except Exception as error:
-            self.stop(f"{type(error).__name__}: {error}")

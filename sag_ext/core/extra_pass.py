@@ -16,12 +16,13 @@ steps each method guided (both kept on the device and read once per batch), and 
 A subclass (`SagSession`, `PerturbedSession`) adds its rows, its pass and its equation; a host adapter
 drives it per step (`begin_step`, `end_step`, `apply`) and the generation per batch and at the end.
 """
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
-from .console import StepsAside, report_off, report_unchanged
+from .console import report_off, report_unchanged
 from .hooks import MarkedHooks
 
 
@@ -33,7 +34,7 @@ class Step:
     host: Any
 
 
-class ExtraPassSession(StepsAside):
+class ExtraPassSession:
     """One generation's extra pass, for the methods that joined it. Never shared between generations or tabs."""
 
     ATTRIBUTE = ""  # where the host's per-generation object holds the session
@@ -118,6 +119,14 @@ class ExtraPassSession(StepsAside):
                 self.stopped_methods.add(params.METHOD.key)
         if not self.active:
             self.close()
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Run host-facing work; an exception stops the methods for this generation instead of reaching the host."""
+        try:
+            yield
+        except Exception as error:
+            self.stop(f"{type(error).__name__}: {error}")
 
     def close(self) -> None:
         """Remove the hooks and drop the step in progress; safe to call more than once."""
