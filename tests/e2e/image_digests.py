@@ -19,14 +19,7 @@ import os
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from e2e.sag_api import BASE, PAG, SEG, TITLE as SAG, decode, encode, with_sag  # noqa: E402
-from harness.server import ForgeWebUI, WebUI  # noqa: E402
-
-SAG_ON, PAG_ON, SEG_ON = {SAG: [True, 0.8, 2.0, 1.0]}, {PAG: [True, 3.0]}, {SEG: [{"scale": 3.0}]}
 HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 2,
          "denoising_strength": 0.6}
 FORGE_HIRES = {"hr_additional_modules": ["Use same choices"], "hr_cfg": 5}  # the Forge API's hires defaults fail
@@ -34,6 +27,10 @@ FORGE_HIRES = {"hr_additional_modules": ["Use same choices"], "hr_cfg": 5}  # th
 
 def cases(webui_kind: str) -> dict:
     """name: (endpoint, payload, the methods' arguments)."""
+    from PIL import Image
+    from e2e.sag_api import BASE, PAG, SEG, TITLE as SAG, encode
+
+    SAG_ON, PAG_ON, SEG_ON = {SAG: [True, 0.8, 2.0, 1.0]}, {PAG: [True, 3.0]}, {SEG: [{"scale": 3.0}]}
     hires = {**HIRES, **(FORGE_HIRES if webui_kind == "forge" else {})}
     mask = Image.new("L", (BASE["width"], BASE["height"]), 0)
     mask.paste(255, (32, 32, 96, 96))
@@ -60,6 +57,12 @@ def cases(webui_kind: str) -> dict:
 
 
 def digests(webui_kind: str) -> dict:
+    """The webui's images and infotext keys, case by case (the harness needs numpy and Pillow: imported here, so that
+    `--compare` runs with any Python)."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    from e2e.sag_api import decode, with_sag
+    from harness.server import ForgeWebUI, WebUI
+
     server = WebUI if webui_kind == "a1111" else ForgeWebUI
     found = {}
     with server(checkpoint_cache=os.environ.get("SD_WEBUI_TEST_CACHE")) as webui:
