@@ -24,10 +24,14 @@ rotates from repeat to repeat:
 * <c>_off_paired: the median over the repeats of each repeat's own ratio to its off generation (the
   variants of a repeat run back to back), which drifts of the machine's speed between repeats do not move;
   where a generation is bound by the host's Python (SDXL at 1024² on an H200), such drifts reach tens of
-  percent.
+  percent;
+* segments_off_ms, segments_<c>_ms (A1111, whose probe times each step's stretches): {"a>b": [host ms,
+  GPU ms]}, the medians over the repeats of where a step's time goes between the CFG denoiser's entry
+  ("step"), each model call over N rows ("callN" to "endN") and its exit ("done"): e.g. our work before
+  the call and after it, apart from the call itself.
 
 `--profile DIR` writes, per configuration, the profiler's operator tables of one generation off and one
-with the first variant on into DIR.
+with the first variant on into DIR (Forge: with the host milliseconds of SAG's parts before them).
 
     python benchmarks/guidance_gpu.py --webui a1111|forge --host "<name> <commit>" --json ROWS.json [--configs ...]
 
@@ -45,7 +49,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.webui_gpu import ROOT, STEPS, measure, write  # noqa: E402
+from benchmarks.webui_gpu import ROOT, STEPS, measure, segments, write  # noqa: E402
 from harness.server import ForgeWebUI, WebUI  # noqa: E402
 
 WEBUIS = {  # --webui: (the harness's class, the probe extension, {model family: the test checkpoint})
@@ -100,19 +104,25 @@ def row(name, gpu, host, runs):
         result[f"{label}_off_paired"] = (round(statistics.median(t / t_off for (t, _), (t_off, _)
                                                                  in zip(runs[label], runs["off"])), 4)
                                          if measured else None)
+    for label in ["off", *VARIANTS]:  # A1111's probe times where a step's time goes
+        if label in runs and all("step_segments_ms" in record for _, record in runs[label]):
+            result[f"segments_{label}_ms"] = {name: [round(ms, 3) for ms in clocks]
+                                              for name, clocks in segments(runs[label]).items()}
     return result
 
 
-def profile(webui, name, bodies, out: Path):
-    """Per body (after one plain warm-up): the host milliseconds of a step and of SAG's parts in one
-    generation, then the profiler tables of another, into `out`."""
+def profile(webui, name, bodies, out: Path, host_times: bool):
+    """Per body (after one plain warm-up): with `host_times` (Forge's probe), the host milliseconds of a step
+    and of SAG's parts in one generation; then the profiler tables of another, into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     for label, body in bodies.items():
         webui.post("/sdapi/v1/txt2img", body)
-        webui.post("/sag-bench/host-times", {})
-        webui.post("/sdapi/v1/txt2img", body)
-        host_ms = webui.get("/sag-bench/last")["host_ms"]
-        print(f"{name} {label} host ms: {json.dumps(host_ms)}", flush=True)
+        host_ms = {}
+        if host_times:
+            webui.post("/sag-bench/host-times", {})
+            webui.post("/sdapi/v1/txt2img", body)
+            host_ms = webui.get("/sag-bench/last")["host_ms"]
+            print(f"{name} {label} host ms: {json.dumps(host_ms)}", flush=True)
         webui.post("/sag-bench/profile", {})
         webui.post("/sdapi/v1/txt2img", body)
         record = webui.get("/sag-bench/last")
@@ -138,7 +148,7 @@ def main():
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--host", help="the host's name and commit, for the rows")
     parser.add_argument("--json", type=Path, help="write the rows here")
-    parser.add_argument("--profile", type=Path, help="Forge: write profiler tables of one generation off and one on here")
+    parser.add_argument("--profile", type=Path, help="write profiler tables of one generation off and one on here")
     parser.add_argument("--skip-timing", action="store_true", help="only --profile")
     parser.add_argument("--repeats", type=int, help="repeats per configuration instead of its own count")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
@@ -168,7 +178,8 @@ def main():
                 variants[1:1] = [(label, webui, payload(size, batch, *VARIANTS[label]), None) for label in args.variants
                                  if set(VARIANTS[label][0]) <= titles]  # a built-in the host lacks is left out
                 if args.profile:  # off and the first variant on
-                    profile(webui, name, {label: body for label, _, body, _ in variants[:2]}, args.profile)
+                    profile(webui, name, {label: body for label, _, body, _ in variants[:2]}, args.profile,
+                            host_times=args.webui == "forge")
                 if args.skip_timing:
                     continue
                 rows.append(row(name, gpu, args.host, measure(variants, warmup, args.repeats or repeats)))

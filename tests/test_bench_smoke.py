@@ -81,6 +81,24 @@ def test_guidance_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
     guidance_gpu.print_table([row])
 
 
+def test_guidance_gpu_rows_hold_where_an_a1111_step_goes():
+    """With A1111's probe records (step segments), each variant's row holds the medians of its segments over
+    the repeats, host and GPU; Forge's records have none, and its rows no such cells (above)."""
+    from benchmarks import guidance_gpu
+
+    def runs(seconds, before_call):
+        segments = [{"step>call6": {"host": ms, "gpu": ms / 2}, "call6>end6": {"host": 5.0, "gpu": 9.0}}
+                    for ms in before_call]
+        return [(s, {"peak_mib": 1.0, "call_ms": {"1": 1.0, "2": 2.0, "3": 3.0, "4": 4.0}, "step_segments_ms": step})
+                for s, step in zip(seconds, segments)]
+
+    timed = {"off": runs([1.0, 1.0, 1.0], [1.0, 1.0, 1.0]), "pag_seg": runs([1.2, 1.1, 1.3], [2.0, 4.0, 3.0])}
+    timed["tile_calls"] = timed["off"]
+    row = guidance_gpu.row("sd15-512-b1", "GPU", "A1111 abc", timed)
+    assert row["segments_pag_seg_ms"] == {"step>call6": [3.0, 1.5], "call6>end6": [5.0, 9.0]}
+    assert row["segments_off_ms"]["step>call6"] == [1.0, 0.5] and "segments_sag_ms" not in row
+
+
 def test_guidance_gpu_variants_name_the_setting_they_change():
     """pag_separate is PAG with its rows in a call of their own, through the request's settings."""
     from benchmarks import guidance_gpu
