@@ -182,6 +182,20 @@ def test_snf_picks_from_both_guidances():
     assert (from_term | from_cfg).all() and from_term.any() and from_cfg.any()
 
 
+@pytest.mark.parametrize("rescale,mode", [(0.7, "full"), (0.7, "partial"), (0.0, "snf")])
+def test_the_equation_makes_no_tensor_from_host_data(monkeypatch, rescale, mode):
+    """Every tensor of a step is made on the device: a tensor from host data (`torch.tensor`) must be copied
+    there, and on a GPU that copy waits for every kernel queued before it, in every step (snf's blur kernel
+    was one)."""
+    def from_host_data(*args, **kwargs):
+        raise AssertionError("torch.tensor in a sampling step")
+
+    g = torch.Generator().manual_seed(4)
+    cfg, cond, perturbed, uncond = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(4))
+    monkeypatch.setattr(torch, "tensor", from_host_data)
+    guided(cfg, cond, perturbed, uncond, 2.5, rescale, mode)
+
+
 def test_changed_rows_are_slices_of_neighbouring_images():
     """Rows are changed through slices (no index tensor to copy to the device in every call): one per run
     of neighbouring images, per_image rows each (Hypertile splits an image's tokens into several rows)."""
