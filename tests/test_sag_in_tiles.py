@@ -9,6 +9,7 @@ from forge_standin.multidiffusion import MultiDiffusion
 from forge_standin.sampling import COND, UNCOND
 from sag_ext.core.params import SagParams
 from sag_ext.core.session import SagSession
+from sag_ext.hosts import forge_call, tiles as tiles_module
 from sag_ext.hosts.tiles import SagInTiles
 from test_forge_standin import BATCH, PARAMS, ForgeHost, reference_correction
 
@@ -52,6 +53,33 @@ def test_steps_without_sag_run_the_tiles_untouched():
     outside = SagParams(enabled=True, scale=0.8, blur_sigma=2.0, threshold=1.0, start=0.5, end=1.0)
     on, _ = host.step(outside, x=X, unet_wrapper=tiling())
     torch.testing.assert_close(on, off, atol=0, rtol=0)
+
+
+class TensorsOnTheDevice:
+    """torch as our tile code may use it: no tensor from host data, every index made where x is. On a GPU a
+    tensor made on the host is copied to the device, and the copy waits for every queued kernel."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def tensor(*args, **kwargs):
+        raise AssertionError("a tensor from host data")
+
+    @staticmethod
+    def arange(*args, device=None, **kwargs):
+        assert device is not None, "an index made on the host"
+        return torch.arange(*args, device=device, **kwargs)
+
+
+def test_the_tile_calls_make_their_tensors_on_the_device(monkeypatch):
+    host = ForgeHost()
+    want, _ = host.step(PARAMS, x=X, unet_wrapper=tiling())
+    for module in (tiles_module, forge_call):
+        monkeypatch.setattr(module, "torch", TensorsOnTheDevice())
+    on, p = host.step(PARAMS, x=X, unet_wrapper=tiling())
+    assert not SagSession.of(p).stopped
+    torch.testing.assert_close(on, want, atol=0, rtol=0)
 
 
 def test_controlnet_inside_the_tiles_makes_sag_step_aside(caplog):

@@ -32,7 +32,9 @@ def with_rows_of_chunks(c: dict, index: torch.Tensor, total: int, chunks: list, 
     options, size = dict(options), index.shape[0] // len(chunks)
     options["cond_or_uncond"] = list(chunks)
     if "cond_mark" in options:
-        options["cond_mark"] = torch.tensor([kind for kind in chunks for _ in range(size)]).to(options["cond_mark"])
+        mark = options["cond_mark"]  # made on its device: no copy of host data, which waits for the GPU
+        options["cond_mark"] = torch.cat([torch.full((size,), kind, dtype=mark.dtype, device=mark.device)
+                                          for kind in chunks])
     for indices, kind in (("cond_indices", COND), ("uncond_indices", UNCOND)):
         if indices in options:
             options[indices] = [i * size + r for i, each in enumerate(chunks) if each == kind for r in range(size)]

@@ -55,7 +55,7 @@ class SagInTiles:
         if x.shape[0] % per_tile:
             raise CannotCarry(f"a call of {x.shape[0]} rows for tiles of {per_tile}")
         tiles, total = x.shape[0] // per_tile, x.shape[0]
-        rows = torch.arange(total).view(tiles, len(chunks) + 1, size)
+        rows = torch.arange(total, device=x.device).view(tiles, len(chunks) + 1, size)  # made there: no copy
         host = rows[:, :-1].transpose(0, 1).reshape(-1)  # chunk by chunk, each tile after tile
         uncond = rows[:, chunks.index(UNCOND)].reshape(-1)
         self.session.arm_tiles(UncondChunk(target=tiles * size))
@@ -67,6 +67,6 @@ class SagInTiles:
         correction = self.session.tile_correction(x_uncond, out_uncond, t_uncond, X0Space(),
                                                   lambda x_degraded: apply_model(x_degraded, t_uncond, **pass_kwargs))
         out = out_host.new_empty((total, *out_host.shape[1:]))
-        out[host.to(out.device)] = out_host
-        out[rows[:, -1].reshape(-1).to(out.device)] = correction
+        out[host] = out_host
+        out[rows[:, -1].reshape(-1)] = correction
         return out
