@@ -30,6 +30,8 @@ class NonFiniteCorrection(RuntimeError):
     later one was applied."""
 
 
+KEY = SagParams.METHOD.key  # SAG's entries in the session's per-method records
+
 # Why a step changed nothing; when no step of a generation had a correction, these are the reasons given.
 BLUR_ZERO = "blur sigma is 0"
 LATENT_TOO_SMALL = f"the latent is smaller than {MIN_LATENT_SIDE}x{MIN_LATENT_SIDE}"
@@ -62,17 +64,21 @@ class SagSession(ExtraPassSession):
     def __init__(self, params: Optional[SagParams] = None, collect_preview: bool = False):
         super().__init__()
         self.degraded_passes = 0
-        self.params, self.blur, self.blurred_share = None, None, None
+        self.blur, self.blurred_share = None, None
         if params is not None:
             self.add(params, collect_preview)
 
     def add(self, params: SagParams, collect_preview: bool = False) -> None:
         """SAG joins with `params`; `collect_preview`: keep the share of steps each latent pixel was blurred in."""
         super().add(params)
-        self.params, self.blur = params, GaussianBlur(params.blur_sigma)
+        self.blur = GaussianBlur(params.blur_sigma)
         self.blurred_share = BlurredShare() if collect_preview else None
         if params.blur_sigma <= 0:
             self.rest(params, BLUR_ZERO)
+
+    @property
+    def params(self) -> Optional[SagParams]:
+        return self.methods.get(KEY)
 
     @property
     def collect_preview(self) -> bool:
@@ -97,7 +103,7 @@ class SagSession(ExtraPassSession):
         if not methods:
             return
         if latent_too_small(tuple(latent_size)):
-            self.idle_reasons[self.params.METHOD.key].add(LATENT_TOO_SMALL)
+            self.idle_reasons[KEY].add(LATENT_TOO_SMALL)
             return
         transformer, attn = middle_block_attention(unet)
         if not self.owns(attn):
@@ -139,7 +145,7 @@ class SagSession(ExtraPassSession):
         correction = None
         if latent_too_small(tuple(x.shape[-2:])):
             self.hooks.take()
-            self.idle_reasons[self.params.METHOD.key].add(LATENT_TOO_SMALL)
+            self.idle_reasons[KEY].add(LATENT_TOO_SMALL)
         else:
             correction = self._correction(x, out_uncond, noise_level, space, degraded_pass, None, preview=False)
         return torch.zeros_like(out_uncond) if correction is None else correction.to(out_uncond.dtype)
@@ -155,11 +161,11 @@ class SagSession(ExtraPassSession):
         if self.hooks.error is not None:
             raise self.hooks.error
         if captured is None:  # the host skipped the uncond rows this step (CFG 1, skip early CFG, NGMS)
-            self.idle_reasons[self.params.METHOD.key].add(NO_UNCOND)
+            self.idle_reasons[KEY].add(NO_UNCOND)
             return None
         mass, grid = captured
         if mask_empty_by_construction(grid, self.params.threshold):
-            self.idle_reasons[self.params.METHOD.key].add(EMPTY_MASK)
+            self.idle_reasons[KEY].add(EMPTY_MASK)
             return None
         with autocast_off(x.device):  # SAG's own arithmetic; the degraded pass runs under the host's autocast
             mask = attention_mask(mass, grid, tuple(out_uncond.shape[-2:]), self.params.threshold)
@@ -184,7 +190,7 @@ class SagSession(ExtraPassSession):
         and a step whose mask is empty for every row has nothing to correct (its pass is the uncond itself)."""
         self.note_pass(torch.isfinite(correction).all())
         reaches_image = self.passes_finite & mask.any()
-        self.count_guided(self.params.METHOD.key, reaches_image)
+        self.count_guided(KEY, reaches_image)
         return torch.where(reaches_image, correction, 0.0)
 
     def take_preview(self) -> Optional[torch.Tensor]:
