@@ -22,7 +22,11 @@ class CompVisDenoiser:
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         return (self.sigmas.log()[None, :] - sigma.log()[:, None]).abs().argmin(dim=1)
 
-    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        """As a torch module's call: the instance's `forward`, which another extension may replace (Tiled Diffusion)."""
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
         c_in = (sigma ** 2 + 1).rsqrt().view(-1, 1, 1, 1)
         eps = self.apply_model(x * c_in, self.sigma_to_t(sigma), cond)
         return x - sigma.view(-1, 1, 1, 1) * eps

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from script_loader import load_script_module
-from modules import processing, script_callbacks, sd_unet
+from modules import processing, script_callbacks, sd_unet, shared
 from modules.sd_samplers_kdiffusion import CFGDenoiserKDiffusion
 from modules.sd_samplers_timesteps import CFGDenoiserTimesteps
 from sag_ext.core.capture import middle_block_attention
@@ -374,3 +374,118 @@ def test_tiles_of_the_latent_make_sag_step_aside(host, script, caplog):
     assert [record.getMessage() for record in caplog.records] == [
         "[SAG] Self-Attention Guidance is off for this generation: UnsupportedAttention: the model ran on a 16x16 "
         "tile of the 32x32 latent (Tiled Diffusion?): SAG's mask needs the middle-block attention of the whole image"]
+
+
+# ---- SAG per tile inside Tiled Diffusion (tests/webui_standin/tiled_diffusion.py) ----------------------
+
+TILED = dict(height=32, width=32, tile=16, overlap=8, batch=4)  # 3 x 3 tiles in calls of 4, 4 and 1
+
+
+def tiled_step(script, args, tiler, denoiser_class=CFGDenoiserKDiffusion, x=None, sigma=None, p=None):
+    """One denoiser call with `tiler` hooked as Tiled Diffusion hooks itself, inside process/postprocess."""
+    p = p or make_p()
+    script.process(p, *args)
+    denoiser = denoiser_class(p, total_steps=10)
+    from tiled_diffusion import MixtureOfDiffusers
+    if isinstance(tiler, MixtureOfDiffusers):
+        tiler.hook(shared.sd_model)
+    else:
+        tiler.hook(denoiser)
+    try:
+        out = denoiser(x, sigma, cond=(p.conds_list, p.cond), uncond=p.uncond, cond_scale=p.cfg_scale,
+                       s_min_uncond=0.0, image_cond=torch.zeros(x.shape[0], 5, 1, 1))
+    finally:
+        if isinstance(tiler, MixtureOfDiffusers):
+            tiler.unhook(shared.sd_model)
+    script.postprocess(p, None, *args)
+    return out, p
+
+
+def reference_tile_correction(host, x, sigma, uncond):
+    """The float64 reference of SAG (k-diffusion form) on one tile as on an image of its own: the uncond
+    prediction and the middle attention's q and k from a plain uncond call, recorded by a hook of its own."""
+    import float64_reference as ref
+    from harness.diffusion import CompVisDenoiser
+
+    denoiser = CompVisDenoiser(host.sd_model.apply_model, host.sd_model.alphas_cumprod)
+    cond = {"c_crossattn": [uncond], "c_concat": [torch.zeros(x.shape[0], 5, 1, 1)]}
+    _, attn = middle_block_attention(host.sd_model.model.diffusion_model)
+    seen = []
+    handle = attn.register_forward_hook(lambda module, args, output: seen.append(args[0]))
+    x0_uncond = denoiser(x, sigma, cond=cond)
+    handle.remove()
+    with torch.no_grad():
+        mass = ref.full_softmax_mass(attn.to_q(seen[0]), attn.to_k(seen[0]), attn.heads)
+    grid = (x.shape[-2] // 8, x.shape[-1] // 8)
+    return ref.sag_x0_correction(lambda x_in, s: denoiser(x_in.float(), s, cond=cond), x, sigma, x0_uncond, mass,
+                                 grid, threshold=ON[3], blur_sigma=ON[2], scale=ON[1])
+
+
+@pytest.mark.parametrize("method", ["MultiDiffusion", "MixtureOfDiffusers"])
+def test_sag_per_tile_matches_the_float64_reference_of_each_tile_blended(host, script, method):
+    """Inside Tiled Diffusion SAG guides every tile as an image of its own, and the tiles' corrections blend as
+    their predictions do; the UNet never runs the rows that carry them."""
+    import tiled_diffusion
+
+    def tiler():
+        return getattr(tiled_diffusion, method)(**TILED)
+
+    x, sigma = kd_inputs(2)
+    off_tiles, on_tiles = tiler(), tiler()
+    off, _ = tiled_step(script, OFF, off_tiles, x=x, sigma=sigma)
+    unet_rows = []
+    handle = host.sd_model.model.diffusion_model.register_forward_hook(
+        lambda module, args, output: unet_rows.append(output.shape[0]))
+    on, p = tiled_step(script, ON, on_tiles, x=x, sigma=sigma)
+    handle.remove()
+    assert off_tiles.calls == [16, 16, 4]  # 4 + 4 + 1 tiles of 4 rows (cond, uncond)
+    assert on_tiles.calls == [24, 24, 6]  # and the 2 carried rows of each tile
+    assert unet_rows == [16, 8, 16, 8, 4, 2]  # the UNet: the tiles' own rows, then SAG's pass over their uncond
+    assert "SAG Scale" in p.extra_generation_params
+    uncond = make_p().uncond
+    total, weights = torch.zeros(x.shape, dtype=torch.float64), torch.zeros(x.shape, dtype=torch.float64)
+    for bboxes in on_tiles.batched_bboxes:
+        for box in bboxes:
+            total[box] += reference_tile_correction(host, x[box].contiguous(), sigma, uncond) * on_tiles.tile_weights
+            weights[box] += on_tiles.tile_weights
+    want = total / weights
+    assert want.abs().max() > 1e-2
+    torch.testing.assert_close((on - off).double(), want, atol=1e-4, rtol=0)
+
+
+def test_sag_in_one_tile_over_the_image_is_sag_without_tiles(host, script):
+    """With one tile covering the latent, SAG inside Tiled Diffusion is SAG without it (the same equation,
+    made inside the UNet call in the model's eps), in both sampler families."""
+    import tiled_diffusion
+    from harness.diffusion import sd_alphas_cumprod
+
+    x, sigma = kd_inputs(2)
+    whole = dict(TILED, tile=32)
+    plain = one_step(script, make_p(), ON, x=x, sigma=sigma)
+    tiled, _ = tiled_step(script, ON, tiled_diffusion.MultiDiffusion(**whole), x=x, sigma=sigma)
+    assert (plain - one_step(script, make_p(), OFF, x=x, sigma=sigma)).abs().max() > 1e-2
+    torch.testing.assert_close(tiled, plain, atol=2e-5, rtol=0)
+    a = sd_alphas_cumprod()[600]
+    x_t, t = x * a.sqrt(), torch.full((2,), 600.0)
+    plain = one_step(script, make_p(), ON, denoiser_class=CFGDenoiserTimesteps, x=x_t, sigma=t)
+    tiled, _ = tiled_step(script, ON, tiled_diffusion.MultiDiffusion(**whole), denoiser_class=CFGDenoiserTimesteps,
+                          x=x_t, sigma=t)
+    torch.testing.assert_close(tiled, plain, atol=2e-5, rtol=0)
+
+
+def test_tiled_diffusion_leaves_no_hooks_and_steps_aside_where_it_cannot_carry(host, script, caplog):
+    import tiled_diffusion
+
+    x, sigma = kd_inputs(2)
+    before = hooks_on(host)
+    tiled_step(script, ON, tiled_diffusion.MultiDiffusion(**TILED), x=x, sigma=sigma)
+    assert hooks_on(host) == before
+    host.opts.batch_cond_uncond = False
+    off, _ = tiled_step(script, OFF, tiled_diffusion.MultiDiffusion(**TILED), x=x, sigma=sigma)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        aside, _ = tiled_step(script, ON, tiled_diffusion.MultiDiffusion(**TILED), x=x, sigma=sigma)
+    host.opts.batch_cond_uncond = True
+    assert torch.equal(aside, off)
+    assert [record.getMessage() for record in caplog.records] == [
+        "[SAG] Self-Attention Guidance is off for this generation: Tiled Diffusion with the setting \"Batch "
+        "cond/uncond\" off"]

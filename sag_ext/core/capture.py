@@ -1,8 +1,8 @@
 """Per-key self-attention mass of the middle block, captured with torch module hooks.
 
 Four hooks on one UNet: a forward pre-hook on the UNet picks which rows of each call SAG needs (a row
-selection, `LastRowsOfStep` or `UncondChunk`, given by the host adapter: the hosts lay out cond and uncond
-rows differently), a forward pre-hook on the middle block's transformer records the real grid (h, w), and
+selection, `LastRowsOfStep`, `UncondChunk` or `LastRowsOfEachTile`, given by the host adapter: the hosts
+lay out cond and uncond rows differently), a forward pre-hook on the middle block's transformer records the real grid (h, w), and
 forward hooks on its first `attn1`'s `to_q` and `to_k` keep the host's own q and k of those rows. The projections run
 whichever way the host's attention calls them (its own forward, an attention optimisation, a replace
 patch of another guidance), and the attention output stays the host's own. The mass is reduced in query
@@ -97,6 +97,33 @@ class UncondChunk:
         return index * size, (index + 1) * size, 0
 
 
+class LastRowsOfEachTile:
+    """A1111's Tiled Diffusion: one UNet call over tiles of the image, each tile `per_tile` rows in the step's
+    order (the uncond rows last); the last `count` rows of every tile are recorded, tile after tile."""
+
+    def __init__(self, tiles: int, per_tile: int, count: int):
+        self.target, self._per_tile, self._count = tiles * count, per_tile, count
+        self._done = False
+
+    def select(self, batch: int, call_kwargs: dict):
+        if self._done:
+            return None
+        if batch != self.target // self._count * self._per_tile:
+            raise UnsupportedAttention(f"a call of {batch} rows for {self.target // self._count} tiles of "
+                                       f"{self._per_tile}")
+        self._done = True
+        return self._per_tile - self._count, self._per_tile, 0, self._per_tile
+
+
+def _rows(t: torch.Tensor, call: tuple) -> torch.Tensor:
+    """The rows of `t` (one per row of the UNet call) that `call` selects: first..end, or first..end of every
+    block of `period` rows."""
+    low, high, _, batch, period = call
+    if period is None:
+        return t[low:high]
+    return t.reshape(batch // period, period, *t.shape[1:])[:, low:high].reshape(-1, *t.shape[1:])
+
+
 class MiddleBlockCapture(MarkedHooks):
     """Hooks on one UNet, its middle-block transformer and that transformer's first attn1; one capture per
     attn1 instance.
@@ -112,7 +139,7 @@ class MiddleBlockCapture(MarkedHooks):
         self.attn, self.owner, self.chunk_elements = attn, owner, chunk_elements
         self.error = None
         self._rows, self._latent_size = None, None
-        self._call = None  # (first row, end row, target offset, batch) of the UNet call in progress
+        self._call = None  # (first row, end row, target offset, batch, period) of the UNet call in progress
         self._grid = None  # (h, w) of that call, once its middle transformer runs
         self._q = None
         self._recorded = False
@@ -137,7 +164,7 @@ class MiddleBlockCapture(MarkedHooks):
             delattr(self.attn, OWNER_ATTRIBUTE)
 
     def arm(self, rows, latent_size: Optional[tuple] = None) -> None:
-        """Record the rows `rows` (LastRowsOfStep, UncondChunk) selects from the UNet calls that follow; with
+        """Record the rows `rows` (LastRowsOfStep, UncondChunk, LastRowsOfEachTile) selects from the UNet calls that follow; with
         `latent_size`, those rows' calls must run on latents of that size (UnsupportedAttention where they
         hold tiles of the image: the mask would be a tile's, stretched over the image)."""
         self._rows, self._latent_size = rows, None if latent_size is None else tuple(latent_size)
@@ -178,11 +205,12 @@ class MiddleBlockCapture(MarkedHooks):
     def _select(self, args, kwargs):
         x = args[0] if args else kwargs["x"]
         selected = self._rows.select(x.shape[0], kwargs)
-        if selected is not None and self._latent_size not in (None, tuple(x.shape[-2:])):
+        tiled = selected is not None and len(selected) > 3
+        if selected is not None and not tiled and self._latent_size not in (None, tuple(x.shape[-2:])):
             size, whole = ("x".join(map(str, shape)) for shape in (x.shape[-2:], self._latent_size))
             raise UnsupportedAttention(f"the model ran on a {size} tile of the {whole} latent (Tiled Diffusion?): SAG's "
                                        "mask needs the middle-block attention of the whole image")
-        self._call = None if selected is None else (*selected, x.shape[0])
+        self._call = None if selected is None else (*selected[:3], x.shape[0], selected[3] if tiled else None)
         self._grid, self._q, self._recorded = None, None, False
 
     def _before_transformer(self, module, args):
@@ -202,9 +230,8 @@ class MiddleBlockCapture(MarkedHooks):
             self._guarded(self._keep_q, output)
 
     def _keep_q(self, q):
-        low, high = self._call[:2]
         self._check(q, "queries")
-        self._q = q[low:high]
+        self._q = _rows(q, self._call)
 
     def _after_to_k(self, module, args, output):
         if self._q is not None:
@@ -220,18 +247,18 @@ class MiddleBlockCapture(MarkedHooks):
 
     def _record(self, k):
         self._check(k, "keys")
-        low, high, at, _ = self._call
-        grid, q = self._grid, self._q
+        at, grid, q = self._call[2], self._grid, self._q
         self._q = None
         if self.grid is not None and self.grid != grid:
             raise UnsupportedAttention(f"middle-block grid changed within a step: {self.grid} -> {grid}")
         self.grid, self._recorded = grid, True
-        mass = per_key_attention_mass(q, k[low:high], self.attn.heads, getattr(self.attn, "scale", None),
+        mass = per_key_attention_mass(q, _rows(k, self._call), self.attn.heads, getattr(self.attn, "scale", None),
                                       self.chunk_elements)
-        if high - low == self._rows.target:  # the usual case: all target rows in one call, kept as they are
+        rows = mass.shape[0]
+        if rows == self._rows.target:  # the usual case: all target rows in one call, kept as they are
             self._mass = mass
         else:
             if self._mass is None:
                 self._mass = mass.new_empty(self._rows.target, grid[0] * grid[1])
-            self._mass[at:at + high - low] = mass
-        self._filled += high - low
+            self._mass[at:at + rows] = mass
+        self._filled += rows

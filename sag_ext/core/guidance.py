@@ -165,5 +165,17 @@ class EpsSpace:
         return out_uncond - out_pass
 
 
+@dataclass(frozen=True)
+class EpsSpaceOfAlphas(EpsSpace):
+    """EpsSpace inside a UNet call, where the noise level given is a = alphas_cumprod itself, one per row (a
+    k-diffusion sampler's UNet gets x_t = x / sqrt(1 + sigma^2) and a fractional timestep, which the table
+    has no row for: a = 1 / (1 + sigma^2))."""
+
+    alphas_cumprod: None = None
+
+    def _alpha(self, a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return a.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+
 def latent_too_small(latent_size: tuple) -> bool:
     return min(latent_size) < MIN_LATENT_SIDE

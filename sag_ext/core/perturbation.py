@@ -136,6 +136,16 @@ class PerturbationHooks(MarkedHooks):
             raise
         self.disarm()
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Idle for the UNet calls inside (another method's pass made inside a call of this step), which do not
+        count as the pass's rows."""
+        changes, self._changes = self._changes, None
+        try:
+            yield
+        finally:
+            self._changes = changes
+
     # ---- the hooks -------------------------------------------------------------------------------------
 
     def _before_unet(self, module, args, kwargs):

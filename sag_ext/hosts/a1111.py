@@ -24,6 +24,7 @@ from ..core.perturbed import PerturbedSession
 from ..core.session import SagSession
 from ..ui import register_once
 from .rows import row_count, with_rows_repeated
+from .tiled_diffusion import SagInTiledDiffusion, tiled_diffusion, why_not_per_tile
 
 
 # the infotext keys other PAG and SEG implementations write when they are on: sd-webui-incantations'
@@ -52,6 +53,8 @@ class StepRows:
     repaint_mask: Optional[torch.Tensor]
     denoiser: Any
     out_uncond: Optional[torch.Tensor] = None  # the uncond rows' output, for PAG's and SEG's snf rescale
+    tiles: Optional[SagInTiledDiffusion] = None  # SAG inside Tiled Diffusion's tiles
+    carried: Optional[slice] = None  # where the step's batch holds its rows
 
 
 class A1111Adapter:
@@ -84,6 +87,7 @@ class A1111Adapter:
             return
         MiddleBlockCapture.release(middle_block_attention(unet)[1])
         PerturbationHooks.release(unet)
+        SagInTiledDiffusion.release(unet)
 
     def before_sampling(self, p) -> None:
         """Script.process_before_every_sampling, which this webui does not call: its callbacks do it all."""
@@ -111,6 +115,7 @@ class A1111Adapter:
                 if session is not None:
                     session.stop(str(error))
             return
+        SagInTiledDiffusion.release(unet)  # a step's own, left by a call that failed
         if sag is None or not sag.active:  # not ours, or left by a generation that never finished
             MiddleBlockCapture.release(middle_block_attention(unet)[1])
         if perturbed is None or not perturbed.active:
@@ -140,9 +145,39 @@ class A1111Adapter:
                 self._begin_perturbed_step(perturbed, params, unet, count, progress, hires_pass, step_rows)
         if sag is not None and sag.active:
             with sag.guard():
-                sag.begin_step(unet, LastRowsOfStep(total=params.x.shape[0], target=count),
-                               latent_size=params.x.shape[-2:], progress=progress, hires_pass=hires_pass,
-                               host=step_rows(slice(-count, None)))
+                tiler = tiled_diffusion(denoiser, self.webui.shared.sd_model, params.x.shape[-2:])
+                if tiler is not None:
+                    self._begin_sag_in_tiles(sag, tiler, params, p, unet, count, progress, hires_pass, step_rows)
+                else:
+                    sag.begin_step(unet, LastRowsOfStep(total=params.x.shape[0], target=count),
+                                   latent_size=params.x.shape[-2:], progress=progress, hires_pass=hires_pass,
+                                   host=step_rows(slice(-count, None)))
+
+    def _begin_sag_in_tiles(self, sag, tiler, params, p, unet, count, progress, hires_pass, step_rows) -> None:
+        """SAG's step inside Tiled Diffusion's tiles (tiled_diffusion.py): B carried rows before the uncond rows,
+        and the hooks that run SAG in each tile call and answer them with the tile's correction."""
+        shared = self.webui.shared
+        reason = why_not_per_tile(tiler, p, shared.opts, shared.sd_model, params.text_cond, params.text_uncond)
+        if reason:
+            sag.stop(reason)
+            return
+        rows = step_rows(slice(-count, None))
+        sag.begin_step(unet, None, latent_size=params.x.shape[-2:], progress=progress, hires_pass=hires_pass,
+                       host=rows)
+        if sag.step is None:
+            return
+        if isinstance(rows.space, EpsSpace):
+            alphas = rows.denoiser.alphas.to(rows.sigma.device)[rows.sigma.long()].float()
+        else:
+            alphas = 1 / (1 + rows.sigma.float() ** 2)
+        total = params.x.shape[0]
+        rows.carried = slice(total - count, total)
+        params.x = torch.cat([params.x[:-count], torch.zeros_like(rows.x), params.x[-count:]])
+        params.sigma, params.image_cond = (with_rows_repeated(t, slice(-count, None), 1, total, at=total - count)
+                                           for t in (params.sigma, params.image_cond))
+        params.text_cond = _with_first_rows_again(params.text_cond, count)
+        rows.tiles = SagInTiledDiffusion(unet, sag, per_tile=total + count, carried=rows.carried, count=count,
+                                         alphas=alphas)
 
     @staticmethod
     def _begin_perturbed_step(perturbed, params, unet, count, progress, hires_pass, step_rows) -> None:
@@ -190,6 +225,12 @@ class A1111Adapter:
                 perturbed.end_step(rows.x, params.x[:count], rows.sigma, rows.space, perturbed_pass)
         if sag is not None and sag.step is not None:
             rows: StepRows = sag.step.host
+            if rows.tiles is not None:
+                rows.tiles.remove()
+                with sag.guard():
+                    if rows.tiles.error is not None:
+                        raise rows.tiles.error
+                    sag.keep_tiles_correction(params.x[rows.carried])
 
             def degraded_pass(x):
                 uncond = _conds_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)[1]
@@ -234,6 +275,14 @@ def _repeat_rows(cond, copies: int):
     if isinstance(cond, dict):
         return type(cond)({key: _repeat_rows(value, copies) for key, value in cond.items()})
     return cond.repeat(copies, *([1] * (cond.ndim - 1)))
+
+
+def _with_first_rows_again(cond, count: int):
+    """A conditioning (tensor, or SDXL's dict of them, keeping its class) with its first `count` rows once more
+    at the end."""
+    if isinstance(cond, dict):
+        return type(cond)({key: _with_first_rows_again(value, count) for key, value in cond.items()})
+    return torch.cat([cond, cond[:count]])
 
 
 def _conds_as_used(denoiser, text_cond, text_uncond):

@@ -11,7 +11,9 @@ class CFGDenoiserKDiffusion(CFGDenoiser):
     @property
     def inner_model(self):
         if self.model_wrap is None:
-            self.model_wrap = CompVisDenoiser(shared.sd_model.apply_model, shared.sd_model.alphas_cumprod)
+            # the model's apply_model looked up at each call, as k-diffusion's `inner_model.apply_model`
+            self.model_wrap = CompVisDenoiser(lambda *args: shared.sd_model.apply_model(*args),
+                                              shared.sd_model.alphas_cumprod)
         return self.model_wrap
 
 

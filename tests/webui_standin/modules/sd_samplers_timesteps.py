@@ -10,7 +10,11 @@ class CompVisTimestepsDenoiser:
     def __init__(self, sd_model):
         self.sd_model = sd_model
 
-    def __call__(self, x, t, cond):
+    def __call__(self, *args, **kwargs):
+        """As a torch module's call: the instance's `forward`, which another extension may replace."""
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x, t, cond):
         return self.sd_model.apply_model(x, t, cond)
 
 
