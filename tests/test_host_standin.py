@@ -331,10 +331,9 @@ def test_webui_without_the_denoiser_in_cfg_params_is_told_clearly(host, script, 
 
 
 class QuadrantTiles:
-    """The contract of A1111's Tiled Diffusion (pkuliyi2015/multidiffusion-upscaler-for-automatic1111), which
-    replaces the k-diffusion denoiser's forward: the step's rows run as tiles of the latent, each tile with
-    all N rows of the call, tile after tile in one call, and the outputs are put back over the latent (here
-    four quadrants, which do not overlap)."""
+    """A tiler SAG does not know (as Tiled Diffusion's DemoFusion), in place of the k-diffusion denoiser: the
+    step's rows run as tiles of the latent, each tile with all N rows of the call, tile after tile in one
+    call, and the outputs are put back over the latent (here four quadrants, which do not overlap)."""
 
     def __init__(self, inner):
         self.inner = inner

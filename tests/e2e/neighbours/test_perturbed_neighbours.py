@@ -34,8 +34,7 @@ SD1_256 = {**BASE, "width": 256, "height": 256}
     pytest.param("nested", with_script(BASE, NESTED_TITLE, [True, json.dumps(OFF)]), id="nested_pass"),
 ])
 def test_txt2img_beside(neighbourhood, neighbour, payload):
-    # in Tiled Diffusion's tiles SAG steps aside (test_tiled_diffusion.py); PAG and SEG guide each tile
-    check_sag_case(neighbourhood, "txt2img", payload, on_args=BOTH if neighbour == "tiled_diffusion" else ALL_THREE)
+    check_sag_case(neighbourhood, "txt2img", payload, on_args=ALL_THREE)
 
 
 @BOTH_ORDERS
