@@ -36,7 +36,9 @@ def neighbourhood(request, checkpoint_cache, tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def controlnet_webui(request, checkpoint_cache, tmp_path_factory):
-    """A webui with SAG and ControlNet only, loading before or after SAG (`request.param`)."""
-    with neighbour_webui(request.param, [NEIGHBOURS["controlnet"]], tmp_path_factory, checkpoint_cache,
+    """A webui with SAG, ControlNet and (if checked out) Tiled Diffusion, which works with its tiles, loading
+    before or after SAG (`request.param`)."""
+    with neighbour_webui(request.param, [NEIGHBOURS["controlnet"], NEIGHBOURS["tiled_diffusion"]], tmp_path_factory,
+                         checkpoint_cache,
                          layouts=(*LAYOUTS, WIDE)) as server:
         yield server

@@ -11,7 +11,8 @@ from harness.controlnet import sd1_controlnet_state_dict, t2i_adapter_state_dict
 from harness.server import WebUIError
 from e2e.neighbours.neighbourhood import WIDE, assert_load_order, check_alongside, checkpoint, gradient, needs
 from e2e.perturbed_cases import BOTH
-from e2e.sag_api import BASE, OFF, ON, SIZE, STEP_ASIDE, TITLE, LogWatch, check_works_or_steps_aside, encode, generate
+from e2e.sag_api import (BASE, OFF, ON, SIZE, STEP_ASIDE, TITLE, LogWatch, check_unchanged_with_one_line,
+                         check_works_or_steps_aside, encode, generate)
 
 pytestmark = pytest.mark.e2e
 
@@ -166,3 +167,18 @@ def test_controlnet_inpaint_only(controlnet_webui, endpoint, batch):
         assert batch > 1 or "UnexpectedPassOutput" in log, log[-3000:]
         if endpoint == "txt2img":
             assert np.abs(off[0] - plain[0]).max() > 0, "inpaint_only did not change the image"
+
+
+@CONTROLNET_ORDERS
+@needs("controlnet")
+@needs("tiled_diffusion")
+def test_controlnet_in_tiled_diffusion_makes_sag_step_aside(controlnet_webui):
+    """Tiled Diffusion cuts ControlNet's control per tile batch for the rows it tiles; SAG's rows per tile
+    (tiled_diffusion.py) would not match them: SAG steps aside with one line, the image as without it."""
+    from e2e.neighbours.test_tiled_diffusion import tiled
+
+    webui = controlnet_webui
+    payload = with_controlnet(tiled(), controlnet_unit(module="none", model=controlnet_model(webui),
+                                                       image=stripes((256, 208))))
+    log = check_unchanged_with_one_line(webui, "txt2img", payload)
+    assert "ControlNet inside Tiled Diffusion's tiles" in log, log[-3000:]
