@@ -15,7 +15,7 @@ from e2e.neighbours.test_nested_pass import NESTED_TITLE
 from e2e.neighbours.test_tiled_diffusion import TILED_DIFFUSION_ARGS, TILED_DIFFUSION_TITLE
 from e2e.neighbours.test_ultimate_sd_upscale import USDU_ARGS, USDU_TITLE
 from e2e.perturbed_cases import BOTH
-from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, check_sag_case, options
+from e2e.sag_api import BASE, OFF, TITLE, check_sag_case, options
 
 pytestmark = pytest.mark.e2e
 
