@@ -62,8 +62,8 @@ def why_not_per_tile(tiler, p, opts, sd_model, text_cond, text_uncond) -> Option
 
 
 class SagInTiledDiffusion(MarkedHooks):
-    """The hooks on the UNet for one SAG step inside Tiled Diffusion's tiles. A tile has `per_tile` rows, of
-    which `carried` are ours and the last `count` its uncond rows; `alphas` are their alphas_cumprod (B,).
+    """The hooks on the UNet for one SAG step inside Tiled Diffusion's tiles. A tile has `per_tile` rows: the
+    `count` rows `carried` are ours, the last `count` its uncond rows; `alphas` are their alphas_cumprod (B,).
     An error inside is kept in `error` (a hook must not abort the host's call, nor remove hooks while the
     UNet runs them) and the carried rows then answer zeros."""
 
@@ -92,16 +92,16 @@ class SagInTiledDiffusion(MarkedHooks):
         if self._inside or self.error is not None:
             return None
         try:
-            rows = (args[0] if args else kwargs["x"]).shape[0]
+            x = args[0] if args else kwargs["x"]
+            rows = x.shape[0]
             if rows % self.per_tile:
                 raise CannotCarry(f"a UNet call of {rows} rows inside tiles of {self.per_tile}")
             tiles = rows // self.per_tile
-            index = torch.arange(rows, device=(args[0] if args else kwargs["x"]).device).view(tiles, self.per_tile)
+            index = torch.arange(rows, device=x.device).view(tiles, self.per_tile)
             kept = torch.cat([index[:, :self.carried.start], index[:, self.carried.stop:]], dim=1).reshape(-1)
             carried = index[:, self.carried].reshape(-1)
             kept_args, kept_kwargs = per_row((tuple(args), kwargs), rows, lambda t: t[kept])
-            self.session.arm_tiles(LastRowsOfEachTile(tiles, self.per_tile - (self.carried.stop - self.carried.start),
-                                                      self.count))
+            self.session.arm_tiles(LastRowsOfEachTile(tiles, self.per_tile - self.count, self.count))
             self._call = (rows, kept, carried, tiles)
             return kept_args, kept_kwargs
         except Exception as error:  # the call runs as it came; the carried rows then answer zeros
