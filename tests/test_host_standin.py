@@ -488,3 +488,24 @@ def test_tiled_diffusion_leaves_no_hooks_and_steps_aside_where_it_cannot_carry(h
     assert [record.getMessage() for record in caplog.records] == [
         "[SAG] Self-Attention Guidance is off for this generation: Tiled Diffusion with the setting \"Batch "
         "cond/uncond\" off"]
+
+
+def test_a_tile_call_that_fails_leaves_no_hooks_once_the_next_generation_starts(host, script):
+    """An error inside a tiled UNet call (out of memory, say) ends the generation before the step's end: the
+    step's hooks stay until the next generation (or an unload) releases them with every stale hook."""
+    import tiled_diffusion
+    from sag_ext.hosts.tiled_diffusion import SagInTiledDiffusion
+
+    class MultiDiffusion(tiled_diffusion.MultiDiffusion):
+        def kdiff_forward(self, x_in, sigma_in, cond):
+            raise RuntimeError("out of memory")
+
+    unet = host.sd_model.model.diffusion_model
+    before = hooks_on(host)
+    x, sigma = kd_inputs(2)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        tiled_step(script, ON, MultiDiffusion(**TILED), x=x, sigma=sigma)
+    assert SagInTiledDiffusion.attached(unet) is not None
+    script.process(make_p(), *OFF)
+    assert SagInTiledDiffusion.attached(unet) is None and hooks_on(host) == before
+    assert not unet._forward_hooks
