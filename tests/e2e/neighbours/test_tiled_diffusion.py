@@ -31,9 +31,9 @@ def tiled(method="MultiDiffusion", tile=(24, 16), payload=PAYLOAD):
 
 @BOTH_ORDERS
 @needs("tiled_diffusion")
-@pytest.mark.parametrize("method,sampler", [("MultiDiffusion", "Euler a"), ("Mixture of Diffusers", "Euler a"),
-                                            ("MultiDiffusion", "DDIM")])
-def test_sag_guides_every_tile(neighbourhood, method, sampler):
+@pytest.mark.parametrize("method,sampler,batch", [("MultiDiffusion", "Euler a", 1), ("Mixture of Diffusers", "Euler a", 1),
+                                                  ("MultiDiffusion", "DDIM", 1), ("MultiDiffusion", "Euler a", 2)])
+def test_sag_guides_every_tile(neighbourhood, method, sampler, batch):
     """Tiled Diffusion runs each UNet call on batches of overlapping latent tiles and blends their outputs
     back into the whole latent; the middle block sees a tile's grid, never the image's. SAG guides each
     tile as an image of its own and Tiled Diffusion blends the corrections with the tiles (the case
@@ -41,9 +41,9 @@ def test_sag_guides_every_tile(neighbourhood, method, sampler):
     restored afterwards."""
     webui = neighbourhood
     assert_load_order(webui, TILED_DIFFUSION_TITLE)
-    payload = {**PAYLOAD, "sampler_name": sampler}
+    payload = {**PAYLOAD, "sampler_name": sampler, "batch_size": batch}
     plain, _ = generate(webui, "txt2img", payload, OFF)
-    on, off = check_sag_case(webui, "txt2img", tiled(method, payload=payload))
+    on, off = check_sag_case(webui, "txt2img", tiled(method, payload=payload), images_expected=batch)
     assert np.abs(off[0] - plain[0]).max() > 0, "Tiled Diffusion did not change the image"
     after, _ = generate(webui, "txt2img", payload, OFF)
     np.testing.assert_array_equal(after[0], plain[0], err_msg="the UNet was not restored after Tiled Diffusion")
