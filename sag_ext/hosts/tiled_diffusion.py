@@ -142,5 +142,6 @@ class SagInTiledDiffusion(MarkedHooks):
             finally:
                 self._inside = False
 
-        return self.session.tile_correction(x[:, :channels], output[index], self.alphas.repeat(tiles),
+        # in float32, as the denoiser's own output is (the UNet may answer in float16)
+        return self.session.tile_correction(x[:, :channels].float(), output[index].float(), self.alphas.repeat(tiles),
                                             EpsSpaceOfAlphas(), degraded_pass)
