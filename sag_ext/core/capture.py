@@ -69,10 +69,11 @@ class LastRowsOfStep:
         self._seen = 0
 
     def select(self, batch: int, call_kwargs: dict):
-        """(first row, end row) of this call to record and where they go in the target, or None."""
+        """(first row, end row, where they go in the target, period) of this call to record, or None: the rows
+        first..end, or (with a period) first..end of every block of `period` rows."""
         offset, self._seen = self._seen, self._seen + batch
         low, high = max(offset, self._start), min(offset + batch, self._end)
-        return None if low >= high else (low - offset, high - offset, low - self._start)
+        return None if low >= high else (low - offset, high - offset, low - self._start, None)
 
 
 class UncondChunk:
@@ -94,7 +95,7 @@ class UncondChunk:
         if size != self.target:
             raise UnsupportedAttention(f"an uncond chunk of {size} rows in a step of {self.target} images")
         self._done = True
-        return index * size, (index + 1) * size, 0
+        return index * size, (index + 1) * size, 0, None
 
 
 class LastRowsOfEachTile:
@@ -118,7 +119,7 @@ class LastRowsOfEachTile:
 def _rows(t: torch.Tensor, call: tuple) -> torch.Tensor:
     """The rows of `t` (one per row of the UNet call) that `call` selects: first..end, or first..end of every
     block of `period` rows."""
-    low, high, _, batch, period = call
+    low, high, _, period, batch = call
     if period is None:
         return t[low:high]
     return t.reshape(batch // period, period, *t.shape[1:])[:, low:high].reshape(-1, *t.shape[1:])
@@ -139,7 +140,7 @@ class MiddleBlockCapture(MarkedHooks):
         self.attn, self.owner, self.chunk_elements = attn, owner, chunk_elements
         self.error = None
         self._rows, self._latent_size = None, None
-        self._call = None  # (first row, end row, target offset, batch, period) of the UNet call in progress
+        self._call = None  # (first row, end row, target offset, period, batch) of the UNet call in progress
         self._grid = None  # (h, w) of that call, once its middle transformer runs
         self._q = None
         self._recorded = False
@@ -205,12 +206,11 @@ class MiddleBlockCapture(MarkedHooks):
     def _select(self, args, kwargs):
         x = args[0] if args else kwargs["x"]
         selected = self._rows.select(x.shape[0], kwargs)
-        tiled = selected is not None and len(selected) > 3
-        if selected is not None and not tiled and self._latent_size not in (None, tuple(x.shape[-2:])):
+        if selected is not None and self._latent_size not in (None, tuple(x.shape[-2:])):
             size, whole = ("x".join(map(str, shape)) for shape in (x.shape[-2:], self._latent_size))
             raise UnsupportedAttention(f"the model ran on a {size} tile of the {whole} latent (Tiled Diffusion?): SAG's "
                                        "mask needs the middle-block attention of the whole image")
-        self._call = None if selected is None else (*selected[:3], x.shape[0], selected[3] if tiled else None)
+        self._call = None if selected is None else (*selected, x.shape[0])
         self._grid, self._q, self._recorded = None, None, False
 
     def _before_transformer(self, module, args):
@@ -239,7 +239,7 @@ class MiddleBlockCapture(MarkedHooks):
 
     def _check(self, projection: torch.Tensor, what: str):
         height, width = self._grid
-        batch = self._call[3]
+        batch = self._call[4]
         if projection.shape[0] != batch or projection.shape[1] != height * width:
             raise UnsupportedAttention(
                 f"the middle block's self-attention got {what} {tuple(projection.shape)} for a {height}x{width} "
