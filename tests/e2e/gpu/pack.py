@@ -31,9 +31,9 @@ machine's own transformers, huggingface_hub, tokenizers, ...); ``run.sh`` does a
 
 With ``--forge DIR`` (a Forge-family checkout with its ``repositories/``) it packs that instead, into
 ``.gpu/forge/``: its code without the model families' configs (Forge, Neo) or tokenizer data (reForge,
-Classic) other than SD1.5's and SDXL's and without the built-in extensions other than its SAG and PAG, the pins of
-``device_wheels_forge.txt``, and, from ``--writer-repositories`` (the A1111 webui's ``repositories/``), the
-ldm and sgm code that writes the test checkpoints::
+Classic) other than SD1.5's and SDXL's and without the built-in extensions other than its SAG, PAG and soft
+inpainting, the pins of ``device_wheels_forge.txt``, and, from ``--writer-repositories`` (the A1111 webui's
+``repositories/``), the ldm and sgm code that writes the test checkpoints::
 
     python3 tests/e2e/gpu/pack.py --forge ~/stable-diffusion-webui-forge \
         --writer-repositories ~/stable-diffusion-webui/repositories
@@ -109,7 +109,8 @@ def pack_webui(webui: Path, dst: Path):
 
 #: Forge's folders of model-family configs and built-in extensions that the GPU runs use.
 FORGE_MODEL_CONFIGS = ("runwayml/stable-diffusion-v1-5", "stabilityai/stable-diffusion-xl-base-1.0")
-FORGE_EXTENSIONS = ("sd_forge_sag", "sd_forge_perturbed_attention")
+FORGE_EXTENSIONS = ("sd_forge_sag", "sd_forge_perturbed_attention",
+                    "soft-inpainting")  # its filter needs more than 6 cores: the GPU machine has them
 #: reForge's and Classic's tokenizer data (``ldm_patched/**/*_tokenizer`` without code) that SD1.5 and SDXL use.
 LDM_PATCHED_TOKENIZERS = ("sd1_tokenizer",)
 #: Repositories of the A1111 webui whose code writes the test checkpoints (ldm, sgm).
