@@ -175,7 +175,7 @@ class A1111Adapter:
         params.x = torch.cat([params.x[:-count], torch.zeros_like(rows.x), params.x[-count:]])
         params.sigma, params.image_cond = (with_rows_repeated(t, slice(-count, None), 1, total, at=total - count)
                                            for t in (params.sigma, params.image_cond))
-        params.text_cond = _with_first_rows_again(params.text_cond, count)
+        params.text_cond = _map_cond(params.text_cond, lambda t: torch.cat([t, t[:count]]))  # the UNet never runs them
         rows.tiles = SagInTiledDiffusion(unet, sag, per_tile=total + count, carried=rows.carried, count=count,
                                          alphas=alphas)
 
@@ -267,22 +267,19 @@ class A1111Adapter:
                                   (callbacks.on_script_unloaded, self.release_model_hooks)))
 
 
+def _map_cond(cond, change):
+    """`change(tensor)` over a conditioning: a tensor, or SDXL's dict of them, which keeps its class (the webui's
+    DictWithShape, whose `shape` its CFG denoiser reads)."""
+    if isinstance(cond, dict):
+        return type(cond)({key: _map_cond(value, change) for key, value in cond.items()})
+    return change(cond)
+
+
 def _repeat_rows(cond, copies: int):
-    """A conditioning (tensor, or SDXL's dict of them) with its rows repeated `copies` times; a dict keeps its
-    class (the webui's DictWithShape, whose `shape` its CFG denoiser reads)."""
+    """A conditioning with its rows repeated `copies` times."""
     if copies == 1:
         return cond
-    if isinstance(cond, dict):
-        return type(cond)({key: _repeat_rows(value, copies) for key, value in cond.items()})
-    return cond.repeat(copies, *([1] * (cond.ndim - 1)))
-
-
-def _with_first_rows_again(cond, count: int):
-    """A conditioning (tensor, or SDXL's dict of them, keeping its class) with its first `count` rows once more
-    at the end."""
-    if isinstance(cond, dict):
-        return type(cond)({key: _with_first_rows_again(value, count) for key, value in cond.items()})
-    return torch.cat([cond, cond[:count]])
+    return _map_cond(cond, lambda t: t.repeat(copies, *([1] * (t.ndim - 1))))
 
 
 def _conds_as_used(denoiser, text_cond, text_uncond):
