@@ -10,7 +10,8 @@
 #   bash tests/e2e/gpu/run.sh forge-bench [guidance_gpu.py args]  # benchmarks/guidance_gpu.py --webui forge
 # It installs the wheels, writes the SD1.5- and SDXL-size random checkpoints once per machine and runs the
 # webuis with the e2e harness on CUDA. Logs, the benchmark's rows and records and, for bench, `nvidia-smi dmon`'s
-# record go to $OUT (default /tmp/sag-gpu-out).
+# record go to $OUT (default /tmp/sag-gpu-out). SAG_GPU_LAYOUTS names fewer checkpoints to write (the SDXL one takes
+# a minute) where the run needs only those.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 eval "$(bash tests/e2e/gpu/install_device.sh)"
@@ -21,6 +22,7 @@ case "$what" in
   forge-*) export SD_FORGE_PATH="$PWD/.gpu/forge" SD_FORGE_PYTHON=python3 webui="$PWD/.gpu/forge" layouts="sd15 sdxl" ;;
   *) export SD_WEBUI_PATH="$PWD/.gpu/webui" SD_WEBUI_PYTHON=python3 webui="$PWD/.gpu/webui" layouts="sd1_wide sdxl_full" ;;
 esac
+layouts="${SAG_GPU_LAYOUTS:-$layouts}"  # e.g. "sd1_wide" alone, for a run of SD1.5 configurations only
 out="${OUT:-/tmp/sag-gpu-out}"
 mkdir -p "$out"
 python3 - <<'PY'
