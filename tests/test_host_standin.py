@@ -490,6 +490,24 @@ def test_tiled_diffusion_leaves_no_hooks_and_steps_aside_where_it_cannot_carry(h
         "cond/uncond\" off"]
 
 
+def test_carried_rows_that_cannot_be_added_leave_the_tiled_step_as_it_was(host, script, caplog, monkeypatch):
+    """The carried rows go into the step's batch all together or not at all: a failure while building them (here
+    the conditioning's) leaves the step as the webui made it, and SAG steps aside with one line."""
+    import tiled_diffusion
+    from sag_ext.hosts import a1111
+
+    def broken(cond, change):
+        raise TypeError("a conditioning this adapter cannot extend")
+
+    x, sigma = kd_inputs(2)
+    off, _ = tiled_step(script, OFF, tiled_diffusion.MultiDiffusion(**TILED), x=x, sigma=sigma)
+    monkeypatch.setattr(a1111, "_map_cond", broken)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        aside, _ = tiled_step(script, ON, tiled_diffusion.MultiDiffusion(**TILED), x=x, sigma=sigma)
+    assert torch.equal(aside, off)
+    assert len(caplog.records) == 1 and "cannot extend" in caplog.records[0].getMessage()
+
+
 def test_a_tile_call_that_fails_leaves_no_hooks_once_the_next_generation_starts(host, script):
     """An error inside a tiled UNet call (out of memory, say) ends the generation before the step's end: the
     step's hooks stay until the next generation (or an unload) releases them with every stale hook."""

@@ -232,6 +232,22 @@ def test_a1111_an_error_in_the_pass_steps_aside_for_that_generation(host, script
     assert "PAG Scale" not in p.infotext
 
 
+def test_a1111_rows_that_cannot_be_added_leave_the_step_as_it_was(host, scripts, caplog, monkeypatch):
+    """The rows go into the webui's batch all together or not at all: a failure while building them (here the
+    conditioning's) leaves x, sigma and image_cond as the webui made them, and the generation runs unguided."""
+    off = generate(scripts, make_p())
+    from sag_ext.hosts import a1111
+
+    def broken(cond, copies):
+        raise TypeError("a conditioning this adapter cannot repeat")
+
+    monkeypatch.setattr(a1111, "_repeat_rows", broken)
+    with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
+        on = generate(scripts, make_p(), PAG, SEG)
+    assert torch.equal(on, off) and perturbed_hooks(host) is None
+    assert caplog.text.count("[PAG]") == 1 and caplog.text.count("[SEG]") == 1 and "cannot repeat" in caplog.text
+
+
 @pytest.mark.parametrize("in_call", [True, False], ids=["in_call", "separate"])
 def test_a1111_non_finite_pass_gives_the_off_image(host, scripts, caplog, monkeypatch, in_call):
     host.opts.pag_in_webui_call = in_call

@@ -172,12 +172,13 @@ class A1111Adapter:
             alphas = 1 / (1 + rows.sigma.float() ** 2)
         total = params.x.shape[0]
         rows.carried = slice(total - count, total)
-        params.x = torch.cat([params.x[:-count], torch.zeros_like(rows.x), params.x[-count:]])
-        params.sigma, params.image_cond = (with_rows_repeated(t, slice(-count, None), 1, total, at=total - count)
-                                           for t in (params.sigma, params.image_cond))
-        params.text_cond = _map_cond(params.text_cond, lambda t: torch.cat([t, t[:count]]))  # the UNet never runs them
+        x = torch.cat([params.x[:-count], torch.zeros_like(rows.x), params.x[-count:]])
+        sigma, image_cond = (with_rows_repeated(t, slice(-count, None), 1, total, at=total - count)
+                             for t in (params.sigma, params.image_cond))
+        text_cond = _map_cond(params.text_cond, lambda t: torch.cat([t, t[:count]]))  # the UNet never runs them
         rows.tiles = SagInTiledDiffusion(unet, sag, per_tile=total + count, carried=rows.carried, count=count,
                                          alphas=alphas)
+        params.x, params.sigma, params.image_cond, params.text_cond = x, sigma, image_cond, text_cond
 
     @staticmethod
     def _begin_perturbed_step(perturbed, params, unet, count, progress, hires_pass, step_rows) -> None:
@@ -194,9 +195,10 @@ class A1111Adapter:
             return
         copies = perturbed.arm_host_call(tiles_before=1, tiles_after=1, tile=count)
         cond_rows = slice(0, count)
-        params.x, params.sigma, params.image_cond = (with_rows_repeated(t, cond_rows, copies, t.shape[0], at=count)
-                                                     for t in (params.x, params.sigma, params.image_cond))
-        params.text_cond = _repeat_rows(params.text_cond, 1 + copies)
+        x, sigma, image_cond = (with_rows_repeated(t, cond_rows, copies, t.shape[0], at=count)
+                                for t in (params.x, params.sigma, params.image_cond))
+        text_cond = _repeat_rows(params.text_cond, 1 + copies)
+        params.x, params.sigma, params.image_cond, params.text_cond = x, sigma, image_cond, text_cond  # all or none
 
     def _sessions_of_the_model(self):
         """(SAG's, PAG and SEG's) sessions owning the hooks on the model in use (each None if none does): those
@@ -269,9 +271,12 @@ class A1111Adapter:
 
 def _map_cond(cond, change):
     """`change(tensor)` over a conditioning: a tensor, or SDXL's dict of them, which keeps its class (the webui's
-    DictWithShape, whose `shape` its CFG denoiser reads)."""
+    DictWithShape, whose `shape` its CFG denoiser reads, and whose constructor takes that shape in webui 1.8
+    and 1.9: the copy is made without it)."""
     if isinstance(cond, dict):
-        return type(cond)({key: _map_cond(value, change) for key, value in cond.items()})
+        mapped = type(cond).__new__(type(cond))
+        mapped.update((key, _map_cond(value, change)) for key, value in cond.items())
+        return mapped
     return change(cond)
 
 

@@ -74,7 +74,8 @@ class CFGDenoiser:
         if shared.state.interrupted:
             raise InterruptedException
         conds_list, tensor = cond
-        tensor, uncond = (DictWithShape(c) if isinstance(c, dict) else c for c in (tensor, uncond))
+        tensor, uncond = (DictWithShape(c, c["crossattn"].shape) if isinstance(c, dict) else c
+                          for c in (tensor, uncond))
         opts = shared.opts
         batch = len(conds_list)
         if self.mask_before_denoising and self.mask is not None:
