@@ -28,13 +28,11 @@ FORGE_HIRES = {"hr_additional_modules": ["Use same choices"], "hr_cfg": 5}  # th
 def cases(webui_kind: str) -> dict:
     """name: (endpoint, payload, the methods' arguments)."""
     from PIL import Image
-    from e2e.sag_api import BASE, PAG, SEG, TITLE as SAG, encode
+    from e2e.sag_api import BASE, PAG, SEG, SIZE, TITLE as SAG, encode, inpaint_mask
 
     SAG_ON, PAG_ON, SEG_ON = {SAG: [True, 0.8, 2.0, 1.0]}, {PAG: [True, 3.0]}, {SEG: [{"scale": 3.0}]}
     hires = {**HIRES, **(FORGE_HIRES if webui_kind == "forge" else {})}
-    mask = Image.new("L", (BASE["width"], BASE["height"]), 0)
-    mask.paste(255, (32, 32, 96, 96))
-    img2img = {**BASE, "init_images": [encode(Image.new("RGB", mask.size, (120, 90, 60)))], "denoising_strength": 0.6}
+    img2img = {**BASE, "init_images": [encode(Image.new("RGB", (SIZE, SIZE), (120, 90, 60)))], "denoising_strength": 0.6}
     return {
         "sag": ("txt2img", BASE, SAG_ON),
         "sag_ddim": ("txt2img", {**BASE, "sampler_name": "DDIM"}, SAG_ON),
@@ -42,7 +40,7 @@ def cases(webui_kind: str) -> dict:
         "sag_cfg_1": ("txt2img", {**BASE, "cfg_scale": 1}, SAG_ON),
         "sag_hires": ("txt2img", {**BASE, **hires},
                       {SAG: [{"enabled": True, "scale": 0.75, "hires": "own", "hires_scale": 0.5}]}),
-        "sag_inpaint": ("img2img", {**img2img, "mask": encode(mask)}, SAG_ON),
+        "sag_inpaint": ("img2img", {**img2img, "mask": inpaint_mask()}, SAG_ON),
         "sag_img2img": ("img2img", img2img, SAG_ON),
         "pag": ("txt2img", BASE, PAG_ON),
         "seg": ("txt2img", BASE, SEG_ON),
@@ -52,7 +50,7 @@ def cases(webui_kind: str) -> dict:
                               {PAG: [{"enabled": True, "scale": 3.0, "rescale": 0.5}]}),
         "pag_hires": ("txt2img", {**BASE, **hires},
                       {PAG: [{"enabled": True, "scale": 3.0, "hires": "own", "hires_scale": 1.0}]}),
-        "seg_inpaint": ("img2img", {**img2img, "mask": encode(mask)}, SEG_ON),
+        "seg_inpaint": ("img2img", {**img2img, "mask": inpaint_mask()}, SEG_ON),
     }
 
 

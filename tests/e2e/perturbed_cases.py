@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from e2e.neighbours.neighbourhood import gradient
-from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, encode, generate
+from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, generate, inpaint_mask
 from harness.server import WebUIError
 
 PAG_ON = [True, 3.0]
@@ -34,11 +33,9 @@ def test_batch_of_two_with_dict_arguments(webui):
 
 
 def test_img2img_and_inpaint(webui):
-    mask = Image.new("L", (128, 128), 0)
-    mask.paste(255, (32, 32, 96, 96))
     img2img = {**BASE, "init_images": [gradient()], "denoising_strength": 0.7}
     check_sag_case(webui, "img2img", img2img, on_args=BOTH)
-    check_sag_case(webui, "img2img", {**img2img, "mask": encode(mask)}, on_args={PAG: PAG_ON})
+    check_sag_case(webui, "img2img", {**img2img, "mask": inpaint_mask()}, on_args={PAG: PAG_ON})
 
 
 def test_cfg_1_still_guided(webui):

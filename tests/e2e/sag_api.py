@@ -49,6 +49,13 @@ def encode(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def inpaint_mask() -> str:
+    """The inpainting mask of the cases (SIZE square): the middle half of each side repainted, encoded."""
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (SIZE // 4, SIZE // 4, 3 * SIZE // 4, 3 * SIZE // 4))
+    return encode(mask)
+
+
 def with_sag(payload: dict, args, title: str = TITLE) -> dict:
     """`payload` with the method `title`'s arguments `args`, or, for a dict `args`, each title's."""
     payload = copy.deepcopy(payload)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from e2e.sag_api import (BASE, OFF, ON, TITLE, LogWatch, check_sag_case, check_unchanged_with_one_line, decode,
-                         encode, generate, options)
+                         encode, generate, inpaint_mask, options)
 from harness.server import WebUIError
 from e2e.test_e2e_ux import script_info
 
@@ -143,10 +143,7 @@ def test_img2img(webui):
 
 
 def test_inpaint(webui):
-    from PIL import Image
-    mask = Image.new("L", (128, 128), 0)
-    mask.paste(255, (32, 32, 96, 96))
-    check_sag_case(webui, "img2img", {**BASE, "init_images": [encode(gradient())], "mask": encode(mask),
+    check_sag_case(webui, "img2img", {**BASE, "init_images": [encode(gradient())], "mask": inpaint_mask(),
                                       "denoising_strength": 0.8})
 
 

@@ -11,10 +11,10 @@ import pytest
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from e2e.forge.test_forge_host import builtin, find_builtin, gradient, with_scripts
-from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, encode, generate
+from e2e.neighbours.test_perturbed_neighbours import SOFT_INPAINTING_ARGS
+from e2e.sag_api import BASE, OFF, PAG, SEG, TITLE, LogWatch, check_sag_case, encode, generate, inpaint_mask
 from harness import checkpoints, lora
 from harness.controlnet import sd1_controlnet_state_dict
 from harness.server import ForgeWebUI, forge_from_env
@@ -119,10 +119,8 @@ def test_all_three_methods_with_soft_inpainting(webui):
     generated (Classic keeps the original filter). There the test skips, unless the webui's PYTHONPATH holds
     eight_cores/ (SD_WEBUI_PYTHONPATH), whose joblib reports 8 cores, so the filter runs as on larger machines."""
     name, _ = builtin(webui, "soft inpainting", img2img=True)
-    mask = Image.new("L", (128, 128), 0)
-    mask.paste(255, (32, 32, 96, 96))
-    payload = with_scripts({**BASE, "init_images": [encode(gradient())], "mask": encode(mask), "mask_blur": 4,
-                            "denoising_strength": 0.8}, {name: [True, 1.0, 0.5, 4.0, 0.0, 0.5, 2.0]})
+    payload = with_scripts({**BASE, "init_images": [encode(gradient())], "mask": inpaint_mask(), "mask_blur": 4,
+                            "denoising_strength": 0.8}, {name: SOFT_INPAINTING_ARGS})
     off, _ = generate(webui, "img2img", payload, OFF)
     if np.array_equal(off[0], np.asarray(gradient(), dtype=off[0].dtype)):
         pytest.skip(f"the host's soft inpainting returns the init image unchanged on this machine of {os.cpu_count()} "

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from e2e.neighbours.neighbourhood import AFTER_ONLY, BOTH_ORDERS, checkpoint, gradient, needs, with_script
 from e2e.neighbours.test_dynamic_thresholding import DYNTHRES_ARGS, DYNTHRES_TITLE
@@ -17,7 +16,7 @@ from e2e.neighbours.test_nested_pass import NESTED_TITLE
 from e2e.neighbours.test_tiled_diffusion import TILED_DIFFUSION_ARGS, TILED_DIFFUSION_TITLE
 from e2e.neighbours.test_ultimate_sd_upscale import USDU_ARGS, USDU_TITLE
 from e2e.perturbed_cases import BOTH
-from e2e.sag_api import BASE, OFF, SIZE, TITLE, check_sag_case, encode, generate, options
+from e2e.sag_api import BASE, OFF, TITLE, check_sag_case, generate, inpaint_mask, options
 
 pytestmark = pytest.mark.e2e
 
@@ -65,9 +64,7 @@ def test_soft_inpainting(neighbourhood):
     """The webui's built-in soft inpainting (img2img with a mask) blends the init image back in by each step's
     difference, through the denoiser's mask that SAG, PAG and SEG also read: it changes the inpainted image,
     and the three methods keep the case contract with it."""
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    mask.paste(255, (SIZE // 4, SIZE // 4, 3 * SIZE // 4, 3 * SIZE // 4))
-    inpaint = {**BASE, "init_images": [gradient()], "mask": encode(mask), "mask_blur": 4, "denoising_strength": 0.8}
+    inpaint = {**BASE, "init_images": [gradient()], "mask": inpaint_mask(), "mask_blur": 4, "denoising_strength": 0.8}
     payload = with_script(inpaint, SOFT_INPAINTING, SOFT_INPAINTING_ARGS)
     plain, _ = generate(neighbourhood, "img2img", inpaint, OFF)
     soft, infos = generate(neighbourhood, "img2img", payload, OFF)
