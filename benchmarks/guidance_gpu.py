@@ -17,9 +17,15 @@ rotates from repeat to repeat:
 * call_ms: {tiles: ms}, the median (over the steps, then the generations) of one isolated model call (A1111:
   the k-diffusion denoiser's; Forge: its batch function) over 1, 2, 3 and 4 tiles of B rows (2: the step's
   own cond/uncond call; 3 and 4: that call with PAG's or PAG's and SEG's rows), in an off generation;
-* floor_<c> = 1 + steps * extra_ms / 1000 / t_off_s, the least a variant's work can cost: SAG's pass is a
-  call of B rows of its own (extra = T1), PAG's or SEG's rows in the step's call (T3 - T2; the built-in PAG
-  and pag_separate do the same work), both (T4 - T2), all three (T4 - T2 + T1);
+* floor_<c> = 1 + steps * extra_ms / 1000 / t_off_s, the least a variant's work costs by the isolated
+  calls: SAG's pass is a call of B rows of its own (extra = T1), PAG's or SEG's rows in the step's call
+  (T3 - T2; the built-in PAG and pag_separate do the same work), both (T4 - T2), all three (T4 - T2 + T1);
+* work_<c>: the same work done in whole generations without the methods, as a ratio to t_off: off
+  generations in which the probe puts B more plain rows (the cond rows again: `rows1`), 2B (`rows2`) into
+  the step's own call, or makes one plain call over the uncond rows after it (`call`), or both
+  (`rows2_call`), timed in the same rounds (t_rows1_s ...); where a step is neither plainly host- nor
+  GPU-bound, more rows cost it other than the isolated calls say, and this is what they cost in the step;
+* <c>_work_paired: the median over the repeats of each repeat's ratio of the variant to its work variant;
 * peak_off_mib, peak_<c>_mib: the peak CUDA memory allocated during the generation;
 * <c>_off_paired: the median over the repeats of each repeat's own ratio to its off generation (the
   variants of a repeat run back to back), which drifts of the machine's speed between repeats do not move;
@@ -73,9 +79,14 @@ VARIANTS = {  # label in the rows: (the scripts on, settings overridden); off: n
     "pag_seg": ({**PAG, **SEG}, {}), "all": ({OURS: SAG_ARGS, **PAG, **SEG}, {}), "pag_separate": (PAG, IN_CALL_OFF),
     "builtin_pag": ({BUILTIN_PAG: [True, 3.0, 0.0, 0.0, 1.0]}, {}),
 }
-FLOORS = {  # variant: {tiles: sign} of the isolated calls whose times sum to its least extra work per step
-    "sag": {1: 1}, "builtin": {1: 1}, "pag": {3: 1, 2: -1}, "seg": {3: 1, 2: -1}, "pag_seg": {4: 1, 2: -1},
-    "all": {4: 1, 2: -1, 1: 1}, "pag_separate": {3: 1, 2: -1}, "builtin_pag": {3: 1, 2: -1},
+WORK = {  # label in the rows: the probe's requests that make an off generation do that work without the methods
+    "rows1": ("/sag-bench/rows-1",), "rows2": ("/sag-bench/rows-2",), "call": ("/sag-bench/extra-call",),
+    "rows2_call": ("/sag-bench/rows-2", "/sag-bench/extra-call"),
+}
+FLOORS = {  # variant: (its work variant, {tiles: sign} of the isolated calls whose times sum to its extra work)
+    "sag": ("call", {1: 1}), "builtin": ("call", {1: 1}), "pag": ("rows1", {3: 1, 2: -1}),
+    "seg": ("rows1", {3: 1, 2: -1}), "pag_seg": ("rows2", {4: 1, 2: -1}), "all": ("rows2_call", {4: 1, 2: -1, 1: 1}),
+    "pag_separate": ("rows1", {3: 1, 2: -1}), "builtin_pag": ("rows1", {3: 1, 2: -1}),
 }
 
 
@@ -86,9 +97,16 @@ def payload(size, batch, scripts, settings=None):
             "override_settings": settings or {}, "override_settings_restore_afterwards": True}
 
 
+def paired(runs, label, base):
+    """The median over the repeats of each repeat's ratio of `label` to `base`, or None if either is missing."""
+    if label not in runs or base not in runs:
+        return None
+    return round(statistics.median(t / t_base for (t, _), (t_base, _) in zip(runs[label], runs[base])), 4)
+
+
 def row(name, gpu, host, runs):
     """The row of one configuration from `measure`'s runs; a built-in's cells are None where the host has
-    none (Forge Neo, Forge Classic)."""
+    none (Forge Neo, Forge Classic), a work variant's where it was not measured."""
     seconds = {label: statistics.median(s for s, _ in runs[label]) for label in runs if label != "tile_calls"}
     call_ms = {tiles: statistics.median(record["call_ms"][str(tiles)] for _, record in runs["tile_calls"])
                for tiles in (1, 2, 3, 4)}
@@ -97,13 +115,18 @@ def row(name, gpu, host, runs):
               "peak_off_mib": round(max(record["peak_mib"] for _, record in runs["off"]), 1)}
     for label in VARIANTS:
         measured = label in runs
-        extra_ms = sum(sign * call_ms[tiles] for tiles, sign in FLOORS[label].items())
+        work, calls = FLOORS[label]
+        extra_ms = sum(sign * call_ms[tiles] for tiles, sign in calls.items())
         result[f"t_{label}_s"] = round(seconds[label], 4) if measured else None
         result[f"floor_{label}"] = round(1 + STEPS * extra_ms / 1000 / seconds["off"], 4)
+        result[f"work_{label}"] = round(seconds[work] / seconds["off"], 4) if work in runs else None
         result[f"peak_{label}_mib"] = round(max(record["peak_mib"] for _, record in runs[label]), 1) if measured else None
-        result[f"{label}_off_paired"] = (round(statistics.median(t / t_off for (t, _), (t_off, _)
-                                                                 in zip(runs[label], runs["off"])), 4)
-                                         if measured else None)
+        result[f"{label}_off_paired"] = paired(runs, label, "off")
+        result[f"{label}_work_paired"] = paired(runs, label, work)
+    for work in WORK:
+        if work in runs:
+            result[f"t_{work}_s"] = round(seconds[work], 4)
+            result[f"peak_{work}_mib"] = round(max(record["peak_mib"] for _, record in runs[work]), 1)
     for label in ["off", *VARIANTS]:  # A1111's probe times where a step's time goes
         if label in runs and all("step_segments_ms" in record for _, record in runs[label]):
             result[f"segments_{label}_ms"] = {name: [round(ms, 3) for ms in clocks]
@@ -131,15 +154,19 @@ def profile(webui, name, bodies, out: Path, host_times: bool):
 
 
 def print_table(rows):
-    """Per configuration and variant: t / t_off, its floor, and the peak memory over off's."""
-    print(f"{'config':<14}{'variant':<14}{'t/t_off':>9}{'floor':>8}{'t/floor':>9}{'peak/off':>10}")
+    """Per configuration and variant: t / t_off, its floor by the isolated calls, its work in whole generations
+    (with the paired ratio to it), and the peak memory over off's."""
+    print(f"{'config':<14}{'variant':<14}{'t/t_off':>9}{'floor':>8}{'t/floor':>9}{'work':>8}{'t/work':>8}"
+          f"{'paired':>8}{'peak/off':>10}")
     for r in rows:
         for label in VARIANTS:
             if r[f"t_{label}_s"] is None:
                 continue
-            ratio = r[f"t_{label}_s"] / r["t_off_s"]
+            ratio, work, pair = r[f"t_{label}_s"] / r["t_off_s"], r.get(f"work_{label}"), r.get(f"{label}_work_paired")
             print(f"{r['config']:<14}{label:<14}{ratio:>9.3f}{r[f'floor_{label}']:>8.3f}"
-                  f"{ratio / r[f'floor_{label}']:>9.3f}{r[f'peak_{label}_mib'] / r['peak_off_mib']:>10.3f}")
+                  f"{ratio / r[f'floor_{label}']:>9.3f}" + (f"{work:>8.3f}{ratio / work:>8.3f}{pair:>8.3f}" if work
+                                                             else f"{'':>24}")
+                  + f"{r[f'peak_{label}_mib'] / r['peak_off_mib']:>10.3f}")
 
 
 def main():
@@ -152,6 +179,7 @@ def main():
     parser.add_argument("--skip-timing", action="store_true", help="only --profile")
     parser.add_argument("--repeats", type=int, help="repeats per configuration instead of its own count")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--no-work", action="store_true", help="leave out the work variants (work_<c>)")
     parser.add_argument("--merge", type=Path, nargs="+", help="no GPU: join these row files into --json")
     args = parser.parse_args()
     if args.merge:
@@ -174,9 +202,13 @@ def main():
                 print(f"{time.strftime('%H:%M:%S')} {name}", flush=True)
                 _, size, batch, warmup, repeats = CONFIGS[name]
                 off = payload(size, batch, {OURS: [False]})
-                variants = [("off", webui, off, None), ("tile_calls", webui, off, "/sag-bench/tile-calls")]
-                variants[1:1] = [(label, webui, payload(size, batch, *VARIANTS[label]), None) for label in args.variants
-                                 if set(VARIANTS[label][0]) <= titles]  # a built-in the host lacks is left out
+                measured = [label for label in args.variants if set(VARIANTS[label][0]) <= titles]  # a built-in
+                works = [] if args.no_work else [work for work in WORK  # the host lacks is left out
+                                                 if any(FLOORS[label][0] == work for label in measured)]
+                variants = [("off", webui, off, ()),
+                            *[(label, webui, payload(size, batch, *VARIANTS[label]), ()) for label in measured],
+                            *[(work, webui, off, WORK[work]) for work in works],
+                            ("tile_calls", webui, off, ("/sag-bench/tile-calls",))]
                 if args.profile:  # off and the first variant on
                     profile(webui, name, {label: body for label, _, body, _ in variants[:2]}, args.profile,
                             host_times=args.webui == "forge")

@@ -34,3 +34,8 @@ def register_routes(last: dict, next_requests: set, requests) -> None:
             app.add_api_route(f"/sag-bench/{what}", for_next_generation(what), methods=["POST"])
 
     script_callbacks.on_app_started(add_routes)
+
+
+def extra_rows(next_requests: set) -> int:
+    """How many more copies of the cond rows the next generation's host call carries ("rows-N" requested)."""
+    return max((int(what[len("rows-"):]) for what in next_requests if what.startswith("rows-")), default=0)

@@ -70,11 +70,11 @@ def payload(size, batch, title, args):
             "alwayson_scripts": {title: {"args": args}}}
 
 
-def timed(webui, body, probe_request=None):
-    """(seconds, the probe's record) of one whole txt2img request, after `probe_request` (a probe path to
-    POST first, e.g. "/sag-bench/plain-pass") if given."""
-    if probe_request:
-        webui.post(probe_request, {})
+def timed(webui, body, probe_requests=()):
+    """(seconds, the probe's record) of one whole txt2img request, after `probe_requests` (probe paths to
+    POST first, e.g. "/sag-bench/plain-pass")."""
+    for path in probe_requests:
+        webui.post(path, {})
     start = time.perf_counter()
     webui.post("/sdapi/v1/txt2img", body)
     seconds = time.perf_counter() - start
@@ -83,15 +83,15 @@ def timed(webui, body, probe_request=None):
 
 def measure(variants, warmup, repeats):
     """{label: [(seconds, record)]} of `repeats` rounds over `variants` [(label, webui, body, probe
-    request or None)], after `warmup` rounds; each round starts one variant later than the one before.
+    requests)], after `warmup` rounds; each round starts one variant later than the one before.
     A variant whose webui fails (the old extension on a model it cannot handle) is reported and dropped."""
     runs = {label: [] for label, *_ in variants}
     for index in range(warmup + repeats):
-        for label, webui, body, probe_request in variants[index % len(variants):] + variants[:index % len(variants)]:
+        for label, webui, body, probe_requests in variants[index % len(variants):] + variants[:index % len(variants)]:
             if label not in runs:
                 continue
             try:
-                result = timed(webui, body, probe_request)
+                result = timed(webui, body, probe_requests)
             except WebUIError as error:
                 print(f"{label}: {str(error)[:300]}; dropped", file=sys.stderr)
                 del runs[label]
@@ -210,10 +210,10 @@ def run_on_gpu(args):
             bodies = {label: payload(size, batch, title, script_args)
                       for label, (title, script_args) in (("off", OURS_OFF), ("on", OURS_ON), ("old", OLD_ON),
                                                           ("old_off", OLD_OFF))}
-            variants = [("off", ours_webui, bodies["off"], None), ("on", ours_webui, bodies["on"], None),
-                        ("plain", ours_webui, bodies["off"], "/sag-bench/plain-pass")]
+            variants = [("off", ours_webui, bodies["off"], ()), ("on", ours_webui, bodies["on"], ()),
+                        ("plain", ours_webui, bodies["off"], ("/sag-bench/plain-pass",))]
             if old_webui is not None and checkpoint == "sd1_wide":  # the old extension fails on SDXL
-                variants += [("old", old_webui, bodies["old"], None), ("old_off", old_webui, bodies["old_off"], None)]
+                variants += [("old", old_webui, bodies["old"], ()), ("old_off", old_webui, bodies["old_off"], ())]
             runs = measure(variants, warmup, repeats)
             rows.append(report(name, gpu, runs))
             if args.profile:

@@ -81,6 +81,29 @@ def test_guidance_gpu_rows_pair_each_repeat_with_its_own_sag_off_generation():
     guidance_gpu.print_table([row])
 
 
+def test_guidance_gpu_rows_hold_each_variants_work_done_without_it():
+    """work_<c>: the off generations that do a variant's work without it (B or 2B plain rows in the host's call,
+    a plain call over B rows, both) over off's median; <c>_work_paired: each repeat's variant over its own work
+    generation; a variant whose work was not measured has None there, and its floor from the calls as before."""
+    from benchmarks import guidance_gpu
+
+    def runs(seconds):
+        return [(s, {"peak_mib": 10.0 * s, "call_ms": {"1": 10.0, "2": 12.0, "3": 14.0, "4": 17.0}}) for s in seconds]
+
+    timed = {"off": runs([1.0, 1.0, 2.0]), "pag": runs([1.2, 1.3, 2.2]), "seg": runs([1.25, 1.2, 2.4]),
+             "pag_seg": runs([1.5, 1.4, 2.9]), "sag": runs([1.6, 1.6, 3.0]),
+             "rows1": runs([1.2, 1.25, 2.0]), "rows2": runs([1.5, 1.5, 3.0]), "call": runs([1.5, 1.6, 3.0])}
+    timed["tile_calls"] = timed["off"]
+    row = guidance_gpu.row("sd15-512-b4", "GPU", "A1111 abc", timed)
+    assert (row["work_pag"], row["work_seg"], row["work_pag_separate"]) == (1.25, 1.25, 1.25)  # rows1 over off
+    assert (row["work_pag_seg"], row["work_sag"], row["work_all"]) == (1.5, 1.6, None)  # rows2_call not measured
+    assert (row["pag_work_paired"], row["seg_work_paired"]) == (1.04, 1.0417)  # 1.2/1.2, 1.3/1.25, 2.2/2.0
+    assert (row["pag_seg_work_paired"], row["sag_work_paired"], row["all_work_paired"]) == (0.9667, 1.0, None)
+    assert (row["t_rows1_s"], row["t_rows2_s"], row["peak_call_mib"]) == (1.25, 1.5, 30.0) and "t_rows2_call_s" not in row
+    assert row["floor_pag"] == round(1 + 20 * 2.0 / 1000 / 1.0, 4)  # the isolated calls' floor stays
+    guidance_gpu.print_table([row])
+
+
 def test_guidance_gpu_rows_hold_where_an_a1111_step_goes():
     """With A1111's probe records (step segments), each variant's row holds the medians of its segments over
     the repeats, host and GPU; Forge's records have none, and its rows no such cells (above)."""
@@ -144,12 +167,15 @@ def test_webui_gpu_rounds_rotate_and_drop_a_failing_variant():
         def get(self, path):
             return {"label": calls[-1]}
 
-    variants = [("off", FakeWebUI(), "off body", None), ("plain", FakeWebUI(), "plain body", "/sag-bench/plain-pass"),
-                ("old", FakeWebUI(fail=True), "old body", None)]
+    variants = [("off", FakeWebUI(), "off body", ()), ("plain", FakeWebUI(), "plain body", ("/sag-bench/plain-pass",)),
+                ("old", FakeWebUI(fail=True), "old body", ())]
     runs = webui_gpu.measure(variants, warmup=1, repeats=2)
     assert calls == ["off body", "/sag-bench/plain-pass", "plain body", "old body",  # warm-up; old fails
                      "/sag-bench/plain-pass", "plain body", "off body",  # round 1 starts at the second
                      "off body", "/sag-bench/plain-pass", "plain body"]  # round 2 at the third (dropped)
+    calls.clear()
+    webui_gpu.measure([("both", FakeWebUI(), "body", ("/sag-bench/rows-2", "/sag-bench/extra-call"))], 0, 1)
+    assert calls == ["/sag-bench/rows-2", "/sag-bench/extra-call", "body"]  # every request, then the generation
     assert list(runs) == ["off", "plain"]
     assert [[record["label"] for _, record in runs[label]] for label in runs] == [["off body"] * 2, ["plain body"] * 2]
 

@@ -197,7 +197,7 @@ class A1111Adapter:
         cond_rows = slice(0, count)
         x, sigma, image_cond = (with_rows_repeated(t, cond_rows, copies, t.shape[0], at=count)
                                 for t in (params.x, params.sigma, params.image_cond))
-        text_cond = _repeat_rows(params.text_cond, 1 + copies)
+        text_cond = repeat_rows(params.text_cond, 1 + copies)
         params.x, params.sigma, params.image_cond, params.text_cond = x, sigma, image_cond, text_cond  # all or none
 
     def _sessions_of_the_model(self):
@@ -216,9 +216,9 @@ class A1111Adapter:
             count = rows.x.shape[0]
 
             def perturbed_pass(x, copies):
-                cond = _repeat_rows(_conds_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)[0], copies)
+                cond = repeat_rows(_conds_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)[0], copies)
                 return params.inner_model(x, rows.sigma.repeat(copies), cond=self._condition_dict(
-                    cond, _repeat_rows(rows.image_cond, copies)))
+                    cond, repeat_rows(rows.image_cond, copies)))
 
             rows.out_uncond = params.x[-count:]
             with perturbed.guard():
@@ -280,7 +280,7 @@ def _map_cond(cond, change):
     return change(cond)
 
 
-def _repeat_rows(cond, copies: int):
+def repeat_rows(cond, copies: int):
     """A conditioning with its rows repeated `copies` times."""
     if copies == 1:
         return cond

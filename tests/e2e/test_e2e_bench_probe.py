@@ -1,6 +1,7 @@
 """The benchmark's probe extension (benchmarks/webui_probe) in the real webui, on the CPU: its timeline of
-each step, its plain pass (an extra model call, which must not change the image) and its profile, each
-for one generation only."""
+each step, its plain pass (an extra model call, which must not change the image), the work of the methods
+without them (more rows in the CFG call, a plain call after it) and its profile, each for one generation
+only."""
 
 from __future__ import annotations
 
@@ -50,6 +51,26 @@ def test_the_plain_pass_runs_once_and_changes_nothing(probe_webui):
     assert "call2>end2" not in after["step_segments_ms"]  # for the next generation only
     for image, other in zip(plain + again, with_pass + with_pass):
         np.testing.assert_array_equal(image, other)
+
+
+@pytest.mark.parametrize("requests, calls", [(["/sag-bench/rows-1"], ["call6>end6"]),
+                                              (["/sag-bench/rows-2"], ["call8>end8"]),
+                                              (["/sag-bench/extra-call"], ["call4>end4", "call2>end2"]),
+                                              (["/sag-bench/rows-2", "/sag-bench/extra-call"], ["call8>end8", "call2>end2"])])
+def test_the_methods_work_without_them_changes_nothing(probe_webui, requests, calls):
+    """rows-N: the CFG call carries N more copies of the cond rows (the floor of PAG's and SEG's rows in it);
+    extra-call: one plain call over the uncond rows after it (SAG's pass); the image stays off's (in float32
+    the larger call rounds alike within a level of 255)."""
+    plain, _ = generation(probe_webui, OFF)
+    for path in requests[1:]:
+        probe_webui.post(path, {})
+    with_work, record = generation(probe_webui, OFF, requests[0])
+    segments = [name for name in record["step_segments_ms"] if name.startswith("call")]
+    assert segments == calls
+    for image, other in zip(plain, with_work):
+        assert np.abs(image.astype(int) - other.astype(int)).max() <= 1
+    _, after = generation(probe_webui, OFF)
+    assert [name for name in after["step_segments_ms"] if name.startswith("call")] == ["call4>end4"]
 
 
 def test_a_profiled_generation_holds_the_operator_tables(probe_webui):

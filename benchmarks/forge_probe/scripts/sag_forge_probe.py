@@ -10,6 +10,14 @@ under torch's profiler, with ranges around a denoiser step, SAG's parts and the 
 the record holds its operator tables by host and by CUDA time; after a `POST /sag-bench/host-times` the
 same ranges are host timers (no GPU wait) and the record holds their medians. `GET /sag-bench/last`
 returns the last record.
+
+The least a method's work can cost, done in a generation without the method: after a `POST /sag-bench/rows-1`
+(or `rows-2`) the host's UNet call that holds the cond chunk carries one (two) more copies of it, through a
+UNet function wrapper as PAG's and SEG's rows ride in it, their output dropped; after a
+`POST /sag-bench/extra-call` each step makes one more call of the batch function over the uncond rows in a
+post-CFG function, as SAG's pass, not isolated. Both may be asked for the same generation; the record's
+`call_rows` lists the rows of the UNet calls the wrapper saw and made, `extra_call_rows` those of the extra
+calls.
 """
 import statistics
 import sys
@@ -22,7 +30,9 @@ from backend.sampling.sampling_function import calc_cond_uncond_batch
 
 sys.path.append(str(Path(__file__).resolve().parents[3]))  # the repository, for benchmarks.probe_routes
 import benchmarks.probe_routes as probe_routes  # noqa: E402
+from sag_ext.hosts.forge_call import COND, with_chunks_repeated  # noqa: E402
 
+CUDA = torch.cuda.is_available()  # without (the CPU webui of the tests) no memory is measured
 LAST = {}
 CALLS = {  # tiles of B rows: (cond, uncond) of the batch function's call
     1: (lambda args: args["uncond"], lambda args: None),
@@ -30,7 +40,8 @@ CALLS = {  # tiles of B rows: (cond, uncond) of the batch function's call
     3: (lambda args: args["cond"] * 2, lambda args: args["uncond"]),
     4: (lambda args: args["cond"] * 3, lambda args: args["uncond"]),
 }
-NEXT = set()  # what the next generation does besides measuring memory: "tile-calls", "profile"
+NEXT = set()  # what the next generation does besides measuring memory: "tile-calls", "profile", "host-times",
+# "rows-1", "rows-2", "extra-call"
 
 
 def labelled(fn, label):
@@ -81,13 +92,45 @@ def label_sag(undo, wrap=labelled):
         undo.append(lambda: setattr(webui, "calc_cond_uncond_batch", original))
 
 
+def synchronize():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def with_cond_copies(copies, seen):
+    """A UNet function wrapper: a call that holds the cond chunk carries `copies` more copies of it after its
+    chunks, their output dropped; `seen` gets the rows of each call as it came and as it ran."""
+    def unet_call(apply_model, args):
+        x, timestep, c, chunks = args["input"], args["timestep"], args["c"], args["cond_or_uncond"]
+        if COND in chunks:
+            x, timestep, c = with_chunks_repeated(x, timestep, c, chunks, COND, copies)
+        seen.append((args["input"].shape[0], x.shape[0]))
+        return apply_model(x, timestep, **c)[:args["input"].shape[0]]
+    return unet_call
+
+
+def extra_call(seen):
+    """A post-CFG function: one more call of the batch function over the uncond rows, its output dropped (without
+    the UNet function wrapper, which takes the chunk of a call's first argument for a cond chunk); `seen` gets
+    the rows of each."""
+    def post_cfg(args):
+        options = {key: value for key, value in args["model_options"].items() if key != "model_function_wrapper"}
+        calc_cond_uncond_batch(args["model"], args["uncond"], None, args["input"], args["sigma"], options)
+        seen.append(args["input"].shape[0])
+        return args["denoised"]
+    return post_cfg
+
+
 class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
     probe_title = "sag forge bench probe"
 
     def process(self, p, *args):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        synchronize()
+        if CUDA:
+            torch.cuda.reset_peak_memory_stats()
         p.sag_bench_tile_ms = {} if "tile-calls" in NEXT else None
+        p.sag_bench_rows = probe_routes.extra_rows(NEXT)
+        p.sag_bench_extra_call, p.sag_bench_call_rows, p.sag_bench_extra_rows = "extra-call" in NEXT, [], []
         p.sag_bench_profiler = None
         p.sag_bench_spans = None
         if "host-times" in NEXT:
@@ -102,28 +145,34 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
         NEXT.clear()
 
     def process_before_every_sampling(self, p, *args, **kwargs):
-        if p.sag_bench_tile_ms is None:
+        if p.sag_bench_tile_ms is None and not p.sag_bench_rows and not p.sag_bench_extra_call:
             return
         times = p.sag_bench_tile_ms
 
         def tile_calls(args):
             for tiles, (cond, uncond) in CALLS.items():
-                torch.cuda.synchronize()
+                synchronize()
                 start = time.perf_counter()
                 calc_cond_uncond_batch(args["model"], cond(args), uncond(args), args["input"], args["sigma"],
                                        args["model_options"])
-                torch.cuda.synchronize()
+                synchronize()
                 times.setdefault(tiles, []).append(1000 * (time.perf_counter() - start))
             return args["denoised"]
 
         unet = p.sd_model.forge_objects.unet.clone()
-        unet.set_model_sampler_post_cfg_function(tile_calls)
+        if times is not None:
+            unet.set_model_sampler_post_cfg_function(tile_calls)
+        if p.sag_bench_extra_call:
+            unet.set_model_sampler_post_cfg_function(extra_call(p.sag_bench_extra_rows))
+        if p.sag_bench_rows:
+            unet.set_model_unet_function_wrapper(with_cond_copies(p.sag_bench_rows, p.sag_bench_call_rows))
         p.sd_model.forge_objects.unet = unet
 
     def postprocess(self, p, processed, *args):
         LAST.clear()
-        LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20,
-                    call_ms={tiles: statistics.median(ms) for tiles, ms in (p.sag_bench_tile_ms or {}).items()})
+        LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20 if CUDA else None,
+                    call_ms={tiles: statistics.median(ms) for tiles, ms in (p.sag_bench_tile_ms or {}).items()},
+                    call_rows=sorted(set(p.sag_bench_call_rows)), extra_call_rows=sorted(set(p.sag_bench_extra_rows)))
         if p.sag_bench_spans is not None:
             for undo in p.sag_bench_undo:
                 undo()
@@ -138,4 +187,4 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
                         profile_by_cuda=averages.table(sort_by="cuda_time_total", row_limit=25))
 
 
-probe_routes.register_routes(LAST, NEXT, ("tile-calls", "profile", "host-times"))
+probe_routes.register_routes(LAST, NEXT, ("tile-calls", "profile", "host-times", "rows-1", "rows-2", "extra-call"))

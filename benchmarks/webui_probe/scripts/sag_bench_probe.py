@@ -19,6 +19,12 @@ it, so its host span ("callB>endB") is its whole cost, whether the host or the G
 output dropped: over 1, 2, 3 and 4 tiles of B rows (the uncond rows, as SAG's pass; the CFG call's own rows;
 that call with one or two more copies of the cond rows, as PAG's and SEG's rows in it): the medians of
 their wall times are the record's `call_ms` {tiles: ms}. `GET /sag-bench/last` returns the last record.
+
+The least a method's work can cost, done in a generation without the method: after a `POST /sag-bench/rows-1`
+(or `rows-2`) the CFG call of each step carries one (two) more copies of the cond rows between the cond and
+the uncond rows, as PAG's and SEG's rows ride in it, their output unread; after a `POST /sag-bench/extra-call`
+each step makes one more model call over the uncond rows right after the CFG call, as SAG's pass, not
+isolated. Both may be asked for the same generation.
 """
 import statistics
 import sys
@@ -28,14 +34,18 @@ from pathlib import Path
 import k_diffusion.external
 import torch
 
+from modules import script_callbacks
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 
 sys.path.append(str(Path(__file__).resolve().parents[3]))  # the repository, for benchmarks.probe_routes
 import benchmarks.probe_routes as probe_routes  # noqa: E402
+from sag_ext.hosts.a1111 import repeat_rows  # noqa: E402
+from sag_ext.hosts.rows import row_count, with_rows_repeated  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 LAST = {}
-NEXT = set()  # what the next generation does besides timing: "profile", "plain-pass", "tile-calls"
+NEXT = set()  # what the next generation does besides timing: "profile", "plain-pass", "tile-calls", "rows-1",
+# "rows-2", "extra-call"
 DENOISERS = (k_diffusion.external.DiscreteEpsDDPMDenoiser, k_diffusion.external.DiscreteVDDPMDenoiser)
 
 
@@ -70,11 +80,12 @@ def tile_rows(batch, device):
 
 class StepTimeline:
     """Marks (name, host seconds, event) at the CFG denoiser's entry ("step") and exit ("done") and around
-    each model call ("callN", "endN" for N rows), patched into the classes for one generation."""
+    each model call ("callN", "endN" for N rows), patched into the classes for one generation; the extra
+    calls and rows of the probe's requests."""
 
-    def __init__(self, plain_pass=False, tile_calls=False):
+    def __init__(self, plain_pass=False, tile_calls=False, extra_rows=0, extra_call=False):
         self.marks = []
-        self.plain_pass = plain_pass
+        self.plain_pass, self.extra_rows, self.extra_call = plain_pass, extra_rows, extra_call
         self.tile_ms = {} if tile_calls else None
         self.calls_in_step = 0
         self.originals = {cls: cls.__dict__["forward"] for cls in (CFGDenoiser, *DENOISERS)}
@@ -110,10 +121,10 @@ class StepTimeline:
         def call_forward(module, x, sigma, **kwargs):
             output = timed(module, x, sigma, **kwargs)
             self.calls_in_step += 1
-            if self.calls_in_step == 1 and x.shape[0] % 2 == 0:
-                half = x.shape[0] // 2
-                if self.plain_pass:
-                    timed(module, x[half:], sigma[half:], isolated=True, **rows_of(kwargs, slice(half, None)))
+            if self.calls_in_step == 1 and x.shape[0] % (2 + self.extra_rows) == 0:
+                uncond = slice(-(x.shape[0] // (2 + self.extra_rows)), None)
+                if self.plain_pass or self.extra_call:
+                    timed(module, x[uncond], sigma[uncond], isolated=self.plain_pass, **rows_of(kwargs, uncond))
                 if self.tile_ms is not None:
                     self.time_tile_calls(forward, module, x, sigma, kwargs)
             return output
@@ -155,6 +166,18 @@ class StepTimeline:
             cls.forward = forward
 
 
+def add_rows(params):
+    """on_cfg_denoiser: the step's CFG call carries the generation's `extra_rows` more copies of the cond rows
+    after them (their output unread: the webui reads the cond rows from the front, the uncond from the end)."""
+    timeline = getattr(getattr(params.denoiser, "p", None), "sag_bench_timeline", None)
+    if timeline is None or not timeline.extra_rows:
+        return
+    count, copies = row_count(params.text_uncond), timeline.extra_rows
+    params.x, params.sigma, params.image_cond = (with_rows_repeated(t, slice(0, count), copies, t.shape[0], at=count)
+                                                 for t in (params.x, params.sigma, params.image_cond))
+    params.text_cond = repeat_rows(params.text_cond, 1 + copies)
+
+
 def synchronize():
     if CUDA:
         torch.cuda.synchronize()
@@ -174,7 +197,9 @@ class SagBenchProbe(probe_routes.AlwaysOnProbe):
         if CUDA:
             torch.cuda.reset_peak_memory_stats()
         p.sag_bench_allocator = allocator_calls()
-        p.sag_bench_timeline = StepTimeline(plain_pass="plain-pass" in NEXT, tile_calls="tile-calls" in NEXT)
+        p.sag_bench_timeline = StepTimeline(plain_pass="plain-pass" in NEXT, tile_calls="tile-calls" in NEXT,
+                                            extra_rows=probe_routes.extra_rows(NEXT),
+                                            extra_call="extra-call" in NEXT)
         p.sag_bench_profiler = None
         if "profile" in NEXT:
             activities = [torch.profiler.ProfilerActivity.CPU]
@@ -198,4 +223,5 @@ class SagBenchProbe(probe_routes.AlwaysOnProbe):
         LAST.update(p.sag_bench_timeline.read())
 
 
-probe_routes.register_routes(LAST, NEXT, ("profile", "plain-pass", "tile-calls"))
+script_callbacks.on_cfg_denoiser(add_rows)
+probe_routes.register_routes(LAST, NEXT, ("profile", "plain-pass", "tile-calls", "rows-1", "rows-2", "extra-call"))
