@@ -1,9 +1,30 @@
 """What the two benchmark probes share (`webui_probe` for AUTOMATIC1111's webui, `forge_probe` for Forge;
-test extensions, not part of SAG): the outline of an always-on Script without UI, and the routes through
-which a benchmark asks for the next generation's measurement and reads its record. Imported by the probes
-inside a webui (it imports the webui's `modules`)."""
+test extensions, not part of SAG): the outline of an always-on Script without UI, the routes through
+which a benchmark asks for the next generation's measurement and reads its record, and the GPU's clock and
+peak memory (without CUDA, as in the tests' CPU webuis: the host's clock alone and no peak). Imported by the
+probes inside a webui (it imports the webui's `modules`)."""
 import modules.scripts as scripts
+import torch
 from modules import script_callbacks
+
+CUDA = torch.cuda.is_available()
+
+
+def synchronize():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def start_peak():
+    """Wait for the GPU and start measuring its peak memory afresh."""
+    synchronize()
+    if CUDA:
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mib():
+    """The peak CUDA memory allocated since `start_peak`, MiB (None without CUDA)."""
+    return torch.cuda.max_memory_allocated() / 2 ** 20 if CUDA else None
 
 
 class AlwaysOnProbe(scripts.Script):

@@ -32,7 +32,7 @@ sys.path.append(str(Path(__file__).resolve().parents[3]))  # the repository, for
 import benchmarks.probe_routes as probe_routes  # noqa: E402
 from sag_ext.hosts.forge_call import COND, with_chunks_repeated  # noqa: E402
 
-CUDA = torch.cuda.is_available()  # without (the CPU webui of the tests) no memory is measured
+synchronize = probe_routes.synchronize
 LAST = {}
 CALLS = {  # tiles of B rows: (cond, uncond) of the batch function's call
     1: (lambda args: args["uncond"], lambda args: None),
@@ -92,11 +92,6 @@ def label_sag(undo, wrap=labelled):
         undo.append(lambda: setattr(webui, "calc_cond_uncond_batch", original))
 
 
-def synchronize():
-    if CUDA:
-        torch.cuda.synchronize()
-
-
 def with_cond_copies(copies, seen):
     """A UNet function wrapper: a call that holds the cond chunk carries `copies` more copies of it after its
     chunks, their output dropped; `seen` gets the rows of each call as it came and as it ran."""
@@ -125,9 +120,7 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
     probe_title = "sag forge bench probe"
 
     def process(self, p, *args):
-        synchronize()
-        if CUDA:
-            torch.cuda.reset_peak_memory_stats()
+        probe_routes.start_peak()
         p.sag_bench_tile_ms = {} if "tile-calls" in NEXT else None
         p.sag_bench_rows = probe_routes.extra_rows(NEXT)
         p.sag_bench_extra_call, p.sag_bench_call_rows, p.sag_bench_extra_rows = "extra-call" in NEXT, [], []
@@ -170,7 +163,7 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
 
     def postprocess(self, p, processed, *args):
         LAST.clear()
-        LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20 if CUDA else None,
+        LAST.update(peak_mib=probe_routes.peak_mib(),
                     call_ms={tiles: statistics.median(ms) for tiles, ms in (p.sag_bench_tile_ms or {}).items()},
                     call_rows=sorted(set(p.sag_bench_call_rows)), extra_call_rows=sorted(set(p.sag_bench_extra_rows)))
         if p.sag_bench_spans is not None:

@@ -42,7 +42,7 @@ import benchmarks.probe_routes as probe_routes  # noqa: E402
 from sag_ext.hosts.a1111 import repeat_rows  # noqa: E402
 from sag_ext.hosts.rows import row_count, with_rows_repeated  # noqa: E402
 
-CUDA = torch.cuda.is_available()
+CUDA, synchronize = probe_routes.CUDA, probe_routes.synchronize
 LAST = {}
 NEXT = set()  # what the next generation does besides timing: "profile", "plain-pass", "tile-calls", "rows-1",
 # "rows-2", "extra-call"
@@ -178,11 +178,6 @@ def add_rows(params):
     params.text_cond = repeat_rows(params.text_cond, 1 + copies)
 
 
-def synchronize():
-    if CUDA:
-        torch.cuda.synchronize()
-
-
 def allocator_calls():
     """(cudaMalloc calls, cudaFree calls) of the caching allocator so far."""
     stats = torch.cuda.memory_stats() if CUDA else {}
@@ -193,9 +188,7 @@ class SagBenchProbe(probe_routes.AlwaysOnProbe):
     probe_title = "sag bench probe"
 
     def process(self, p, *args):
-        synchronize()
-        if CUDA:
-            torch.cuda.reset_peak_memory_stats()
+        probe_routes.start_peak()
         p.sag_bench_allocator = allocator_calls()
         p.sag_bench_timeline = StepTimeline(plain_pass="plain-pass" in NEXT, tile_calls="tile-calls" in NEXT,
                                             extra_rows=probe_routes.extra_rows(NEXT),
@@ -212,7 +205,7 @@ class SagBenchProbe(probe_routes.AlwaysOnProbe):
     def postprocess(self, p, processed, *args):
         LAST.clear()
         mallocs, frees = (now - before for now, before in zip(allocator_calls(), p.sag_bench_allocator))
-        LAST.update(peak_mib=torch.cuda.max_memory_allocated() / 2 ** 20 if CUDA else None,
+        LAST.update(peak_mib=probe_routes.peak_mib(),
                     cuda_mallocs=mallocs, cuda_frees=frees)
         if p.sag_bench_profiler is not None:
             p.sag_bench_profiler.__exit__(None, None, None)
