@@ -25,7 +25,8 @@ rotates from repeat to repeat:
   the step's own call, or makes one plain call over the uncond rows after it (`call`), or both
   (`rows2_call`), timed in the same rounds (t_rows1_s ...); where a step is neither plainly host- nor
   GPU-bound, more rows cost it other than the isolated calls say, and this is what they cost in the step;
-* <c>_work_paired: the median over the repeats of each repeat's ratio of the variant to its work variant;
+* <c>_work_paired: the median over the repeats of each repeat's ratio of the variant to its work variant,
+  and <c>_work_paired_iqr their first and third quartiles: how far a run's own spread reaches;
 * peak_off_mib, peak_<c>_mib: the peak CUDA memory allocated during the generation;
 * <c>_off_paired: the median over the repeats of each repeat's own ratio to its off generation (the
   variants of a repeat run back to back), which drifts of the machine's speed between repeats do not move;
@@ -97,11 +98,15 @@ def payload(size, batch, scripts, settings=None):
             "override_settings": settings or {}, "override_settings_restore_afterwards": True}
 
 
-def paired(runs, label, base):
-    """The median over the repeats of each repeat's ratio of `label` to `base`, or None if either is missing."""
+def paired(runs, label, base, quartiles=False):
+    """The median over the repeats of each repeat's ratio of `label` to `base` (with `quartiles`: the first and
+    third quartile of those ratios, None for fewer than two repeats), or None if either is missing."""
     if label not in runs or base not in runs:
         return None
-    return round(statistics.median(t / t_base for (t, _), (t_base, _) in zip(runs[label], runs[base])), 4)
+    ratios = [t / t_base for (t, _), (t_base, _) in zip(runs[label], runs[base])]
+    if quartiles:
+        return [round(q, 4) for q in statistics.quantiles(ratios, n=4)[::2]] if len(ratios) > 1 else None
+    return round(statistics.median(ratios), 4)
 
 
 def row(name, gpu, host, runs):
@@ -123,6 +128,7 @@ def row(name, gpu, host, runs):
         result[f"peak_{label}_mib"] = round(max(record["peak_mib"] for _, record in runs[label]), 1) if measured else None
         result[f"{label}_off_paired"] = paired(runs, label, "off")
         result[f"{label}_work_paired"] = paired(runs, label, work)
+        result[f"{label}_work_paired_iqr"] = paired(runs, label, work, quartiles=True)
     for work in WORK:
         if work in runs:
             result[f"t_{work}_s"] = round(seconds[work], 4)

@@ -99,8 +99,11 @@ def test_guidance_gpu_rows_hold_each_variants_work_done_without_it():
     assert (row["work_pag_seg"], row["work_sag"], row["work_all"]) == (1.5, 1.6, None)  # rows2_call not measured
     assert (row["pag_work_paired"], row["seg_work_paired"]) == (1.04, 1.0417)  # 1.2/1.2, 1.3/1.25, 2.2/2.0
     assert (row["pag_seg_work_paired"], row["sag_work_paired"], row["all_work_paired"]) == (0.9667, 1.0, None)
+    assert row["pag_work_paired_iqr"] == [1.0, 1.1] and row["all_work_paired_iqr"] is None  # quartiles of 1, 1.04, 1.1
     assert (row["t_rows1_s"], row["t_rows2_s"], row["peak_call_mib"]) == (1.25, 1.5, 30.0) and "t_rows2_call_s" not in row
     assert row["floor_pag"] == round(1 + 20 * 2.0 / 1000 / 1.0, 4)  # the isolated calls' floor stays
+    single = guidance_gpu.row("sdxl-2048-b1", "GPU", "A1111 abc", {label: r[:1] for label, r in timed.items()})
+    assert single["pag_work_paired"] == 1.0 and single["pag_work_paired_iqr"] is None  # one repeat: no spread
     guidance_gpu.print_table([row])
 
 
