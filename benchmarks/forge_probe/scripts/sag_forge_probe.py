@@ -1,4 +1,4 @@
-"""Benchmark probe for benchmarks/forge_gpu.py in a Forge webui (a test extension, not part of SAG).
+"""Benchmark probe for benchmarks/guidance_gpu.py in a Forge webui (a test extension, not part of SAG).
 
 Per generation it records the peak CUDA memory allocated. After a `POST /sag-bench/tile-calls` the next
 generation's steps each make four more model calls through the host's own batch function
@@ -6,7 +6,7 @@ generation's steps each make four more model calls through the host's own batch 
 GPU waited for before and after it), their output dropped: over B rows (the uncond, as SAG's pass), 2B (the
 step's own cond/uncond call), 3B and 4B (that call with one or two more copies of the cond chunk, as PAG's and
 SEG's rows in it): the medians of their wall times are `call_ms` {tiles: ms}. After a `POST /sag-bench/profile` the next generation runs
-under torch's profiler, with ranges around a denoiser step, SAG's parts and the host's batch function, and
+under torch's profiler, with ranges around a denoiser step, the methods' parts and the host's batch function, and
 the record holds its operator tables by host and by CUDA time; after a `POST /sag-bench/host-times` the
 same ranges are host timers (no GPU wait) and the record holds their medians. `GET /sag-bench/last`
 returns the last record.
@@ -65,17 +65,25 @@ def host_timed(spans):
     return wrap
 
 
-def label_sag(undo, wrap=labelled):
-    """Ranges (`wrap`: profiler ranges, or host timers) around a denoiser step, SAG's parts and the host's
-    batch function, for one generation; `undo` gets what puts them back."""
+def label_parts(undo, wrap=labelled):
+    """Ranges (`wrap`: profiler ranges, or host timers) around a denoiser step, the methods' parts and the
+    host's batch function, for one generation; `undo` gets what puts them back. (The adapter's
+    `on_cfg_denoiser` is a callback the webui holds bound: its parts, the sessions' `begin_step`, are timed.)"""
     from modules.sd_samplers_cfg_denoiser import CFGDenoiser
+    forge, perturbed, session = (sys.modules.get(f"sag_ext.{name}") for name in ("hosts.forge", "core.perturbed",
+                                                                                "core.session"))
     targets = [(CFGDenoiser, (None, "forward"), "host: denoiser step"),
-               (sys.modules.get("sag_ext.core.session"), ("SagSession", "begin_step"), "sag: begin_step"),
-               (sys.modules.get("sag_ext.hosts.forge"), ("ForgeAdapter", "post_cfg"), "sag: post-CFG function"),
-               (sys.modules.get("sag_ext.hosts.forge"), ("ForgeAdapter", "on_cfg_denoiser"), "sag: cfg_denoiser"),
-               (sys.modules.get("sag_ext.core.session"), ("SagSession", "end_step"), "sag: end_step"),
+               (session, ("SagSession", "begin_step"), "sag: begin_step"),
+               (forge, ("ForgeAdapter", "post_cfg"), "sag: post-CFG function"),
+               (session, ("SagSession", "end_step"), "sag: end_step"),
                (sys.modules.get("sag_ext.core.capture"), (None, "per_key_attention_mass"), "sag: attention mass"),
-               (sys.modules.get("sag_ext.core.session"), (None, "degraded_input"), "sag: degraded input"),
+               (session, (None, "degraded_input"), "sag: degraded input"),
+               (perturbed, ("PerturbedSession", "begin_step"), "pag/seg: begin_step"),
+               (forge, ("ForgeAdapter", "unet_call"), "pag/seg: the host's call with their rows"),
+               (forge, (None, "with_chunks_repeated"), "pag/seg: their rows added"),
+               (forge, ("ForgeAdapter", "perturbed_post_cfg"), "pag/seg: post-CFG function"),
+               (perturbed, ("PerturbedSession", "end_step"), "pag/seg: end_step"),
+               (perturbed, ("PerturbedSession", "apply"), "pag/seg: apply"),
                (sys.modules.get("backend.sampling.sampling_function"), (None, "calc_cond_uncond_batch"), "host: calc_cond_uncond_batch")]
     for module, (owner_name, name), label in targets:
         owner = getattr(module, owner_name) if owner_name else module
@@ -128,12 +136,12 @@ class SagForgeBenchProbe(probe_routes.AlwaysOnProbe):
         p.sag_bench_spans = None
         if "host-times" in NEXT:
             p.sag_bench_spans, p.sag_bench_undo = {}, []
-            label_sag(p.sag_bench_undo, host_timed(p.sag_bench_spans))
+            label_parts(p.sag_bench_undo, host_timed(p.sag_bench_spans))
         if "profile" in NEXT:
             activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
             p.sag_bench_profiler = torch.profiler.profile(activities=activities)
             p.sag_bench_undo = []
-            label_sag(p.sag_bench_undo)
+            label_parts(p.sag_bench_undo)
             p.sag_bench_profiler.__enter__()
         NEXT.clear()
 

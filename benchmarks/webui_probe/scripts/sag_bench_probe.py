@@ -1,4 +1,5 @@
-"""Benchmark probe for benchmarks/webui_gpu.py (a test extension, not part of SAG).
+"""Benchmark probe for benchmarks/webui_gpu.py and guidance_gpu.py in AUTOMATIC1111's webui (a test extension,
+not part of SAG).
 
 Per generation it records the peak CUDA memory allocated, how many cudaMalloc and cudaFree calls the
 caching allocator made (a generation that keeps allocating fresh device memory pays for it), and a
