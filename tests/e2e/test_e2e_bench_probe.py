@@ -73,6 +73,20 @@ def test_the_methods_work_without_them_changes_nothing(probe_webui, requests, ca
     assert [name for name in after["step_segments_ms"] if name.startswith("call")] == ["call4>end4"]
 
 
+def test_the_rows_ride_in_an_sdxl_call(probe_webui):
+    """SDXL's conditioning is a dict of tensors (the webui's DictWithShape): the rows take each of them."""
+    probe_webui.use_checkpoint("sdxl_tiny")
+    try:
+        plain, _ = generation(probe_webui, OFF)
+        probe_webui.post("/sag-bench/extra-call", {})
+        with_work, record = generation(probe_webui, OFF, "/sag-bench/rows-2")
+    finally:
+        probe_webui.use_checkpoint("sd1_tiny")
+    assert [name for name in record["step_segments_ms"] if name.startswith("call")] == ["call8>end8", "call2>end2"]
+    for image, other in zip(plain, with_work):
+        assert np.abs(image.astype(int) - other.astype(int)).max() <= 1
+
+
 def test_a_profiled_generation_holds_the_operator_tables(probe_webui):
     _, record = generation(probe_webui, OFF, "/sag-bench/profile")
     assert "aten::" in record["profile_by_host"]
