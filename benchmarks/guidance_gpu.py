@@ -98,15 +98,20 @@ def payload(size, batch, scripts, settings=None):
             "override_settings": settings or {}, "override_settings_restore_afterwards": True}
 
 
-def paired(runs, label, base, quartiles=False):
-    """The median over the repeats of each repeat's ratio of `label` to `base` (with `quartiles`: the first and
-    third quartile of those ratios, None for fewer than two repeats), or None if either is missing."""
+def paired(runs, label, base):
+    """Each repeat's ratio of `label` to `base` ([] if either is missing)."""
     if label not in runs or base not in runs:
-        return None
-    ratios = [t / t_base for (t, _), (t_base, _) in zip(runs[label], runs[base])]
-    if quartiles:
-        return [round(q, 4) for q in statistics.quantiles(ratios, n=4)[::2]] if len(ratios) > 1 else None
-    return round(statistics.median(ratios), 4)
+        return []
+    return [t / t_base for (t, _), (t_base, _) in zip(runs[label], runs[base])]
+
+
+def median(ratios):
+    return round(statistics.median(ratios), 4) if ratios else None
+
+
+def quartiles(ratios):
+    """[first, third] quartile, None for fewer than two."""
+    return [round(q, 4) for q in statistics.quantiles(ratios, n=4)[::2]] if len(ratios) > 1 else None
 
 
 def row(name, gpu, host, runs):
@@ -126,9 +131,9 @@ def row(name, gpu, host, runs):
         result[f"floor_{label}"] = round(1 + STEPS * extra_ms / 1000 / seconds["off"], 4)
         result[f"work_{label}"] = round(seconds[work] / seconds["off"], 4) if work in runs else None
         result[f"peak_{label}_mib"] = round(max(record["peak_mib"] for _, record in runs[label]), 1) if measured else None
-        result[f"{label}_off_paired"] = paired(runs, label, "off")
-        result[f"{label}_work_paired"] = paired(runs, label, work)
-        result[f"{label}_work_paired_iqr"] = paired(runs, label, work, quartiles=True)
+        result[f"{label}_off_paired"] = median(paired(runs, label, "off"))
+        to_work = paired(runs, label, work)
+        result[f"{label}_work_paired"], result[f"{label}_work_paired_iqr"] = median(to_work), quartiles(to_work)
     for work in WORK:
         if work in runs:
             result[f"t_{work}_s"] = round(seconds[work], 4)

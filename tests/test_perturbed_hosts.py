@@ -241,7 +241,7 @@ def test_a1111_rows_that_cannot_be_added_leave_the_step_as_it_was(host, scripts,
     def broken(cond, copies):
         raise TypeError("a conditioning this adapter cannot repeat")
 
-    monkeypatch.setattr(a1111, "repeat_rows", broken)
+    monkeypatch.setattr(a1111, "_repeat_rows", broken)
     with caplog.at_level(logging.WARNING, logger="sd_webui_sag"):
         on = generate(scripts, make_p(), PAG, SEG)
     assert torch.equal(on, off) and perturbed_hooks(host) is None

@@ -193,12 +193,7 @@ class A1111Adapter:
         perturbed.begin_step(unet, progress=progress, hires_pass=hires_pass, host=step_rows(slice(0, count)))
         if not perturbed.wants_host_call():
             return
-        copies = perturbed.arm_host_call(tiles_before=1, tiles_after=1, tile=count)
-        cond_rows = slice(0, count)
-        x, sigma, image_cond = (with_rows_repeated(t, cond_rows, copies, t.shape[0], at=count)
-                                for t in (params.x, params.sigma, params.image_cond))
-        text_cond = repeat_rows(params.text_cond, 1 + copies)
-        params.x, params.sigma, params.image_cond, params.text_cond = x, sigma, image_cond, text_cond  # all or none
+        add_cond_copies(params, count, perturbed.arm_host_call(tiles_before=1, tiles_after=1, tile=count))
 
     def _sessions_of_the_model(self):
         """(SAG's, PAG and SEG's) sessions owning the hooks on the model in use (each None if none does): those
@@ -216,9 +211,9 @@ class A1111Adapter:
             count = rows.x.shape[0]
 
             def perturbed_pass(x, copies):
-                cond = repeat_rows(_conds_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)[0], copies)
+                cond = _repeat_rows(_conds_as_used(rows.denoiser, rows.text_cond, rows.text_uncond)[0], copies)
                 return params.inner_model(x, rows.sigma.repeat(copies), cond=self._condition_dict(
-                    cond, repeat_rows(rows.image_cond, copies)))
+                    cond, _repeat_rows(rows.image_cond, copies)))
 
             rows.out_uncond = params.x[-count:]
             with perturbed.guard():
@@ -280,7 +275,16 @@ def _map_cond(cond, change):
     return change(cond)
 
 
-def repeat_rows(cond, copies: int):
+def add_cond_copies(params, count: int, copies: int) -> None:
+    """The CFG denoiser's batch (`params` of `cfg_denoiser`: B = `count` cond rows first, the uncond rows last)
+    with `copies` more copies of the cond rows between them, all inputs changed or none."""
+    x, sigma, image_cond = (with_rows_repeated(t, slice(0, count), copies, t.shape[0], at=count)
+                            for t in (params.x, params.sigma, params.image_cond))
+    text_cond = _repeat_rows(params.text_cond, 1 + copies)
+    params.x, params.sigma, params.image_cond, params.text_cond = x, sigma, image_cond, text_cond
+
+
+def _repeat_rows(cond, copies: int):
     """A conditioning with its rows repeated `copies` times."""
     if copies == 1:
         return cond

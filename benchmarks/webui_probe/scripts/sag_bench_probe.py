@@ -40,8 +40,8 @@ from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 
 sys.path.append(str(Path(__file__).resolve().parents[3]))  # the repository, for benchmarks.probe_routes
 import benchmarks.probe_routes as probe_routes  # noqa: E402
-from sag_ext.hosts.a1111 import repeat_rows  # noqa: E402
-from sag_ext.hosts.rows import row_count, with_rows_repeated  # noqa: E402
+from sag_ext.hosts.a1111 import add_cond_copies  # noqa: E402
+from sag_ext.hosts.rows import row_count  # noqa: E402
 
 CUDA, synchronize = probe_routes.CUDA, probe_routes.synchronize
 LAST = {}
@@ -173,10 +173,7 @@ def add_rows(params):
     timeline = getattr(getattr(params.denoiser, "p", None), "sag_bench_timeline", None)
     if timeline is None or not timeline.extra_rows:
         return
-    count, copies = row_count(params.text_uncond), timeline.extra_rows
-    params.x, params.sigma, params.image_cond = (with_rows_repeated(t, slice(0, count), copies, t.shape[0], at=count)
-                                                 for t in (params.x, params.sigma, params.image_cond))
-    params.text_cond = repeat_rows(params.text_cond, 1 + copies)
+    add_cond_copies(params, row_count(params.text_uncond), timeline.extra_rows)
 
 
 def allocator_calls():
