@@ -1,15 +1,24 @@
-"""Cost of Self-Attention Guidance per sampling step, on the real ldm UNet with random weights.
+"""Cost of SAG, PAG and SEG per sampling step, on the real ldm UNet with random weights.
 
 For each configuration it runs an Euler sampling loop with batched CFG the way the webui's CFG
-denoiser does it (cond rows first, the B uncond rows last, one UNet call over 2B rows), once plain
-and once with SAG, firing the webui's three CFG callbacks into SAG's own A1111 adapter, and times the
-bare UNet over B and 2B rows. The overhead r = (step SAG - step CFG) / T(B) is 1 for a SAG that
-costs exactly one extra UNet pass over the uncond rows.
+denoiser does it (cond rows first, the B uncond rows last, one UNet call over 2B rows, the batch
+whatever the `cfg_denoiser` callback made of it), firing the webui's three CFG callbacks into this
+extension's A1111 adapter, two ways at a time, step after step:
+
+* plain and with SAG, and the bare UNet over B and 2B rows: the overhead r = (step SAG - step CFG) / T(B)
+  is 1 for a SAG that costs exactly one extra UNet pass over the uncond rows;
+* PAG, SEG, and both, each beside its work done plainly: B (2B for both) more copies of the cond rows
+  in the step's call, their output unread (`PlainRows`, as the probe extensions do in a webui). The
+  ratio of each step to its work's (`<c>_work_r`) is 1 for a method that costs exactly its rows; on a
+  step bound by the host (`host-sd15`: SD1.5's layers at a tenth of their width over an 8x8 latent on
+  the CPU, where every operation costs about its dispatch, as in a launch-bound GPU step) it measures
+  what the method's own Python and operations add.
 
     python benchmarks/bench_sag.py                       # every GPU configuration
     python benchmarks/bench_sag.py --configs sd15-512-b1 sdxl-2048-b1 --json out.json
     python benchmarks/bench_sag.py --profile sdxl-2048-b1  # profiler table of one SAG step
     python benchmarks/bench_sag.py --tiny                # seconds on the CPU (smoke test)
+    python benchmarks/bench_sag.py --configs host-sd15 --steps 200   # host-bound steps on the CPU
 
 As in the webui: fp16 weights under autocast on CUDA (fp32 on the CPU), TF32 matmuls allowed, and
 ldm's CrossAttention replaced by PyTorch SDPA (the webui's "sdp" optimisation patches the same
@@ -43,8 +52,10 @@ from harness.diffusion import CompVisDenoiser, sd_alphas_cumprod  # noqa: E402
 from harness.unets import randomise_zero_layers  # noqa: E402
 from sag_ext.core import capture as sag_capture, session as sag_session  # noqa: E402
 from sag_ext.core.params import SagParams  # noqa: E402
+from sag_ext.core.perturbed import PerturbedSession  # noqa: E402
+from sag_ext.core.perturbed_params import PagParams, SegParams  # noqa: E402
 from sag_ext.core.session import SagSession  # noqa: E402
-from sag_ext.hosts.a1111 import A1111Adapter  # noqa: E402
+from sag_ext.hosts.a1111 import A1111Adapter, add_cond_copies  # noqa: E402
 
 CFG_SCALE = 7.0
 MIB = 1 << 20
@@ -161,29 +172,45 @@ def labelled(fn, label):
     return wrapper
 
 
-def cfg_denoise(model: CompVisDenoiser, x, sigma, text_cond, text_uncond, sag=None, step=0, total_steps=1):
-    """One call of the webui's CFGDenoiser (k-diffusion), firing its three CFG callbacks into SAG's A1111
-    adapter where the webui fires them when `sag` = (adapter, p) is given; `p` carries the session."""
+def cfg_denoise(model: CompVisDenoiser, x, sigma, text_cond, text_uncond, callbacks=None, p=None, step=0,
+                total_steps=1):
+    """One call of the webui's CFGDenoiser (k-diffusion), firing its three CFG callbacks into `callbacks` (this
+    extension's A1111 adapter, whose sessions `p` carries, or PlainRows) where the webui fires them; the UNet
+    call takes the batch as `cfg_denoiser` left it, cond rows read from the front and uncond from the end."""
     rows = x.shape[0]
-    x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
-    image_cond_in = x.new_zeros(2 * rows, 5, 1, 1)  # txt2img's image conditioning
-    if sag is not None:
-        adapter, p = sag
-        denoiser = SimpleNamespace(p=p, step=step, total_steps=total_steps, mask=None, nmask=None)
-        adapter.on_cfg_denoiser(SimpleNamespace(x=x_in, image_cond=image_cond_in, sigma=sigma_in, text_cond=text_cond,
-                                                text_uncond=text_uncond, denoiser=denoiser))
-    with torch.profiler.record_function("cfg: unet over 2B rows"):
-        x_out = model(x_in, sigma_in, cond={"c_crossattn": [torch.cat([text_cond, text_uncond])],
-                                            "c_concat": [image_cond_in]})
-    if sag is not None:
-        with torch.profiler.record_function("sag: end_step"):
-            adapter.on_cfg_denoised(SimpleNamespace(
-                x=x_out, inner_model=labelled(model, "sag: degraded pass (unet over B rows)")))
+    params = SimpleNamespace(x=torch.cat([x, x]), image_cond=x.new_zeros(2 * rows, 5, 1, 1),  # txt2img's
+                             sigma=torch.cat([sigma, sigma]), text_cond=text_cond, text_uncond=text_uncond,
+                             denoiser=SimpleNamespace(p=p, step=step, total_steps=total_steps, mask=None, nmask=None))
+    if callbacks is not None:
+        callbacks.on_cfg_denoiser(params)
+    with torch.profiler.record_function("cfg: unet call"):
+        x_out = model(params.x, params.sigma, cond={"c_crossattn": [torch.cat([params.text_cond, params.text_uncond])],
+                                                    "c_concat": [params.image_cond]})
+    if callbacks is not None:
+        with torch.profiler.record_function("guidance: end_step"):
+            callbacks.on_cfg_denoised(SimpleNamespace(x=x_out, inner_model=labelled(model, "guidance: extra pass")))
     uncond = x_out[-rows:]
     after_cfg = SimpleNamespace(x=uncond + CFG_SCALE * (x_out[:rows] - uncond))
-    if sag is not None:
-        adapter.on_cfg_after_cfg(after_cfg)
+    if callbacks is not None:
+        callbacks.on_cfg_after_cfg(after_cfg)
     return after_cfg.x
+
+
+class PlainRows:
+    """CFG callbacks that do PAG's or SEG's work (`copies` 1) or both's (2) without the methods: copies of the
+    cond rows in the step's own call, with the adapter's own helper, their output unread."""
+
+    def __init__(self, copies: int):
+        self.copies = copies
+
+    def on_cfg_denoiser(self, params) -> None:
+        add_cond_copies(params, params.text_uncond.shape[0], self.copies)
+
+    def on_cfg_denoised(self, params) -> None:
+        pass
+
+    def on_cfg_after_cfg(self, params) -> None:
+        pass
 
 
 def sampling_sigmas(model: CompVisDenoiser, steps: int) -> torch.Tensor:
@@ -229,6 +256,7 @@ class Config:
     arch: Arch
     pixels: int
     batch: int
+    sag: bool = True  # SAG is timed too (it needs a middle block of 2x2 tokens or more)
 
 
 GPU_CONFIGS = [Config("sd15-512-b1", sd15(), 512, 1), Config("sd15-512-b4", sd15(), 512, 4),
@@ -237,6 +265,14 @@ GPU_CONFIGS = [Config("sd15-512-b1", sd15(), 512, 1), Config("sd15-512-b4", sd15
 TINY_CONFIGS = [  # 32x32 latents; narrow, shallow and with a short context, for the CPU
     Config("tiny-sd15", sd15(channels=32, context_dim=64, num_res_blocks=1), 256, 1),
     Config("tiny-sdxl", sdxl_like(channels=32, context_dim=64, head_channels=8, deep=3, num_res_blocks=1), 256, 2)]
+HOST_CONFIGS = [Config("host-sd15", sd15(channels=32, context_dim=64), 64, 1, sag=False)]  # SD1.5's layers, host-bound
+# PAG, SEG and both: their sessions' methods, and the copies of the cond rows that are their work
+PERTURBED = {"pag": ((PagParams,), 1), "seg": ((SegParams,), 1), "pag_seg": ((PagParams, SegParams), 2)}
+
+
+def _median_and_iqr(values: list) -> tuple:
+    quartiles = statistics.quantiles(values, n=4) if len(values) > 1 else [values[0]] * 3
+    return quartiles[1], quartiles[2] - quartiles[0]
 
 
 class Bench:
@@ -256,17 +292,25 @@ class Bench:
         cuda = self.device.type == "cuda"
         return torch.autocast("cuda", dtype=torch.float16) if cuda else contextlib.nullcontext()
 
-    def generation(self, session: SagSession):
-        """The webui's processing object of a generation with SAG's `session` attached."""
+    @staticmethod
+    def generation(*params):
+        """The webui's processing object of a generation with the methods of `params` on (SAG's session, or PAG's
+        and SEG's), and that session."""
         p = SimpleNamespace(is_hr_pass=False, extra_generation_params={})
-        session.attach_to(p)
-        return p
+        if isinstance(params[0], SagParams):
+            session = SagSession(params[0])
+            session.attach_to(p)
+        else:
+            for each in params:
+                session = PerturbedSession.for_generation(p, each.METHOD.key)
+                session.add(each)
+        return p, session
 
-    def _step(self, x, index, p):
-        """Euler step `index` of the webui's k-diffusion sampler; SAG's callbacks fire when `p` is given."""
+    def _step(self, x, index, callbacks=None, p=None):
+        """Euler step `index` of the webui's k-diffusion sampler, its CFG callbacks fired into `callbacks`."""
         sigma, sigma_next = self.sigmas[index], self.sigmas[index + 1]
         denoised = cfg_denoise(self.model, x, sigma.expand(x.shape[0]), self.text_cond, self.text_uncond,
-                               None if p is None else (self.adapter, p), index, len(self.sigmas) - 1)
+                               callbacks, p, index, len(self.sigmas) - 1)
         return x + (x - denoised) / sigma * (sigma_next - sigma)
 
     def _unet_inputs(self, rows: int):
@@ -275,50 +319,68 @@ class Bench:
         return (self.noise.repeat(reps, 1, 1, 1)[:rows], torch.full((rows,), 500, device=self.device),
                 self.text_cond.repeat(reps, 1, 1)[:rows])
 
-    def run(self) -> dict:
-        """Time a CFG step, a SAG step, T(B) and T(2B) in turn, step after step, so drift hits all alike.
-
-        r is the median over steps of each step's own (SAG - CFG) / T(B), measured within a few
-        hundred milliseconds of each other; CFG and SAG swap places every other step.
-
-        The CFG and SAG runs follow their own latents. Once SAG's first step has attached its hooks they
-        stay (as in a webui generation), so the CFG steps pass through them disarmed, a few microseconds.
-        Peak memory is the allocator's high-water mark within each timed call (host-side bookkeeping, no sync).
-        """
+    def _alternate(self, first: tuple, second: tuple, bare_calls: dict) -> tuple:
+        """Time the steps of two ways of sampling, `first` and `second` = (name, callbacks, p), in turn, step after
+        step (they swap places every other step, so drift hits both alike), each following its own latents, and
+        after each pair the bare UNet calls `bare_calls` {name: (x, t, context)}: ({name: ms of each timed step or
+        call}, {name: peak MiB}, whether every latent stayed finite). Peak memory is the allocator's high-water
+        mark within each timed step (host-side bookkeeping, no sync). Once a method's first step has attached its
+        hooks they stay, as in a webui generation, so the other way's steps pass through them disarmed, a few
+        microseconds."""
         cuda = self.device.type == "cuda"
-        session = SagSession(SagParams(enabled=True))
-        p = self.generation(session)
-        timers = {name: Timer(self.device) for name in ("cfg", "sag", "unet_b", "unet_2b")}
-        peaks = {"cfg": 0.0, "sag": 0.0}
-        latents = {"cfg": self.noise * self.sigmas[0], "sag": self.noise * self.sigmas[0]}
-        unet_b, unet_2b = self._unet_inputs(self.config.batch), self._unet_inputs(2 * self.config.batch)
+        timers = {name: Timer(self.device) for name in [first[0], second[0], *bare_calls]}
+        peaks = {first[0]: 0.0, second[0]: 0.0}
+        latents = {first[0]: self.noise * self.sigmas[0], second[0]: self.noise * self.sigmas[0]}
         with torch.no_grad(), self.autocast():
             for index in range(len(self.sigmas) - 1):
-                modes = (("cfg", None), ("sag", p))
-                for mode, step_p in modes if index % 2 == 0 else modes[::-1]:
+                for name, callbacks, p in (first, second) if index % 2 == 0 else (second, first):
                     if cuda:
                         torch.cuda.reset_peak_memory_stats()
-                    latents[mode] = timers[mode](self._step, latents[mode], index, step_p)
+                    latents[name] = timers[name](self._step, latents[name], index, callbacks, p)
                     if cuda:
-                        peaks[mode] = max(peaks[mode], torch.cuda.max_memory_allocated() / MIB)
-                timers["unet_b"](self.unet, *unet_b)
-                timers["unet_2b"](self.unet, *unet_2b)
+                        peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated() / MIB)
+                for name, inputs in bare_calls.items():
+                    timers[name](self.unet, *inputs)
+        finite = all(bool(x.isfinite().all()) for x in latents.values())
+        return {name: timer.times_ms(self.warmup) for name, timer in timers.items()}, peaks, finite
+
+    def _sag(self) -> dict:
+        """SAG beside plain CFG steps, and the bare UNet over B and 2B rows."""
+        p, session = self.generation(SagParams(enabled=True))
+        ms, peaks, finite = self._alternate(("cfg", None, None), ("sag", self.adapter, p), {
+            "unet_b": self._unet_inputs(self.config.batch), "unet_2b": self._unet_inputs(2 * self.config.batch)})
         if not session.active or session.degraded_passes != len(self.sigmas) - 1:
             raise RuntimeError(f"SAG did not run on every step ({session.degraded_passes} passes)")
         session.close()
-
-        ms = {name: timer.times_ms(self.warmup) for name, timer in timers.items()}
         cfg, sag, t_b, t_2b = (statistics.median(ms[name]) for name in ("cfg", "sag", "unet_b", "unet_2b"))
-        per_step_r = [(s - c) / t for c, s, t in zip(ms["cfg"], ms["sag"], ms["unet_b"])]
-        quartiles = statistics.quantiles(per_step_r, n=4) if len(per_step_r) > 1 else [per_step_r[0]] * 3
-        return {"config": self.config.name, "batch": self.config.batch, "pixels": self.config.pixels,
-                "latent": self.config.pixels // 8, "step_cfg_ms": cfg, "step_sag_ms": sag, "unet_b_ms": t_b,
-                "unet_2b_ms": t_2b, "overhead_r": quartiles[1], "overhead_r_of_medians": (sag - cfg) / t_b,
-                "overhead_r_iqr": quartiles[2] - quartiles[0],
+        r, r_iqr = _median_and_iqr([(s - c) / t for c, s, t in zip(ms["cfg"], ms["sag"], ms["unet_b"])])
+        return {"step_cfg_ms": cfg, "step_sag_ms": sag, "unet_b_ms": t_b, "unet_2b_ms": t_2b, "overhead_r": r,
+                "overhead_r_of_medians": (sag - cfg) / t_b, "overhead_r_iqr": r_iqr,
                 "peak_cfg_mib": peaks["cfg"], "peak_sag_mib": peaks["sag"],
-                "peak_ratio": peaks["sag"] / peaks["cfg"] if peaks["cfg"] else 1.0,
-                "outputs_finite": all(bool(x.isfinite().all()) for x in latents.values()),
-                "warmup": self.warmup, "timed_steps": self.steps}
+                "peak_ratio": peaks["sag"] / peaks["cfg"] if peaks["cfg"] else 1.0, "outputs_finite": finite}
+
+    def _perturbed(self, name: str) -> dict:
+        """PAG, SEG or both (`name`) beside their work done plainly in the step's call."""
+        methods, copies = PERTURBED[name]
+        p, session = self.generation(*(method(enabled=True) for method in methods))
+        work = f"{name}_work"
+        ms, peaks, finite = self._alternate((work, PlainRows(copies), None), (name, self.adapter, p), {})
+        guided = [int(session.guided_steps.get(method.METHOD.key, 0)) for method in methods]
+        if not session.active or guided != [len(self.sigmas) - 1] * len(methods):
+            raise RuntimeError(f"{name} did not guide every step ({guided})")
+        session.close()
+        r, r_iqr = _median_and_iqr([m / w for m, w in zip(ms[name], ms[work])])
+        return {f"step_{name}_ms": statistics.median(ms[name]), f"step_{work}_ms": statistics.median(ms[work]),
+                f"{name}_work_r": r, f"{name}_work_r_iqr": r_iqr, f"peak_{name}_mib": peaks[name],
+                f"peak_{work}_mib": peaks[work], f"{name}_outputs_finite": finite}
+
+    def run(self) -> dict:
+        """SAG beside plain CFG steps, then PAG, SEG and both beside their work, each pair step after step."""
+        row = {"config": self.config.name, "batch": self.config.batch, "pixels": self.config.pixels,
+               "latent": self.config.pixels // 8, **(self._sag() if self.config.sag else {})}
+        for name in PERTURBED:
+            row.update(self._perturbed(name))
+        return {**row, "warmup": self.warmup, "timed_steps": self.steps}
 
 
 def environment(device: torch.device) -> dict:
@@ -342,15 +404,27 @@ def print_table(rows) -> None:
     if not rows:
         return
     print(f"\n{rows[0]['card']}, torch {rows[0]['torch']}; medians of {rows[0]['timed_steps']} steps "
-          f"after {rows[0]['warmup']} warm-up; r: median of the per-step (SAG - CFG) / T(B), r IQR: their spread")
+          f"after {rows[0]['warmup']} warm-up")
+    sag_rows = [row for row in rows if "overhead_r" in row]
     header = ("config", "step CFG ms", "step SAG ms", "T(B) ms", "T(2B) ms", "r", "r IQR", "peak CFG MiB",
               "peak SAG MiB", "SAG/CFG mem")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
-    for row in rows:
+    if sag_rows:
+        print("SAG; r: median of the per-step (SAG - CFG) / T(B), r IQR: their spread")
+        print(" | ".join(header))
+        print(" | ".join("---" for _ in header))
+    for row in sag_rows:
         print(f"{row['config']} | {row['step_cfg_ms']:.2f} | {row['step_sag_ms']:.2f} | {row['unet_b_ms']:.2f} | "
               f"{row['unet_2b_ms']:.2f} | {row['overhead_r']:.3f} | {row['overhead_r_iqr']:.3f} | "
               f"{row['peak_cfg_mib']:.0f} | {row['peak_sag_mib']:.0f} | {row['peak_ratio']:.4f}")
+    print("\nPAG, SEG and both beside their work (the cond rows copied into the step's call): step ms, work ms, "
+          "median of the per-step ratio (IQR), peak MiB / the work's")
+    print(" | ".join(("config", *PERTURBED)))
+    print(" | ".join("---" for _ in range(len(PERTURBED) + 1)))
+    for row in rows:
+        print(" | ".join([row["config"]] + [
+            f"{row[f'step_{name}_ms']:.2f}, {row[f'step_{name}_work_ms']:.2f}, {row[f'{name}_work_r']:.3f} "
+            f"({row[f'{name}_work_r_iqr']:.3f}), {row[f'peak_{name}_mib']:.0f} / {row[f'peak_{name}_work_mib']:.0f}"
+            for name in PERTURBED]))
 
 
 # ---- profiling ----------------------------------------------------------------------------------
@@ -389,17 +463,16 @@ def host_syncs(fn, device: torch.device):
 def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: int, rows: int = 40) -> None:
     """Print a profiler table of one SAG step (after `warmup` SAG steps) and the host syncs of a CFG and a SAG step."""
     bench = Bench(config, build_unet(config.arch, device, dtype), device, warmup, 1)
-    session = SagSession(SagParams(enabled=True))
-    p = bench.generation(session)
+    p, session = bench.generation(SagParams(enabled=True))
     cuda = device.type == "cuda"
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     x = bench.noise * bench.sigmas[0]
     with torch.no_grad(), bench.autocast():
         for index in range(warmup):
-            x = bench._step(x, index, p)
-        _, cfg_syncs = host_syncs(lambda: bench._step(x, warmup, None), device)
+            x = bench._step(x, index, bench.adapter, p)
+        _, cfg_syncs = host_syncs(lambda: bench._step(x, warmup), device)
         with labelled_sag_internals(), torch.profiler.profile(activities=activities) as prof:
-            _, sag_syncs = host_syncs(lambda: bench._step(x, warmup, p), device)
+            _, sag_syncs = host_syncs(lambda: bench._step(x, warmup, bench.adapter, p), device)
             if cuda:
                 torch.cuda.synchronize()
     if not session.active or session.degraded_passes != warmup + 1:
@@ -410,7 +483,7 @@ def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: in
     print(prof.key_averages().table(sort_by="device_time_total" if cuda else "cpu_time_total", row_limit=rows))
     ranges = {}  # label -> (host ms, device ms) of the work it launched
     for event in prof.events():
-        if event.name.startswith(("sag:", "cfg:")) and event.device_type == torch.autograd.DeviceType.CPU:
+        if event.name.startswith(("sag:", "cfg:", "guidance:")) and event.device_type == torch.autograd.DeviceType.CPU:
             host, device_ms = ranges.get(event.name, (0.0, 0.0))
             ranges[event.name] = (host + event.cpu_time_total / 1e3, device_ms + event.device_time_total / 1e3)
     print("labelled ranges: host ms" + (", device ms" if cuda else ""))
@@ -419,7 +492,7 @@ def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: in
     for kind, index in (("host", 0), ("device", 1)) if cuda else (("host", 0),):
         def spent(label):
             return ranges.get(label, (0.0, 0.0))[index]
-        besides = (spent("sag: end_step") - spent("sag: degraded pass (unet over B rows)")
+        besides = (spent("guidance: end_step") - spent("guidance: extra pass")
                    + spent("sag: attention mass (hook)"))
         print(f"SAG's {kind} time besides its UNet pass (end_step - degraded pass + attention mass): {besides:.3f} ms")
     for name, syncs in (("CFG", cfg_syncs), ("SAG", sag_syncs)):
@@ -430,7 +503,7 @@ def profile(config: Config, device: torch.device, dtype: torch.dtype, warmup: in
 # ---- command line ---------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
-    all_configs = {c.name: c for c in GPU_CONFIGS + TINY_CONFIGS}
+    all_configs = {c.name: c for c in GPU_CONFIGS + TINY_CONFIGS + HOST_CONFIGS}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", choices=sorted(all_configs), help="configurations to run")
     parser.add_argument("--tiny", action="store_true", help="tiny UNets, 32x32 latent, 1 + 2 steps, on the CPU")
@@ -455,8 +528,10 @@ def main(argv=None) -> int:
     rows = []
     for row in run_configs([all_configs[n] for n in names], device, dtype, args.warmup, args.steps):
         rows.append(row)
-        print(f"{row['config']}: CFG {row['step_cfg_ms']:.2f} ms, SAG {row['step_sag_ms']:.2f} ms, "
-              f"r {row['overhead_r']:.3f}, memory x{row['peak_ratio']:.4f}", flush=True)
+        sag = (f"CFG {row['step_cfg_ms']:.2f} ms, SAG {row['step_sag_ms']:.2f} ms, r {row['overhead_r']:.3f}, "
+               f"memory x{row['peak_ratio']:.4f}; " if "overhead_r" in row else "")
+        print(f"{row['config']}: {sag}step / its work: "
+              + ", ".join(f"{name} {row[f'{name}_work_r']:.3f}" for name in PERTURBED), flush=True)
         if args.json:  # rewritten after each configuration, so a run cut short keeps what it measured
             args.json.write_text(json.dumps(rows, indent=1))
     print_table(rows)

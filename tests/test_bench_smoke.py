@@ -5,9 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("config", "overhead_r", "peak_cfg_mib", "peak_sag_mib", "step_cfg_ms", "step_sag_ms", "unet_b_ms",
-        "unet_2b_ms", "card", "torch")
+        "unet_2b_ms", "card", "torch") + tuple(
+    key.format(name) for name in ("pag", "seg", "pag_seg") for key in (
+        "step_{}_ms", "step_{}_work_ms", "{}_work_r", "{}_work_r_iqr", "peak_{}_mib", "peak_{}_work_mib"))
 
 
 def test_tiny_benchmark_writes_finite_rows(tmp_path):
@@ -22,6 +27,35 @@ def test_tiny_benchmark_writes_finite_rows(tmp_path):
         assert all(math.isfinite(value) for value in numbers), row
         assert row["outputs_finite"] is True
         assert row["step_sag_ms"] > 0 and row["unet_b_ms"] > 0
+        assert all(row[f"{name}_outputs_finite"] is True and row[f"{name}_work_r"] > 0 for name in ("pag", "seg", "pag_seg"))
+
+
+@pytest.mark.parametrize("methods, copies", [(("pag",), 1), (("seg",), 1), (("pag", "seg"), 2)])
+def test_bench_sag_times_each_method_beside_its_own_rows_done_plainly(methods, copies):
+    """bench_sag's work of PAG, SEG or both (PlainRows): the UNet call gets the very rows it gets with the methods
+    on (x, timestep, context), and the step's result is plain CFG's (the rows are not read)."""
+    from benchmarks import bench_sag
+    from sag_ext.core.perturbed_params import PagParams, SegParams
+
+    config, cpu = bench_sag.TINY_CONFIGS[0], torch.device("cpu")
+    bench = bench_sag.Bench(config, bench_sag.build_unet(config.arch, cpu, torch.float32), cpu, 0, 2)
+    calls = []
+    bench.unet.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append((args[0], args[1], kwargs["context"])), with_kwargs=True)
+    kinds = {"pag": PagParams, "seg": SegParams}
+    p, session = bench.generation(*(kinds[name](enabled=True) for name in methods))
+    x = bench.noise * bench.sigmas[0]
+    with torch.no_grad():
+        guided = bench._step(x, 0, bench.adapter, p)
+        work = bench._step(x, 0, bench_sag.PlainRows(copies))
+        plain = bench._step(x, 0)
+    session.close()
+    (with_methods, with_work, without) = calls
+    assert with_methods[0].shape[0] == (2 + copies) * config.batch and without[0].shape[0] == 2 * config.batch
+    for ours, theirs in zip(with_methods, with_work):
+        assert torch.equal(ours, theirs)
+    scale = plain.abs().max()
+    assert (work - plain).abs().max() < 1e-5 * scale < (guided - plain).abs().max()
 
 
 def test_webui_gpu_rows_have_their_keys_and_the_floor_of_one_isolated_pass():
