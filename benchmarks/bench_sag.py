@@ -18,11 +18,11 @@ extension's A1111 adapter, two ways at a time, step after step:
     python benchmarks/bench_sag.py --configs sd15-512-b1 sdxl-2048-b1 --json out.json
     python benchmarks/bench_sag.py --profile sdxl-2048-b1  # profiler table of one SAG step
     python benchmarks/bench_sag.py --tiny                # seconds on the CPU (smoke test)
-    python benchmarks/bench_sag.py --configs host-sd15 --steps 200   # host-bound steps on the CPU
+    python benchmarks/bench_sag.py --configs host-sd15 --steps 400   # host-bound steps on the CPU
 
 As in the webui: fp16 weights under autocast on CUDA (fp32 on the CPU), TF32 matmuls allowed, and
 ldm's CrossAttention replaced by PyTorch SDPA (the webui's "sdp" optimisation patches the same
-method). The four measurements take turns step by step (see Bench.run). Peak memory is the highest
+method). The two ways of a pair take turns step by step (Bench._alternate). Peak memory is the highest
 torch.cuda.max_memory_allocated of a step, weights included; on the CPU it is reported as 0.
 Where a step is launch-bound (small latents on a fast GPU: T(B) close to T(2B)), r measures host
 overhead as much as GPU work, and its spread between runs is of the order of a few hundredths.
