@@ -56,6 +56,7 @@ from sag_ext.core.perturbed import PerturbedSession  # noqa: E402
 from sag_ext.core.perturbed_params import PagParams, SegParams  # noqa: E402
 from sag_ext.core.session import SagSession  # noqa: E402
 from sag_ext.hosts.a1111 import A1111Adapter, add_cond_copies  # noqa: E402
+from sag_ext.hosts.rows import row_count  # noqa: E402
 
 CFG_SCALE = 7.0
 MIB = 1 << 20
@@ -204,7 +205,7 @@ class PlainRows:
         self.copies = copies
 
     def on_cfg_denoiser(self, params) -> None:
-        add_cond_copies(params, params.text_uncond.shape[0], self.copies)
+        add_cond_copies(params, row_count(params.text_uncond), self.copies)
 
     def on_cfg_denoised(self, params) -> None:
         pass
@@ -406,9 +407,9 @@ def print_table(rows) -> None:
     print(f"\n{rows[0]['card']}, torch {rows[0]['torch']}; medians of {rows[0]['timed_steps']} steps "
           f"after {rows[0]['warmup']} warm-up")
     sag_rows = [row for row in rows if "overhead_r" in row]
-    header = ("config", "step CFG ms", "step SAG ms", "T(B) ms", "T(2B) ms", "r", "r IQR", "peak CFG MiB",
-              "peak SAG MiB", "SAG/CFG mem")
     if sag_rows:
+        header = ("config", "step CFG ms", "step SAG ms", "T(B) ms", "T(2B) ms", "r", "r IQR", "peak CFG MiB",
+                  "peak SAG MiB", "SAG/CFG mem")
         print("SAG; r: median of the per-step (SAG - CFG) / T(B), r IQR: their spread")
         print(" | ".join(header))
         print(" | ".join("---" for _ in header))
